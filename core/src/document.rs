@@ -1,0 +1,606 @@
+//! The mapping between the typed record ([`Encounter`]) and its Automerge document, and the
+//! merge rules that follow from it.
+//!
+//! The typed record is turned into JSON by serde, and JSON is laid into the document by one
+//! small set of rules (see ARCHITECTURE.md, "How each field merges"):
+//! - a JSON object is an Automerge map, reconciled key by key, so concurrent edits to different
+//!   fields never touch each other;
+//! - a scalar is a map register: concurrent writes of different values are kept side by side by
+//!   Automerge and reported by [`EncounterDocument::conflicts`] until someone sets the field again;
+//! - a list of plain values (services, hazards, …) is a set, stored as a map of `true`, so
+//!   concurrent additions are a union;
+//! - `referrals` and `vitals` are lists: concurrent appends both survive;
+//! - `notes` is Automerge text: concurrent typing interleaves.
+//!
+//! Writes are minimal: a field whose value did not change is not written, so an edit on one
+//! phone does not overwrite a field another phone changed concurrently.
+
+use std::collections::BTreeSet;
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{
+    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+};
+use serde_json::{Map, Value as Json};
+
+use crate::id::{DeviceId, device_of_actor};
+use crate::schema::{Encounter, SCHEMA_VERSION};
+
+/// What can go wrong reading or writing an encounter document.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("not a valid Automerge document or change: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    #[error("not a valid Automerge change: {0}")]
+    BadChange(#[from] automerge::LoadChangeError),
+    #[error("the document is not a valid encounter at `{path}`: {message}")]
+    Shape { path: String, message: String },
+    #[error(
+        "the document has schema version {found}; this build understands version {SCHEMA_VERSION}: upgrade to read it"
+    )]
+    UnknownSchemaVersion { found: u64 },
+}
+
+/// Two or more values written concurrently to one field, none of which has won yet.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Conflict {
+    /// Dotted path of the field, such as `counts.m.18-59`.
+    pub path: String,
+    /// Every concurrent value, the one currently shown first.
+    pub values: Vec<ConflictingValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConflictingValue {
+    pub value: Json,
+    /// The device that wrote this value, when its actor id names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
+}
+
+/// Fields whose JSON string is collaborative Automerge text rather than a plain register.
+const TEXT_FIELDS: [&str; 1] = ["notes"];
+/// Fields whose JSON list is an Automerge list (ordered, appended to); every other list of plain
+/// values is a set.
+const LIST_FIELDS: [&str; 2] = ["referrals", "vitals"];
+
+/// One encounter's Automerge document.
+#[derive(Debug)]
+pub struct EncounterDocument {
+    doc: AutoCommit,
+}
+
+impl EncounterDocument {
+    /// A new document holding `encounter`, written by `actor`, and the change that made it.
+    pub fn create(
+        actor: ActorId,
+        encounter: &Encounter,
+        time: i64,
+    ) -> Result<(Self, Change), DocumentError> {
+        let mut document = Self {
+            doc: AutoCommit::new().with_actor(actor),
+        };
+        let change = document
+            .update(encounter, &BTreeSet::new(), time)?
+            .expect("a new document always has a first change");
+        Ok((document, change))
+    }
+
+    /// A document with no changes yet, to receive changes into (the server's first sight of an
+    /// encounter).
+    pub fn empty() -> Self {
+        Self {
+            doc: AutoCommit::new(),
+        }
+    }
+
+    /// Loads saved bytes; `actor` is who will write any further edits.
+    pub fn load(bytes: &[u8], actor: Option<ActorId>) -> Result<Self, DocumentError> {
+        let mut doc = AutoCommit::load(bytes)?;
+        if let Some(actor) = actor {
+            doc.set_actor(actor);
+        }
+        Ok(Self { doc })
+    }
+
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    pub fn has_change(&mut self, hash: &ChangeHash) -> bool {
+        self.doc.get_change_by_hash(hash).is_some()
+    }
+
+    /// Every change in the document, in causal order.
+    pub fn changes(&mut self) -> Vec<Change> {
+        self.doc.get_changes(&[])
+    }
+
+    /// Applies changes from elsewhere. Applying a change twice is a no-op; a change whose
+    /// dependencies are missing waits inside the document until they arrive (see
+    /// [`EncounterDocument::missing_dependencies`]), and is not part of [`EncounterDocument::save`]
+    /// until then.
+    pub fn apply_changes(&mut self, changes: Vec<Change>) -> Result<(), DocumentError> {
+        self.doc.apply_changes(changes)?;
+        Ok(())
+    }
+
+    /// Hashes of changes this document has heard of but does not have.
+    pub fn missing_dependencies(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_missing_deps(&[])
+    }
+
+    /// The schema version written in the document, if any.
+    pub fn schema_version(&self) -> Option<u64> {
+        match self.doc.get(ROOT, "schema_version").ok().flatten() {
+            Some((Value::Scalar(s), _)) => match s.as_ref() {
+                ScalarValue::Int(n) => u64::try_from(*n).ok(),
+                ScalarValue::Uint(n) => Some(*n),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The document's current state as JSON (sets appear as maps of `true`).
+    pub fn to_json(&self) -> Json {
+        object_to_json(&self.doc, &ROOT)
+    }
+
+    /// The document's current state as the typed record.
+    pub fn encounter(&self) -> Result<Encounter, DocumentError> {
+        if let Some(found) = self.schema_version() {
+            if found > SCHEMA_VERSION {
+                return Err(DocumentError::UnknownSchemaVersion { found });
+            }
+        }
+        serde_path_to_error::deserialize(self.to_json()).map_err(|err| DocumentError::Shape {
+            path: err.path().to_string(),
+            message: err.inner().to_string(),
+        })
+    }
+
+    /// Writes `encounter` into the document, touching only what differs, and commits.
+    ///
+    /// `resolve` lists dotted paths the user set on purpose: a conflict at such a path is settled
+    /// by writing the value again even if it equals the value currently shown. Returns the new
+    /// change, or `None` when nothing differed.
+    pub fn update(
+        &mut self,
+        encounter: &Encounter,
+        resolve: &BTreeSet<String>,
+        time: i64,
+    ) -> Result<Option<Change>, DocumentError> {
+        let json = serde_json::to_value(encounter).expect("an encounter always serialises to JSON");
+        let Json::Object(fields) = json else {
+            unreachable!("an encounter serialises to a JSON object")
+        };
+        let mut writer = Reconciler {
+            doc: &mut self.doc,
+            resolve,
+        };
+        writer.map(&ROOT, &fields, "")?;
+        let hash = self
+            .doc
+            .commit_with(CommitOptions::default().with_time(time));
+        Ok(hash.map(|h| {
+            self.doc
+                .get_change_by_hash(&h)
+                .expect("a change just committed is in the document")
+        }))
+    }
+
+    /// Fields with concurrent values nobody has settled yet.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        let mut out = Vec::new();
+        collect_conflicts(&self.doc, &ROOT, "", &mut out);
+        out
+    }
+}
+
+fn scalar_to_json(value: &ScalarValue) -> Json {
+    match value {
+        ScalarValue::Str(s) => Json::String(s.to_string()),
+        ScalarValue::Int(n) => Json::from(*n),
+        ScalarValue::Uint(n) => Json::from(*n),
+        ScalarValue::F64(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        ScalarValue::Counter(c) => Json::from(i64::from(c)),
+        ScalarValue::Timestamp(t) => Json::from(*t),
+        ScalarValue::Boolean(b) => Json::Bool(*b),
+        ScalarValue::Bytes(b) => Json::String(bs58::encode(b).into_string()),
+        ScalarValue::Null | ScalarValue::Unknown { .. } => Json::Null,
+    }
+}
+
+fn json_to_scalar(value: &Json) -> Option<ScalarValue> {
+    Some(match value {
+        Json::Bool(b) => ScalarValue::Boolean(*b),
+        Json::String(s) => ScalarValue::Str(s.as_str().into()),
+        Json::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => ScalarValue::Int(i),
+            (None, Some(u), _) => ScalarValue::Uint(u),
+            (_, _, Some(f)) => ScalarValue::F64(f),
+            _ => return None,
+        },
+        Json::Null | Json::Array(_) | Json::Object(_) => return None,
+    })
+}
+
+fn value_to_json(doc: &AutoCommit, value: &Value<'_>, id: &ObjId) -> Json {
+    match value {
+        Value::Scalar(s) => scalar_to_json(s),
+        Value::Object(_) => object_to_json(doc, id),
+    }
+}
+
+fn object_to_json(doc: &AutoCommit, obj: &ObjId) -> Json {
+    match doc.object_type(obj) {
+        Ok(ObjType::Map) | Ok(ObjType::Table) => {
+            let mut out = Map::new();
+            for item in doc.map_range(obj, ..) {
+                let id = item.id();
+                out.insert(
+                    item.key.to_string(),
+                    value_to_json(doc, &Value::from(item.value), &id),
+                );
+            }
+            Json::Object(out)
+        }
+        Ok(ObjType::List) => Json::Array(
+            doc.list_range(obj, ..)
+                .map(|item| {
+                    let id = item.id();
+                    value_to_json(doc, &Value::from(item.value), &id)
+                })
+                .collect(),
+        ),
+        Ok(ObjType::Text) => Json::String(doc.text(obj).unwrap_or_default()),
+        Err(_) => Json::Null,
+    }
+}
+
+fn child_path(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+fn collect_conflicts(doc: &AutoCommit, obj: &ObjId, path: &str, out: &mut Vec<Conflict>) {
+    let props: Vec<automerge::Prop> = match doc.object_type(obj) {
+        Ok(ObjType::Map) | Ok(ObjType::Table) => doc.keys(obj).map(automerge::Prop::Map).collect(),
+        Ok(ObjType::List) => (0..doc.length(obj)).map(automerge::Prop::Seq).collect(),
+        _ => return,
+    };
+    for prop in props {
+        let field = child_path(path, &prop.to_string());
+        let Ok(values) = doc.get_all(obj, prop.clone()) else {
+            continue;
+        };
+        if values.len() > 1 {
+            // get_all lists values in ascending op order; the winner shown is the last.
+            let values = values
+                .iter()
+                .rev()
+                .map(|(value, id)| ConflictingValue {
+                    value: value_to_json(doc, value, id),
+                    device: match id {
+                        ObjId::Id(_, actor, _) => device_of_actor(actor),
+                        ObjId::Root => None,
+                    },
+                })
+                .collect();
+            out.push(Conflict {
+                path: field.clone(),
+                values,
+            });
+        }
+        if let Ok(Some((Value::Object(_), child))) = doc.get(obj, prop) {
+            collect_conflicts(doc, &child, &field, out);
+        }
+    }
+}
+
+/// Lays JSON into the document with the rules in this module's header.
+struct Reconciler<'a> {
+    doc: &'a mut AutoCommit,
+    resolve: &'a BTreeSet<String>,
+}
+
+impl Reconciler<'_> {
+    fn settles(&self, path: &str) -> bool {
+        self.resolve
+            .iter()
+            .any(|p| p == path || p.starts_with(&format!("{path}.")))
+    }
+
+    fn conflicted(&self, obj: &ObjId, key: &str) -> Result<bool, DocumentError> {
+        Ok(self.doc.get_all(obj, key)?.len() > 1)
+    }
+
+    /// The object at `obj[key]` of type `kind`, made new when absent, of another type, or
+    /// conflicted and being settled.
+    fn child_object(
+        &mut self,
+        obj: &ObjId,
+        key: &str,
+        kind: ObjType,
+        path: &str,
+    ) -> Result<ObjId, DocumentError> {
+        let existing = self.doc.get(obj, key)?;
+        if let Some((Value::Object(found), id)) = existing {
+            let same_kind = found == kind;
+            if same_kind && !(self.settles(path) && self.conflicted(obj, key)?) {
+                return Ok(id);
+            }
+        }
+        Ok(self.doc.put_object(obj, key, kind)?)
+    }
+
+    fn map(
+        &mut self,
+        obj: &ObjId,
+        fields: &Map<String, Json>,
+        path: &str,
+    ) -> Result<(), DocumentError> {
+        for (key, value) in fields {
+            self.field(obj, key, value, &child_path(path, key))?;
+        }
+        let stale: Vec<String> = self
+            .doc
+            .keys(obj)
+            .filter(|k| !fields.contains_key(k))
+            .collect();
+        for key in stale {
+            self.doc.delete(obj, key.as_str())?;
+        }
+        Ok(())
+    }
+
+    fn field(
+        &mut self,
+        obj: &ObjId,
+        key: &str,
+        value: &Json,
+        path: &str,
+    ) -> Result<(), DocumentError> {
+        match value {
+            Json::Null => {
+                if self.doc.get(obj, key)?.is_some() {
+                    self.doc.delete(obj, key)?;
+                }
+            }
+            Json::Object(fields) => {
+                let child = self.child_object(obj, key, ObjType::Map, path)?;
+                self.map(&child, fields, path)?;
+            }
+            Json::String(text) if TEXT_FIELDS.contains(&key) => {
+                let child = self.child_object(obj, key, ObjType::Text, path)?;
+                self.doc.update_text(&child, text)?;
+            }
+            Json::Array(items) if LIST_FIELDS.contains(&key) => {
+                let child = self.child_object(obj, key, ObjType::List, path)?;
+                self.list(&child, items, path)?;
+            }
+            Json::Array(items) => {
+                let child = self.child_object(obj, key, ObjType::Map, path)?;
+                self.set(&child, items, path)?;
+            }
+            scalar => {
+                let new = json_to_scalar(scalar).expect("a JSON scalar");
+                let current = match self.doc.get(obj, key)? {
+                    Some((Value::Scalar(s), _)) => Some(s.into_owned()),
+                    _ => None,
+                };
+                let unchanged = current.as_ref().map(scalar_to_json).as_ref() == Some(scalar);
+                if !unchanged || (self.settles(path) && self.conflicted(obj, key)?) {
+                    self.doc.put(obj, key, new)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, obj: &ObjId, items: &[Json], path: &str) -> Result<(), DocumentError> {
+        let mut members = Map::new();
+        for item in items {
+            let key = match item {
+                Json::String(s) => s.clone(),
+                other if json_to_scalar(other).is_some() => other.to_string(),
+                _ => {
+                    return Err(DocumentError::Shape {
+                        path: path.to_string(),
+                        message: "a set holds plain values, not lists or objects".into(),
+                    });
+                }
+            };
+            members.insert(key, Json::Bool(true));
+        }
+        self.map(obj, &members, path)
+    }
+
+    fn list(&mut self, obj: &ObjId, items: &[Json], path: &str) -> Result<(), DocumentError> {
+        let existing = self.doc.length(obj);
+        for (index, item) in items.iter().enumerate() {
+            let item_path = child_path(path, &index.to_string());
+            if index < existing {
+                match (item, self.doc.get(obj, index)?) {
+                    (Json::Object(fields), Some((Value::Object(ObjType::Map), child))) => {
+                        self.map(&child, fields, &item_path)?;
+                    }
+                    (Json::Object(fields), _) => {
+                        let child = self.doc.put_object(obj, index, ObjType::Map)?;
+                        self.map(&child, fields, &item_path)?;
+                    }
+                    (scalar, current) => {
+                        let current = match current {
+                            Some((Value::Scalar(s), _)) => Some(scalar_to_json(&s)),
+                            _ => None,
+                        };
+                        if current.as_ref() != Some(scalar) {
+                            if let Some(new) = json_to_scalar(scalar) {
+                                self.doc.put(obj, index, new)?;
+                            }
+                        }
+                    }
+                }
+            } else if let Json::Object(fields) = item {
+                let child = self.doc.insert_object(obj, index, ObjType::Map)?;
+                self.map(&child, fields, &item_path)?;
+            } else if let Some(new) = json_to_scalar(item) {
+                self.doc.insert(obj, index, new)?;
+            }
+        }
+        for index in (items.len()..existing).rev() {
+            self.doc.delete(obj, index)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::new_actor_id;
+    use crate::schema::{Casualty, Service};
+
+    fn sample() -> Encounter {
+        let mut e: Encounter = serde_json::from_str(
+            r#"{"services":["rescue"],"counts":{"m":{"18-59":2}},"notes":"two men at the river","terrain":"river"}"#,
+        )
+        .unwrap();
+        e.schema_version = SCHEMA_VERSION;
+        e
+    }
+
+    /// Two phones, each with its own copy of one encounter.
+    fn two_phones() -> (EncounterDocument, EncounterDocument) {
+        let (mut a, _) =
+            EncounterDocument::create(new_actor_id(DeviceId::random()), &sample(), 1).unwrap();
+        let b = EncounterDocument::load(&a.save(), Some(new_actor_id(DeviceId::random()))).unwrap();
+        (a, b)
+    }
+
+    fn merge(a: &mut EncounterDocument, b: &mut EncounterDocument) {
+        let from_b = b.changes();
+        let from_a = a.changes();
+        a.apply_changes(from_b).unwrap();
+        b.apply_changes(from_a).unwrap();
+    }
+
+    #[test]
+    fn round_trips_the_typed_record() {
+        let (a, _) = two_phones();
+        assert_eq!(a.encounter().unwrap(), sample());
+        assert!(a.conflicts().is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_record_writes_nothing() {
+        let (mut a, _) = two_phones();
+        assert!(a.update(&sample(), &BTreeSet::new(), 2).unwrap().is_none());
+    }
+
+    #[test]
+    fn concurrent_casualties_are_both_kept() {
+        let (mut a, mut b) = two_phones();
+        for doc in [&mut a, &mut b] {
+            let mut e = doc.encounter().unwrap();
+            e.casualties
+                .insert(crate::schema::new_person_ref(), Casualty::default());
+            doc.update(&e, &BTreeSet::new(), 2).unwrap();
+        }
+        merge(&mut a, &mut b);
+        assert_eq!(a.encounter().unwrap().casualties.len(), 2);
+        assert_eq!(a.encounter().unwrap(), b.encounter().unwrap());
+    }
+
+    #[test]
+    fn concurrent_services_are_a_union() {
+        let (mut a, mut b) = two_phones();
+        let mut ea = a.encounter().unwrap();
+        ea.services.insert(Service::FirstAid);
+        a.update(&ea, &BTreeSet::new(), 2).unwrap();
+        let mut eb = b.encounter().unwrap();
+        eb.services.insert(Service::TransferHospital);
+        b.update(&eb, &BTreeSet::new(), 2).unwrap();
+        merge(&mut a, &mut b);
+        let services = a.encounter().unwrap().services;
+        assert_eq!(
+            services,
+            [
+                Service::Rescue,
+                Service::FirstAid,
+                Service::TransferHospital
+            ]
+            .into()
+        );
+    }
+
+    #[test]
+    fn concurrent_counts_are_kept_as_a_visible_conflict_until_settled() {
+        let (mut a, mut b) = two_phones();
+        let mut ea = a.encounter().unwrap();
+        ea.counts.m.from_18_to_59 = 3;
+        a.update(&ea, &BTreeSet::new(), 2).unwrap();
+        let mut eb = b.encounter().unwrap();
+        eb.counts.m.from_18_to_59 = 4;
+        b.update(&eb, &BTreeSet::new(), 2).unwrap();
+        merge(&mut a, &mut b);
+
+        let conflicts = a.conflicts();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].path, "counts.m.18-59");
+        let mut seen: Vec<Json> = conflicts[0]
+            .values
+            .iter()
+            .map(|v| v.value.clone())
+            .collect();
+        seen.sort_by_key(|v| v.as_i64());
+        assert_eq!(seen, [Json::from(3), Json::from(4)]);
+        assert!(conflicts[0].values.iter().all(|v| v.device.is_some()));
+        assert_eq!(a.conflicts(), b.conflicts());
+
+        // Setting the field on purpose settles it, even to the value currently shown.
+        let shown = a.encounter().unwrap();
+        let resolve = BTreeSet::from(["counts.m.18-59".to_string()]);
+        let change = a.update(&shown, &resolve, 3).unwrap();
+        assert!(change.is_some());
+        assert!(a.conflicts().is_empty());
+        b.apply_changes(a.changes()).unwrap();
+        assert!(b.conflicts().is_empty());
+    }
+
+    #[test]
+    fn concurrent_notes_interleave() {
+        let (mut a, mut b) = two_phones();
+        let mut ea = a.encounter().unwrap();
+        ea.notes = Some("two men at the river, dehydrated".into());
+        a.update(&ea, &BTreeSet::new(), 2).unwrap();
+        let mut eb = b.encounter().unwrap();
+        eb.notes = Some("urgent: two men at the river".into());
+        b.update(&eb, &BTreeSet::new(), 2).unwrap();
+        merge(&mut a, &mut b);
+        let notes = a.encounter().unwrap().notes.unwrap();
+        assert!(
+            notes.contains("urgent") && notes.contains("dehydrated"),
+            "{notes}"
+        );
+    }
+
+    #[test]
+    fn newer_schema_versions_are_refused_not_guessed() {
+        let mut e = sample();
+        e.schema_version = SCHEMA_VERSION + 1;
+        let (doc, _) = EncounterDocument::create(ActorId::random(), &e, 1).unwrap();
+        assert!(matches!(
+            doc.encounter(),
+            Err(DocumentError::UnknownSchemaVersion { found: 2 })
+        ));
+    }
+}

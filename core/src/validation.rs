@@ -1,0 +1,348 @@
+//! The rules a record must follow beyond its types, each failure naming the field it is about.
+//!
+//! Types (in [`crate::schema`]) already refuse unknown fields and unknown codes; this module
+//! checks ranges, consistency between counts, and minimisation: an individual sub-record only
+//! where the brief allows one. A device clock that looks wrong is *not* an error here: an agent
+//! must always be able to log, and the server keeps its own `received_at` for such records.
+
+use std::fmt;
+
+use chrono::DateTime;
+
+use crate::schema::{
+    Casualty, Encounter, NOTES_MAX_CHARS, ReferralTo, SCHEMA_VERSION, Service, Vitals,
+};
+
+/// One rule broken, at one field (a dotted path such as `counts.injured`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every rule the record breaks (empty when it is valid).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+/// The services that allow individual sub-records (besides a UASC).
+const INDIVIDUAL_RECORD_SERVICES: [Service; 4] = [
+    Service::Rescue,
+    Service::FirstAid,
+    Service::TransferHospital,
+    Service::TransferShelter,
+];
+
+struct Checker {
+    errors: Vec<FieldError>,
+}
+
+impl Checker {
+    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn timestamp(
+        &mut self,
+        field: &str,
+        value: Option<&str>,
+    ) -> Option<DateTime<chrono::FixedOffset>> {
+        let text = value?;
+        match DateTime::parse_from_rfc3339(text) {
+            Ok(parsed) => Some(parsed),
+            Err(err) => {
+                self.fail(
+                    field,
+                    format!("`{text}` is not an RFC 3339 time with offset (e.g. 2026-11-28T14:05:00-07:00): {err}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn range<T: PartialOrd + fmt::Display + Copy>(
+        &mut self,
+        field: &str,
+        value: Option<T>,
+        low: T,
+        high: T,
+    ) {
+        if let Some(v) = value {
+            if !(low <= v && v <= high) {
+                self.fail(
+                    field,
+                    format!("{v} is outside the plausible range {low}..={high}"),
+                );
+            }
+        }
+    }
+
+    fn country_code(&mut self, field: &str, code: &str) {
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+            self.fail(
+                field,
+                format!(
+                    "`{code}` is not an ISO 3166-1 alpha-3 code (three capital letters, e.g. HND)"
+                ),
+            );
+        }
+    }
+}
+
+/// Checks `encounter` against every rule; `Ok` when it may be stored as it is.
+pub fn validate(encounter: &Encounter) -> Result<(), ValidationErrors> {
+    let mut check = Checker { errors: Vec::new() };
+
+    if encounter.schema_version != SCHEMA_VERSION {
+        check.fail(
+            "schema_version",
+            format!(
+                "version {} is not the supported version {SCHEMA_VERSION}",
+                encounter.schema_version
+            ),
+        );
+    }
+    let started = check.timestamp("started_at", encounter.started_at.as_deref());
+    let ended = check.timestamp("ended_at", encounter.ended_at.as_deref());
+    if let (Some(started), Some(ended)) = (started, ended) {
+        if ended < started {
+            check.fail("ended_at", "ends before started_at");
+        }
+    }
+
+    if let Some(location) = &encounter.location {
+        if !location.lat.is_finite() || !(-90.0..=90.0).contains(&location.lat) {
+            check.fail(
+                "location.lat",
+                format!("{} is not a latitude in -90..=90", location.lat),
+            );
+        }
+        if !location.lon.is_finite() || !(-180.0..=180.0).contains(&location.lon) {
+            check.fail(
+                "location.lon",
+                format!("{} is not a longitude in -180..=180", location.lon),
+            );
+        }
+        if let Some(accuracy) = location.accuracy_m {
+            if !accuracy.is_finite() || accuracy < 0.0 {
+                check.fail(
+                    "location.accuracy_m",
+                    format!("{accuracy} is not a distance in metres"),
+                );
+            }
+        }
+    }
+
+    let counts = &encounter.counts;
+    let total = counts.total();
+    let children = counts.f.children() + counts.m.children() + counts.unknown.children();
+    for (field, value, limit, of_whom) in [
+        ("counts.injured", counts.injured, total, "people counted"),
+        ("counts.deceased", counts.deceased, total, "people counted"),
+        (
+            "counts.pregnant",
+            counts.pregnant,
+            counts.f.total() + counts.unknown.total(),
+            "women and people of unknown sex counted",
+        ),
+        (
+            "counts.uasc",
+            counts.uasc,
+            children,
+            "children and people of unknown age counted",
+        ),
+    ] {
+        if u64::from(value) > limit {
+            check.fail(field, format!("{value} is more than the {limit} {of_whom}"));
+        }
+    }
+    let by_nationality: u64 = encounter
+        .nationality_counts
+        .values()
+        .map(|n| u64::from(*n))
+        .sum();
+    if by_nationality > total {
+        check.fail(
+            "nationality_counts",
+            format!("{by_nationality} people by nationality, but only {total} counted"),
+        );
+    }
+    for code in encounter.nationality_counts.keys() {
+        check.country_code(&format!("nationality_counts.{code}"), code);
+    }
+
+    let water = encounter.items.water_litres;
+    if !water.is_finite() || water < 0.0 {
+        check.fail(
+            "items.water_litres",
+            format!("{water} is not an amount of water"),
+        );
+    }
+
+    if let Some(notes) = &encounter.notes {
+        let chars = notes.chars().count();
+        if chars > NOTES_MAX_CHARS {
+            check.fail("notes", format!("{chars} characters; notes are kept short (at most {NOTES_MAX_CHARS}) to keep identifying detail out"));
+        }
+    }
+
+    for (index, referral) in encounter.referrals.iter().enumerate() {
+        let field = format!("referrals.{index}");
+        check.timestamp(&format!("{field}.at"), referral.at.as_deref());
+        match (&referral.to, &referral.consulate_country) {
+            (ReferralTo::Consulate, None) => check.fail(
+                format!("{field}.consulate_country"),
+                "a consulate referral names the country (ISO alpha-3)",
+            ),
+            (_, Some(code)) => check.country_code(&format!("{field}.consulate_country"), code),
+            _ => {}
+        }
+    }
+
+    let allows_individuals = INDIVIDUAL_RECORD_SERVICES
+        .iter()
+        .any(|s| encounter.services.contains(s));
+    for (person_ref, casualty) in &encounter.casualties {
+        let field = format!("casualties.{person_ref}");
+        if !allows_individuals && casualty.uasc.is_none() {
+            check.fail(
+                &field,
+                "an individual record needs a rescue, first_aid or transfer service, or a UASC hand-over; otherwise record group counts only",
+            );
+        }
+        validate_casualty(&mut check, &field, casualty);
+    }
+
+    if check.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(check.errors))
+    }
+}
+
+fn validate_casualty(check: &mut Checker, field: &str, casualty: &Casualty) {
+    check.range(&format!("{field}.age_years"), casualty.age_years, 0, 120);
+    for (index, vitals) in casualty.vitals.iter().enumerate() {
+        validate_vitals(check, &format!("{field}.vitals.{index}"), vitals);
+    }
+    if let Some(uasc) = &casualty.uasc {
+        check.timestamp(
+            &format!("{field}.uasc.ppnna_notified_at"),
+            uasc.ppnna_notified_at.as_deref(),
+        );
+        check.timestamp(
+            &format!("{field}.uasc.handed_over_at"),
+            uasc.handed_over_at.as_deref(),
+        );
+    }
+    if let Some(consent) = &casualty.consent {
+        check.timestamp(&format!("{field}.consent.at"), consent.at.as_deref());
+    }
+}
+
+fn validate_vitals(check: &mut Checker, field: &str, vitals: &Vitals) {
+    check.timestamp(&format!("{field}.at"), Some(&vitals.at));
+    check.range(&format!("{field}.resp_rate"), vitals.resp_rate, 0, 80);
+    check.range(&format!("{field}.pulse"), vitals.pulse, 0, 300);
+    check.range(&format!("{field}.spo2"), vitals.spo2, 0, 100);
+    check.range(
+        &format!("{field}.temperature_c"),
+        vitals.temperature_c,
+        20.0,
+        46.0,
+    );
+    check.range(&format!("{field}.bp_systolic"), vitals.bp_systolic, 0, 300);
+    check.range(
+        &format!("{field}.bp_diastolic"),
+        vitals.bp_diastolic,
+        0,
+        200,
+    );
+    check.range(&format!("{field}.gcs"), vitals.gcs, 3, 15);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Casualty, Location, LocationSource};
+
+    fn valid() -> Encounter {
+        serde_json::from_str(r#"{"schema_version":1,"services":["rescue"],"counts":{"m":{"18-59":2}},"started_at":"2026-11-28T10:00:00-07:00"}"#).unwrap()
+    }
+
+    fn fields(encounter: &Encounter) -> Vec<String> {
+        validate(encounter)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_plain_record_is_valid() {
+        validate(&valid()).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut e = valid();
+        e.counts.injured = 5;
+        e.location = Some(Location {
+            lat: 95.0,
+            lon: 0.0,
+            accuracy_m: Some(-1.0),
+            source: LocationSource::Gps,
+        });
+        e.started_at = Some("yesterday".into());
+        assert_eq!(
+            fields(&e),
+            [
+                "started_at",
+                "location.lat",
+                "location.accuracy_m",
+                "counts.injured"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_device_clock_in_1970_is_not_an_error() {
+        let mut e = valid();
+        e.started_at = Some("1970-01-01T00:00:12+00:00".into());
+        validate(&e).unwrap();
+    }
+
+    #[test]
+    fn individual_records_only_where_minimisation_allows() {
+        let mut e = valid();
+        e.services.clear();
+        e.casualties.insert("abc".into(), Casualty::default());
+        assert_eq!(fields(&e), ["casualties.abc"]);
+        e.casualties.get_mut("abc").unwrap().uasc = Some(Default::default());
+        validate(&e).unwrap();
+    }
+
+    #[test]
+    fn unknown_schema_version_is_named() {
+        let mut e = valid();
+        e.schema_version = 99;
+        assert_eq!(fields(&e), ["schema_version"]);
+    }
+
+    #[test]
+    fn nationality_codes_must_be_alpha3() {
+        let mut e = valid();
+        e.nationality_counts.insert("Honduras".into(), 1);
+        assert_eq!(fields(&e), ["nationality_counts.Honduras"]);
+    }
+}
