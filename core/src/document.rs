@@ -153,10 +153,10 @@ impl EncounterDocument {
 
     /// The document's current state as the typed record.
     pub fn encounter(&self) -> Result<Encounter, DocumentError> {
-        if let Some(found) = self.schema_version() {
-            if found > SCHEMA_VERSION {
-                return Err(DocumentError::UnknownSchemaVersion { found });
-            }
+        if let Some(found) = self.schema_version()
+            && found > SCHEMA_VERSION
+        {
+            return Err(DocumentError::UnknownSchemaVersion { found });
         }
         serde_path_to_error::deserialize(self.to_json()).map_err(|err| DocumentError::Shape {
             path: err.path().to_string(),
@@ -442,10 +442,10 @@ impl Reconciler<'_> {
                             Some((Value::Scalar(s), _)) => Some(scalar_to_json(&s)),
                             _ => None,
                         };
-                        if current.as_ref() != Some(scalar) {
-                            if let Some(new) = json_to_scalar(scalar) {
-                                self.doc.put(obj, index, new)?;
-                            }
+                        if current.as_ref() != Some(scalar)
+                            && let Some(new) = json_to_scalar(scalar)
+                        {
+                            self.doc.put(obj, index, new)?;
                         }
                     }
                 }

@@ -176,14 +176,15 @@ impl DeviceStore {
     /// keeps everything; switching to another device is refused while changes are unsynced.
     pub fn enrol(&mut self, enrolment: &Enrolment) -> Result<(), StoreError> {
         let pending = self.pending_count()?;
-        if let Some(existing) = self.enrolment()? {
-            if existing.device_id != enrolment.device_id && pending > 0 {
-                return Err(StoreError::EnrolledToAnotherDevice {
-                    enrolled: existing.device_id,
-                    requested: enrolment.device_id,
-                    pending,
-                });
-            }
+        if let Some(existing) = self.enrolment()?
+            && existing.device_id != enrolment.device_id
+            && pending > 0
+        {
+            return Err(StoreError::EnrolledToAnotherDevice {
+                enrolled: existing.device_id,
+                requested: enrolment.device_id,
+                pending,
+            });
         }
         let same_device = self
             .enrolment()?

@@ -76,13 +76,13 @@ impl Checker {
         low: T,
         high: T,
     ) {
-        if let Some(v) = value {
-            if !(low <= v && v <= high) {
-                self.fail(
-                    field,
-                    format!("{v} is outside the plausible range {low}..={high}"),
-                );
-            }
+        if let Some(v) = value
+            && !(low <= v && v <= high)
+        {
+            self.fail(
+                field,
+                format!("{v} is outside the plausible range {low}..={high}"),
+            );
         }
     }
 
@@ -113,10 +113,10 @@ pub fn validate(encounter: &Encounter) -> Result<(), ValidationErrors> {
     }
     let started = check.timestamp("started_at", encounter.started_at.as_deref());
     let ended = check.timestamp("ended_at", encounter.ended_at.as_deref());
-    if let (Some(started), Some(ended)) = (started, ended) {
-        if ended < started {
-            check.fail("ended_at", "ends before started_at");
-        }
+    if let (Some(started), Some(ended)) = (started, ended)
+        && ended < started
+    {
+        check.fail("ended_at", "ends before started_at");
     }
 
     if let Some(location) = &encounter.location {
@@ -132,13 +132,13 @@ pub fn validate(encounter: &Encounter) -> Result<(), ValidationErrors> {
                 format!("{} is not a longitude in -180..=180", location.lon),
             );
         }
-        if let Some(accuracy) = location.accuracy_m {
-            if !accuracy.is_finite() || accuracy < 0.0 {
-                check.fail(
-                    "location.accuracy_m",
-                    format!("{accuracy} is not a distance in metres"),
-                );
-            }
+        if let Some(accuracy) = location.accuracy_m
+            && (!accuracy.is_finite() || accuracy < 0.0)
+        {
+            check.fail(
+                "location.accuracy_m",
+                format!("{accuracy} is not a distance in metres"),
+            );
         }
     }
 

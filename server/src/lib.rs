@@ -1,1 +1,19 @@
-//! placeholder
+//! `auxilio-server`: the sync server and the `auxilio` command.
+//!
+//! The server authenticates devices ([`directory`]), takes their changes in sync requests,
+//! stores every change durably and merges it into the encounter's document ([`ledger`]),
+//! keeps query indexes ([`index`]) and answers over HTTP ([`http`]). [`client`] is the device
+//! side of the HTTP transport, used by `auxilio device` and the tests. Only this crate knows HTTP.
+
+pub mod audit;
+pub mod cli;
+pub mod client;
+pub mod database;
+pub mod directory;
+pub mod error;
+pub mod http;
+pub mod index;
+pub mod ledger;
+
+pub use database::Database;
+pub use http::{AppState, ServerConfig, app, serve};

@@ -1,0 +1,135 @@
+//! `auxilio admin`: teams and devices, straight on the data directory's database.
+
+use anyhow::Context;
+use auxilio_core::DeviceId;
+use clap::{Args, Subcommand};
+
+use super::{DataDirArg, print_json};
+use crate::database::Database;
+use crate::directory::{self, Role};
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    data: DataDirArg,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Teams: the unit of access for field devices.
+    #[command(subcommand)]
+    Team(TeamCommand),
+    /// Devices: enrol (prints the token once), revoke, list.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TeamCommand {
+    /// Add a team.
+    #[command(after_help = "Example:\n  auxilio admin team add sonora")]
+    Add {
+        /// Letters, digits, `-` or `_`.
+        name: String,
+    },
+    /// List teams.
+    #[command(after_help = "Example:\n  auxilio admin team list --json")]
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Enrol a device and print its token (shown only this once: store it on the device).
+    #[command(
+        after_help = "Example:\n  auxilio admin device enroll --team sonora --role field --label \"phone 3\""
+    )]
+    Enroll {
+        #[arg(long)]
+        team: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// A note for administrators (never shown to devices).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Revoke a device: its next request is refused with 401.
+    #[command(after_help = "Example:\n  auxilio admin device revoke 2vbG3jTkR3yE1c5nLkYb3dBLwN9")]
+    Revoke { device_id: DeviceId },
+    /// List devices (never their tokens).
+    #[command(after_help = "Example:\n  auxilio admin device list --json")]
+    List,
+}
+
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let database = Database::open(&args.data.data).with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            args.data.data.display()
+        )
+    })?;
+    let json = args.json;
+    database.write(|conn| -> anyhow::Result<()> {
+        match args.command {
+            AdminCommand::Team(TeamCommand::Add { name }) => {
+                directory::add_team(conn, &name)?;
+                if json {
+                    print_json(&serde_json::json!({ "team": name }));
+                } else {
+                    println!("team {name} added");
+                }
+            }
+            AdminCommand::Team(TeamCommand::List) => {
+                let teams = directory::list_teams(conn)?;
+                if json {
+                    print_json(&serde_json::json!({ "teams": teams }));
+                } else {
+                    teams.iter().for_each(|t| println!("{t}"));
+                }
+            }
+            AdminCommand::Device(DeviceCommand::Enroll { team, role, label }) => {
+                let enrolled = directory::enroll(conn, &team, role, &label)?;
+                if json {
+                    print_json(&enrolled);
+                } else {
+                    println!(
+                        "device {} enrolled in team {} as {}",
+                        enrolled.device_id, enrolled.team, enrolled.role
+                    );
+                    println!("token (shown only now; put it on the device):");
+                    println!("{}", enrolled.token);
+                }
+            }
+            AdminCommand::Device(DeviceCommand::Revoke { device_id }) => {
+                directory::revoke(conn, device_id)?;
+                if json {
+                    print_json(&serde_json::json!({ "device_id": device_id, "revoked": true }));
+                } else {
+                    println!("device {device_id} revoked: its next request will be refused");
+                }
+            }
+            AdminCommand::Device(DeviceCommand::List) => {
+                let devices = directory::list_devices(conn)?;
+                if json {
+                    print_json(&serde_json::json!({ "devices": devices }));
+                } else {
+                    for d in devices {
+                        let state = d
+                            .revoked_at
+                            .as_deref()
+                            .map_or("active".to_string(), |at| format!("revoked {at}"));
+                        println!(
+                            "{}  {:<12} {:<11} {}  {}",
+                            d.id, d.team, d.role, state, d.label
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,213 @@
+//! `auxilio device`: behaves like the phone app, on a store file. Everything but `init` and
+//! `sync` works with no network.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use auxilio_core::edit::FieldEdit;
+use auxilio_core::store::Enrolment;
+use auxilio_core::{DeviceStore, Encounter, EncounterId};
+use clap::{Args, Subcommand};
+
+use super::print_json;
+use crate::client;
+
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// The device's store file (created if missing).
+    #[arg(long, env = "AUXILIO_STORE")]
+    store: PathBuf,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: DeviceCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Enrol this store with a server and token (needs the server once; checks the token).
+    #[command(
+        after_help = "Example:\n  auxilio device --store phone.db init --server http://127.0.0.1:8080 --token auxilio_..."
+    )]
+    Init {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        token: String,
+        /// Pseudonymous staff id written into new encounters.
+        #[arg(long, default_value = "")]
+        agent: String,
+    },
+    /// Log a new encounter from a JSON file (or - for stdin); prints its id.
+    #[command(
+        after_help = "Example:\n  echo '{\"services\":[\"rescue\"],\"terrain\":\"river\",\"counts\":{\"m\":{\"18-59\":2}}}' \\\n    | auxilio device --store phone.db log -"
+    )]
+    Log {
+        /// Path of a JSON file, or - to read standard input.
+        file: String,
+    },
+    /// Change fields of an encounter: PATH=VALUE, PATH+=VALUE (add to a set or list), PATH-=VALUE.
+    #[command(
+        after_help = "Examples:\n  auxilio device --store phone.db edit 3Hc4... --set status=closed\n  auxilio device --store phone.db edit 3Hc4... --set counts.m.18-59=3 --set services+=first_aid\n  auxilio device --store phone.db edit 3Hc4... --set 'notes=found near the bridge'"
+    )]
+    Edit {
+        id: EncounterId,
+        #[arg(long = "set", required = true, value_name = "PATH=VALUE")]
+        edits: Vec<FieldEdit>,
+    },
+    /// List the encounters in this store.
+    #[command(after_help = "Example:\n  auxilio device --store phone.db list --json")]
+    List,
+    /// Show one encounter with its conflicts and unsynced changes.
+    #[command(after_help = "Example:\n  auxilio device --store phone.db show 3Hc4...")]
+    Show { id: EncounterId },
+    /// Send unsynced changes and fetch what the team has logged; prints one JSON line of figures.
+    #[command(
+        after_help = "Example:\n  auxilio device --store phone.db sync\n  auxilio device --store phone.db sync --server http://10.0.0.2:8080"
+    )]
+    Sync {
+        /// Use (and remember) this server address instead of the enrolled one.
+        #[arg(long)]
+        server: Option<String>,
+    },
+}
+
+fn read_encounter(file: &str) -> anyhow::Result<Encounter> {
+    let text = if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        anyhow::anyhow!("{file}: field `{path}`: {}", err.into_inner())
+    })
+}
+
+pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
+    let mut store = DeviceStore::open(&args.store)
+        .with_context(|| format!("cannot open the device store {}", args.store.display()))?;
+    let json = args.json;
+    match args.command {
+        DeviceCommand::Init {
+            server,
+            token,
+            agent,
+        } => {
+            let who = client::whoami(&server, &token)
+                .context("enrolment needs the server once, to check the token")?;
+            let enrolment = Enrolment {
+                server_url: server,
+                token,
+                device_id: who.device_id,
+                team: who.team,
+                role: who.role.to_string(),
+                agent,
+            };
+            store.enrol(&enrolment)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "device_id": enrolment.device_id, "team": enrolment.team, "role": enrolment.role,
+                    "server": enrolment.server_url,
+                }));
+            } else {
+                println!(
+                    "store {} enrolled as device {} ({} of team {})",
+                    args.store.display(),
+                    enrolment.device_id,
+                    enrolment.role,
+                    enrolment.team
+                );
+            }
+        }
+        DeviceCommand::Log { file } => {
+            let encounter = read_encounter(&file)?;
+            let id = store.log(encounter)?;
+            if json {
+                print_json(&serde_json::json!({ "id": id }));
+            } else {
+                println!("{id}");
+            }
+        }
+        DeviceCommand::Edit { id, edits } => {
+            let changed = store.edit(id, &edits)?;
+            if json {
+                print_json(&serde_json::json!({ "id": id, "changed": changed }));
+            } else if changed {
+                println!("{id} updated");
+            } else {
+                println!("{id} unchanged (the values were already set)");
+            }
+        }
+        DeviceCommand::List => {
+            let encounters = store.list()?;
+            if json {
+                print_json(&serde_json::json!({ "encounters": encounters }));
+            } else {
+                for e in encounters {
+                    println!(
+                        "{}  {:<6} {:>4} people  {}{}{}",
+                        e.id,
+                        serde_json::to_value(e.status)?.as_str().unwrap_or_default(),
+                        e.people,
+                        e.services.join(","),
+                        if e.pending_changes > 0 {
+                            format!("  ({} unsynced)", e.pending_changes)
+                        } else {
+                            String::new()
+                        },
+                        if e.conflicts > 0 {
+                            format!("  ({} conflicts)", e.conflicts)
+                        } else {
+                            String::new()
+                        },
+                    );
+                }
+            }
+        }
+        DeviceCommand::Show { id } => {
+            let view = store.show(id)?;
+            if json {
+                print_json(&view);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            }
+        }
+        DeviceCommand::Sync { server } => {
+            if let Some(server) = server {
+                store.set_server_url(&server)?;
+            }
+            let report = client::sync(&mut store, |so_far| {
+                eprintln!(
+                    "round trip {}: {} uploaded, {} downloaded, {} bytes up, {} bytes down",
+                    so_far.round_trips,
+                    so_far.uploaded,
+                    so_far.downloaded,
+                    so_far.bytes_up,
+                    so_far.bytes_down
+                );
+            })?;
+            print_json(&report);
+            if !report.rejected.is_empty() {
+                bail!(
+                    "the server refused changes of {} encounter(s) (kept on this device): {}",
+                    report.rejected.len(),
+                    report
+                        .rejected
+                        .iter()
+                        .map(|r| format!("{}: {}", r.encounter, r.message))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The `auxilio` command line: argument definitions and dispatch. Each subcommand lives in its
+//! own module; `main.rs` only calls [`run`].
+
+mod admin;
+mod device;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Default data directory of the server (and of `admin`).
+pub const DEFAULT_DATA_DIR: &str = "./auxilio-data";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "auxilio",
+    version,
+    about = "Offline-first sync for rescue and first-aid field teams",
+    long_about = "Auxilio keeps field teams' encounter records in sync over weak links: devices log \
+                  encounters offline, sync when they reach signal, and the server merges everything \
+                  into one picture for coordinators.",
+    after_help = "Examples:\n  auxilio serve\n  auxilio admin team add sonora\n  auxilio admin device enroll --team sonora --role field\n  auxilio device --store phone.db init --server http://127.0.0.1:8080 --token auxilio_...\n  auxilio device --store phone.db sync"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "AUXILIO_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sync server.
+    #[command(
+        after_help = "Examples:\n  auxilio serve\n  auxilio serve --data /var/lib/auxilio --listen 127.0.0.1:9000"
+    )]
+    Serve(serve::ServeArgs),
+    /// Manage teams and devices (works directly on the data directory, server running or not).
+    #[command(
+        after_help = "Examples:\n  auxilio admin team add sonora\n  auxilio admin device enroll --team sonora --role field --label \"phone 3\"\n  auxilio admin device revoke 2vbG3jTkR3yE1c5nLkYb3dBLwN9 --json"
+    )]
+    Admin(admin::AdminArgs),
+    /// Act as a field device: log and edit encounters offline, then sync.
+    #[command(
+        after_help = "Examples:\n  auxilio device --store phone.db init --server http://127.0.0.1:8080 --token auxilio_...\n  auxilio device --store phone.db log encounter.json\n  auxilio device --store phone.db edit 3Hc4... --set status=closed --set counts.m.18-59=3\n  auxilio device --store phone.db sync"
+    )]
+    Device(device::DeviceArgs),
+}
+
+/// Where `admin` and `serve` keep their data.
+#[derive(Debug, clap::Args)]
+struct DataDirArg {
+    /// Data directory (holds auxilio.sqlite).
+    #[arg(long = "data", default_value = DEFAULT_DATA_DIR, env = "AUXILIO_DATA")]
+    data: PathBuf,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUXILIO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Prints `value` as one JSON line on stdout.
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(value).expect("serialisable"));
+}
+
+/// Parses the command line, runs the command, and turns an error into a message and exit code 1.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Admin(args) => admin::run(args),
+        Command::Device(args) => device::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `auxilio serve`: opens the data directory, binds, serves until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::DataDirArg;
+use crate::database::Database;
+use crate::http::{AppState, ServerConfig, serve};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    data: DataDirArg,
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "AUXILIO_LISTEN")]
+    listen: SocketAddr,
+    /// Largest accepted request body in bytes.
+    #[arg(long, default_value_t = ServerConfig::default().max_request_bytes)]
+    max_request_bytes: usize,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let database = Database::open(&args.data.data).with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            args.data.data.display()
+        )
+    })?;
+    let config = ServerConfig {
+        max_request_bytes: args.max_request_bytes,
+        ..ServerConfig::default()
+    };
+    let state = AppState::new(database, config);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}: is another server using it? choose another with --listen",
+                    args.listen
+                )
+            })?;
+        let address = listener.local_addr()?;
+        // One plain line on stdout so scripts (and the tests) learn the port chosen for :0.
+        println!("auxilio listening on http://{address}");
+        tracing::info!(%address, data = %args.data.data.display(), "serving");
+        serve(listener, state, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing open requests");
+}

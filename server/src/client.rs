@@ -1,0 +1,164 @@
+//! The device side of the HTTP transport: runs sync protocol v1 rounds between a
+//! [`DeviceStore`] and a server, and asks the server who a token belongs to.
+//!
+//! Core builds and applies the messages; this module only moves bytes, so the phone app can swap
+//! it for its own transport.
+
+use std::time::Duration;
+
+use auxilio_core::DeviceStore;
+use auxilio_core::protocol::{self, MEDIA_TYPE, ProtocolError, Rejection};
+use auxilio_core::store::StoreError;
+use serde::{Deserialize, Serialize};
+
+use crate::directory::Role;
+
+/// A response larger than this is refused rather than read into memory.
+const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+/// A sync that needs more round trips than this is stuck, not slow.
+const MAX_ROUND_TRIPS: u32 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "could not reach the server at {url}: {message}. Check the address, or sync again when there is signal; nothing was lost"
+    )]
+    Unreachable { url: String, message: String },
+    #[error("the server refused the token ({status}): {message}")]
+    Unauthorized { status: u16, message: String },
+    #[error("the server answered {status}: {message}")]
+    Server { status: u16, message: String },
+    #[error("the server's answer was not understood: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("sync did not finish after {0} round trips")]
+    Stuck(u32),
+}
+
+/// Figures of one `sync`, printed as one JSON line by `auxilio device sync`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// Changes the server acknowledged as durably stored.
+    pub uploaded: u64,
+    /// Changes received from the server.
+    pub downloaded: u64,
+    pub round_trips: u32,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Changes still waiting for acknowledgement (refused ones stay here, never deleted).
+    pub pending: u64,
+    pub rejected: Vec<Rejection>,
+}
+
+/// What the server knows of a token's device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub device_id: auxilio_core::DeviceId,
+    pub team: String,
+    pub role: Role,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(120)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect())
+}
+
+fn endpoint(server_url: &str, path: &str) -> String {
+    format!("{}{path}", server_url.trim_end_matches('/'))
+}
+
+/// Reads a whole response, turning HTTP failures into [`ClientError`]s.
+fn finish(
+    url: &str,
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<Vec<u8>, ClientError> {
+    let unreachable = |e: ureq::Error| ClientError::Unreachable {
+        url: url.to_string(),
+        message: e.to_string(),
+    };
+    let mut response = result.map_err(unreachable)?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE_BYTES)
+        .read_to_vec()
+        .map_err(unreachable)?;
+    match status {
+        200..=299 => Ok(body),
+        401 | 403 => Err(ClientError::Unauthorized {
+            status,
+            message: error_message(&body),
+        }),
+        _ => Err(ClientError::Server {
+            status,
+            message: error_message(&body),
+        }),
+    }
+}
+
+/// Asks the server which device, team and role `token` belongs to.
+pub fn whoami(server_url: &str, token: &str) -> Result<WhoAmI, ClientError> {
+    let url = endpoint(server_url, "/v1/whoami");
+    let body = finish(
+        &url,
+        agent()
+            .get(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .call(),
+    )?;
+    serde_json::from_slice(&body).map_err(|e| ClientError::Server {
+        status: 200,
+        message: format!("unexpected whoami answer: {e}"),
+    })
+}
+
+/// Syncs `store` with its server until nothing more is waiting; `progress` sees the running
+/// figures after every round trip.
+pub fn sync(
+    store: &mut DeviceStore,
+    mut progress: impl FnMut(&SyncReport),
+) -> Result<SyncReport, ClientError> {
+    let enrolment = store.enrolment()?.ok_or(StoreError::NotEnrolled)?;
+    let url = endpoint(&enrolment.server_url, "/v1/sync");
+    let agent = agent();
+    let mut report = SyncReport::default();
+    loop {
+        let request = protocol::encode(&store.sync_request()?);
+        report.bytes_up += request.len() as u64;
+        let body = finish(
+            &url,
+            agent
+                .post(&url)
+                .header("Authorization", &format!("Bearer {}", enrolment.token))
+                .header("Content-Type", MEDIA_TYPE)
+                .send(&request[..]),
+        )?;
+        report.bytes_down += body.len() as u64;
+        let response = protocol::decode_response(&body)?;
+        let applied = store.apply_response(&response)?;
+        report.round_trips += 1;
+        report.uploaded += applied.acknowledged;
+        report.downloaded += applied.downloaded;
+        report.rejected = applied.rejected;
+        report.pending = store.pending_count()?;
+        progress(&report);
+        if !response.more {
+            return Ok(report);
+        }
+        if report.round_trips >= MAX_ROUND_TRIPS {
+            return Err(ClientError::Stuck(report.round_trips));
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The server's SQLite database: one file under the data directory, WAL mode, migrations at open.
+//!
+//! One writer connection (SQLite allows one writer at a time anyway) and a small pool of reader
+//! connections. Callers pass closures; the HTTP layer runs them on tokio's blocking threads so
+//! SQLite work never stalls the async workers. `synchronous=FULL` makes every commit durable
+//! before it returns: the server acknowledges a change only after that.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "auxilio.sqlite";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDirectory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "the database at {path} has format {found}, newer than this build ({supported}); run a newer auxilio"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+}
+
+const MIGRATIONS: &[&str] = &[r"
+    CREATE TABLE teams (
+        name TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE devices (
+        id BLOB PRIMARY KEY,
+        team TEXT NOT NULL REFERENCES teams (name),
+        role TEXT NOT NULL,
+        label TEXT NOT NULL DEFAULT '',
+        token_hash BLOB NOT NULL,
+        enrolled_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    -- The durable truth: every change ever accepted, in the order it was committed.
+    -- `seq` is the position devices' cursors point into.
+    CREATE TABLE changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        encounter BLOB NOT NULL,
+        team TEXT NOT NULL,
+        hash BLOB NOT NULL UNIQUE,
+        change BLOB NOT NULL,
+        device BLOB NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    CREATE INDEX changes_by_encounter ON changes (encounter, seq);
+    CREATE INDEX changes_by_team ON changes (team, seq);
+    -- The merged document of each encounter and its index columns, all derived from `changes`
+    -- (rebuildable from it).
+    CREATE TABLE encounters (
+        id BLOB PRIMARY KEY,
+        team TEXT NOT NULL,
+        document BLOB NOT NULL,
+        complete INTEGER NOT NULL DEFAULT 1,
+        received_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        status TEXT,
+        started_at TEXT,
+        occurred_at TEXT NOT NULL,
+        clock_suspect INTEGER NOT NULL DEFAULT 0,
+        lat REAL,
+        lon REAL,
+        people INTEGER NOT NULL DEFAULT 0,
+        injured INTEGER NOT NULL DEFAULT 0,
+        uasc INTEGER NOT NULL DEFAULT 0,
+        conflicts INTEGER NOT NULL DEFAULT 0,
+        problems TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX encounters_by_team_time ON encounters (team, occurred_at);
+    CREATE INDEX encounters_by_time ON encounters (occurred_at);
+    CREATE TABLE encounter_services (
+        encounter BLOB NOT NULL,
+        service TEXT NOT NULL,
+        PRIMARY KEY (encounter, service)
+    ) WITHOUT ROWID;
+    CREATE INDEX encounter_services_by_service ON encounter_services (service, encounter);
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+"];
+
+const READER_POOL: usize = 4;
+
+#[derive(Debug)]
+pub struct Database {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+impl Database {
+    /// Opens the database in `data_dir`, creating the directory and running migrations.
+    pub fn open(data_dir: &Path) -> Result<Self, DatabaseError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| DatabaseError::DataDirectory {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DATABASE_FILE);
+        let mut writer = Connection::open(&path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        configure(&writer)?;
+        let version: i64 = writer.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(DatabaseError::TooNew {
+                path,
+                found: version,
+                supported,
+            });
+        }
+        let tx = writer.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(migration)?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)?;
+            tracing::info!(version = index + 1, "database migrated");
+        }
+        tx.commit()?;
+        Ok(Self {
+            path,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` with the single writer connection.
+    pub fn write<T, E: From<rusqlite::Error>>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(&mut conn)
+    }
+
+    /// Runs `work` with a reader connection (sees the last committed state).
+    pub fn read<T, E: From<rusqlite::Error>>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                configure(&conn)?;
+                conn
+            }
+        };
+        let result = work(&conn);
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if readers.len() < READER_POOL {
+            readers.push(conn);
+        }
+        result
+    }
+
+    /// Moves the WAL's content into the main file (used before copying or inspecting the file).
+    pub fn checkpoint(&self) -> Result<(), rusqlite::Error> {
+        self.write(|conn| conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);"))
+    }
+}
+
+/// Current time as stored in the database: UTC RFC 3339 with seconds, so text order is time order.
+pub fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

@@ -1,0 +1,354 @@
+//! Teams, enrolled devices and their credentials.
+//!
+//! A device's token is `auxilio_<device id>_<secret>`: the device id (bs58check) lets the server
+//! find the device without a table scan and lets a phone know its own id offline; the secret is
+//! 32 random bytes, stored only as its SHA-256 (a leaked database does not leak tokens). A token
+//! is shown once, at enrolment. Revocation takes effect on the very next request because every
+//! request reads the device row.
+
+use std::fmt;
+use std::str::FromStr;
+
+use auxilio_core::DeviceId;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::audit;
+use crate::database::now_text;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("team `{0}` already exists")]
+    TeamExists(String),
+    #[error("no team `{0}`: add it first with `auxilio admin team add {0}`")]
+    NoSuchTeam(String),
+    #[error("`{0}` is not a usable team name: use 1-64 letters, digits, `-` or `_`")]
+    BadTeamName(String),
+    #[error("no device {0}")]
+    NoSuchDevice(DeviceId),
+    #[error("device {0} is already revoked")]
+    AlreadyRevoked(DeviceId),
+}
+
+/// Why a bearer token was not accepted. Deliberately coarse in what reaches the client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("no bearer token: send `Authorization: Bearer <token>`")]
+    Missing,
+    #[error("the token is not an Auxilio device token")]
+    Malformed,
+    #[error("the token is not valid (unknown device or wrong secret)")]
+    Invalid,
+    #[error("this device has been revoked; it must be re-enrolled by an administrator")]
+    Revoked,
+}
+
+/// What a device may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Sees and writes only its own team's encounters.
+    Field,
+    /// Sees every team's encounters.
+    Coordinator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Field => "field",
+            Role::Coordinator => "coordinator",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "field" => Ok(Role::Field),
+            "coordinator" => Ok(Role::Coordinator),
+            other => Err(format!("unknown role `{other}`")),
+        }
+    }
+}
+
+/// An enrolled device, as requests see it after authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub id: DeviceId,
+    pub team: String,
+    pub role: Role,
+    pub label: String,
+    pub enrolled_at: String,
+    pub revoked_at: Option<String>,
+}
+
+impl Device {
+    /// Whether this device may see (and so read or write) encounters of `team`.
+    pub fn may_see_team(&self, team: &str) -> bool {
+        self.role == Role::Coordinator || self.team == team
+    }
+}
+
+/// A device just enrolled, with the only copy of its token.
+#[derive(Debug, Clone, Serialize)]
+pub struct Enrolled {
+    pub device_id: DeviceId,
+    pub team: String,
+    pub role: Role,
+    pub token: String,
+}
+
+const TOKEN_PREFIX: &str = "auxilio_";
+
+fn hash_secret(secret: &[u8]) -> Vec<u8> {
+    Sha256::digest(secret).to_vec()
+}
+
+/// Splits a token into the device id and the secret.
+pub fn parse_token(token: &str) -> Result<(DeviceId, Vec<u8>), AuthError> {
+    let rest = token
+        .trim()
+        .strip_prefix(TOKEN_PREFIX)
+        .ok_or(AuthError::Malformed)?;
+    let (device, secret) = rest.split_once('_').ok_or(AuthError::Malformed)?;
+    let device: DeviceId = device.parse().map_err(|_| AuthError::Malformed)?;
+    let secret = bs58::decode(secret)
+        .into_vec()
+        .map_err(|_| AuthError::Malformed)?;
+    if secret.len() != 32 {
+        return Err(AuthError::Malformed);
+    }
+    Ok((device, secret))
+}
+
+fn valid_team_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub fn add_team(conn: &Connection, name: &str) -> Result<(), DirectoryError> {
+    if !valid_team_name(name) {
+        return Err(DirectoryError::BadTeamName(name.to_string()));
+    }
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO teams (name, created_at) VALUES (?1, ?2)",
+        params![name, now_text()],
+    )?;
+    if inserted == 0 {
+        return Err(DirectoryError::TeamExists(name.to_string()));
+    }
+    audit::record(
+        conn,
+        "admin-cli",
+        "team.add",
+        serde_json::json!({ "team": name }),
+    )?;
+    Ok(())
+}
+
+pub fn list_teams(conn: &Connection) -> Result<Vec<String>, DirectoryError> {
+    let mut statement = conn.prepare("SELECT name FROM teams ORDER BY name")?;
+    let names = statement
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(names)
+}
+
+pub fn enroll(
+    conn: &Connection,
+    team: &str,
+    role: Role,
+    label: &str,
+) -> Result<Enrolled, DirectoryError> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM teams WHERE name = ?1)",
+        [team],
+        |row| row.get(0),
+    )?;
+    if !exists {
+        return Err(DirectoryError::NoSuchTeam(team.to_string()));
+    }
+    let device_id = DeviceId::random();
+    let secret: [u8; 32] = auxilio_core::id::random_bytes();
+    conn.execute(
+        "INSERT INTO devices (id, team, role, label, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![device_id.as_bytes(), team, role.as_str(), label, hash_secret(&secret), now_text()],
+    )?;
+    audit::record(
+        conn,
+        "admin-cli",
+        "device.enroll",
+        serde_json::json!({ "device": device_id.to_string(), "team": team, "role": role }),
+    )?;
+    let token = format!(
+        "{TOKEN_PREFIX}{device_id}_{}",
+        bs58::encode(secret).into_string()
+    );
+    Ok(Enrolled {
+        device_id,
+        team: team.to_string(),
+        role,
+        token,
+    })
+}
+
+pub fn revoke(conn: &Connection, device: DeviceId) -> Result<(), DirectoryError> {
+    let found = find_device(conn, device)?.ok_or(DirectoryError::NoSuchDevice(device))?;
+    if found.revoked_at.is_some() {
+        return Err(DirectoryError::AlreadyRevoked(device));
+    }
+    conn.execute(
+        "UPDATE devices SET revoked_at = ?2 WHERE id = ?1",
+        params![device.as_bytes(), now_text()],
+    )?;
+    audit::record(
+        conn,
+        "admin-cli",
+        "device.revoke",
+        serde_json::json!({ "device": device.to_string() }),
+    )?;
+    Ok(())
+}
+
+fn device_from_row(row: &rusqlite::Row<'_>) -> Result<(Device, Vec<u8>), rusqlite::Error> {
+    let id: Vec<u8> = row.get("id")?;
+    let role: String = row.get("role")?;
+    let device = Device {
+        id: DeviceId::from_slice(&id)
+            .map_err(|e| rusqlite::Error::InvalidColumnName(e.to_string()))?,
+        team: row.get("team")?,
+        role: role.parse().map_err(rusqlite::Error::InvalidColumnName)?,
+        label: row.get("label")?,
+        enrolled_at: row.get("enrolled_at")?,
+        revoked_at: row.get("revoked_at")?,
+    };
+    Ok((device, row.get("token_hash")?))
+}
+
+pub fn find_device(conn: &Connection, id: DeviceId) -> Result<Option<Device>, DirectoryError> {
+    Ok(conn
+        .query_row(
+            "SELECT * FROM devices WHERE id = ?1",
+            [id.as_bytes()],
+            device_from_row,
+        )
+        .optional()?
+        .map(|(device, _)| device))
+}
+
+pub fn list_devices(conn: &Connection) -> Result<Vec<Device>, DirectoryError> {
+    let mut statement = conn.prepare("SELECT * FROM devices ORDER BY team, enrolled_at")?;
+    let devices = statement
+        .query_map([], device_from_row)?
+        .map(|row| row.map(|(device, _)| device))
+        .collect::<Result<_, _>>()?;
+    Ok(devices)
+}
+
+/// The device a bearer token belongs to, if the token is valid and the device not revoked.
+pub fn authenticate(
+    conn: &Connection,
+    token: &str,
+) -> Result<Result<Device, AuthError>, rusqlite::Error> {
+    let (id, secret) = match parse_token(token) {
+        Ok(parts) => parts,
+        Err(err) => return Ok(Err(err)),
+    };
+    let Some((device, stored_hash)) = conn
+        .query_row(
+            "SELECT * FROM devices WHERE id = ?1",
+            [id.as_bytes()],
+            device_from_row,
+        )
+        .optional()?
+    else {
+        return Ok(Err(AuthError::Invalid));
+    };
+    // Both sides are SHA-256 digests, so comparing them leaks nothing useful about the secret.
+    if hash_secret(&secret) != stored_hash {
+        return Ok(Err(AuthError::Invalid));
+    }
+    if device.revoked_at.is_some() {
+        return Ok(Err(AuthError::Revoked));
+    }
+    Ok(Ok(device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database() -> (tempfile::TempDir, crate::Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Database::open(dir.path()).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn an_enrolled_token_authenticates_until_revoked() {
+        let (_dir, db) = database();
+        db.write(|conn| {
+            add_team(conn, "sonora").unwrap();
+            let enrolled = enroll(conn, "sonora", Role::Field, "phone 1").unwrap();
+            let device = authenticate(conn, &enrolled.token).unwrap().unwrap();
+            assert_eq!(device.team, "sonora");
+            revoke(conn, enrolled.device_id).unwrap();
+            assert_eq!(
+                authenticate(conn, &enrolled.token).unwrap(),
+                Err(AuthError::Revoked)
+            );
+            Ok::<_, DirectoryError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_token_with_a_wrong_secret_or_shape_is_refused() {
+        let (_dir, db) = database();
+        db.write(|conn| {
+            add_team(conn, "sonora").unwrap();
+            let enrolled = enroll(conn, "sonora", Role::Field, "").unwrap();
+            let forged = format!(
+                "auxilio_{}_{}",
+                enrolled.device_id,
+                bs58::encode([7u8; 32]).into_string()
+            );
+            assert_eq!(
+                authenticate(conn, &forged).unwrap(),
+                Err(AuthError::Invalid)
+            );
+            assert_eq!(
+                authenticate(conn, "hunter2").unwrap(),
+                Err(AuthError::Malformed)
+            );
+            Ok::<_, DirectoryError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn enrolling_into_a_missing_team_says_how_to_add_it() {
+        let (_dir, db) = database();
+        let err = db
+            .write(|conn| enroll(conn, "nowhere", Role::Field, ""))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("auxilio admin team add nowhere"),
+            "{err}"
+        );
+    }
+}

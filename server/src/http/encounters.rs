@@ -1,0 +1,126 @@
+//! `GET /v1/encounters` (filtered list from the index) and `GET /v1/encounters/{id}` (the
+//! current merged state, with its unresolved conflicts and flagged problems).
+
+use auxilio_core::EncounterId;
+use auxilio_core::document::Conflict;
+use auxilio_core::store::heads_hex;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use rusqlite::OptionalExtension;
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, AuthenticatedDevice};
+use crate::directory::Role;
+use crate::error::AppError;
+use crate::index::{self, EncounterRow, ListFilter, Problem};
+use crate::ledger;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/encounters", get(list))
+        .route("/v1/encounters/{id}", get(show))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EncounterList {
+    pub encounters: Vec<EncounterRow>,
+    pub count: usize,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+    filter: Result<Query<ListFilter>, QueryRejection>,
+) -> Result<Json<EncounterList>, AppError> {
+    let Query(mut filter) = filter.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    if let Some(from) = &filter.from {
+        filter.from = Some(index::normalise_time("from", from).map_err(AppError::BadRequest)?);
+    }
+    if let Some(to) = &filter.to {
+        filter.to = Some(index::normalise_time("to", to).map_err(AppError::BadRequest)?);
+    }
+    // A field device lists its own team only; a coordinator may list any.
+    let visible_team = (device.role != Role::Coordinator).then(|| device.team.clone());
+    let encounters = state
+        .blocking(move |database| {
+            Ok(database.read(|conn| index::list(conn, &filter, visible_team.as_deref()))?)
+        })
+        .await?;
+    Ok(Json(EncounterList {
+        count: encounters.len(),
+        encounters,
+    }))
+}
+
+/// One encounter's merged state as the server holds it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EncounterDetail {
+    pub id: EncounterId,
+    pub team: String,
+    pub received_at: String,
+    pub updated_at: String,
+    pub occurred_at: String,
+    pub clock_suspect: bool,
+    /// False while some stored change still waits for a change it depends on.
+    pub complete: bool,
+    pub encounter: serde_json::Value,
+    pub conflicts: Vec<Conflict>,
+    pub problems: Vec<Problem>,
+    pub heads: Vec<String>,
+}
+
+async fn show(
+    State(state): State<AppState>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+    Path(id): Path<String>,
+) -> Result<Json<EncounterDetail>, AppError> {
+    let id: EncounterId = id
+        .parse()
+        .map_err(|e| AppError::BadRequest(format!("`{id}` is not an encounter id: {e}")))?;
+    let not_found =
+        move || AppError::NotFound(format!("no encounter {id} that this device may see"));
+    let detail = state
+        .blocking(move |database| {
+            database.read(|conn| {
+                let row: Option<(String, String, String, String, bool, bool, String)> = conn
+                    .query_row(
+                        "SELECT team, received_at, updated_at, occurred_at, clock_suspect, complete, problems
+                         FROM encounters WHERE id = ?1",
+                        [id.as_bytes()],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+                    )
+                    .optional()?;
+                // Another team's encounter answers exactly like a missing one: its existence is
+                // not disclosed.
+                let Some((team, received_at, updated_at, occurred_at, clock_suspect, complete, problems)) =
+                    row.filter(|row| device.may_see_team(&row.0))
+                else {
+                    return Err(not_found());
+                };
+                let mut document = ledger::load_document(conn, id)
+                    .map_err(AppError::internal)?
+                    .ok_or_else(not_found)?;
+                let encounter = match document.encounter() {
+                    Ok(typed) => serde_json::to_value(typed).map_err(AppError::internal)?,
+                    Err(_) => document.to_json(),
+                };
+                Ok(EncounterDetail {
+                    id,
+                    team,
+                    received_at,
+                    updated_at,
+                    occurred_at,
+                    clock_suspect,
+                    complete,
+                    encounter,
+                    conflicts: document.conflicts(),
+                    problems: serde_json::from_str(&problems).unwrap_or_default(),
+                    heads: heads_hex(&document.heads()),
+                })
+            })
+        })
+        .await?;
+    Ok(Json(detail))
+}

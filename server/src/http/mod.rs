@@ -1,0 +1,85 @@
+//! The HTTP surface: one [`AppState`], one router per feature, [`app`] to assemble them (tests
+//! drive it in process) and [`serve`] to run it until a shutdown signal.
+
+mod auth;
+mod encounters;
+mod health;
+mod sync;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+pub use auth::AuthenticatedDevice;
+
+use crate::database::Database;
+use crate::error::AppError;
+use crate::ledger::PageLimits;
+
+/// Settings of a running server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerConfig {
+    /// Largest accepted request body, in bytes.
+    pub max_request_bytes: usize,
+    pub pages: PageLimits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 16 * 1024 * 1024,
+            pages: PageLimits::default(),
+        }
+    }
+}
+
+/// Everything a request handler needs: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub database: Arc<Database>,
+    pub config: ServerConfig,
+}
+
+impl AppState {
+    pub fn new(database: Database, config: ServerConfig) -> Self {
+        Self {
+            database: Arc::new(database),
+            config,
+        }
+    }
+
+    /// Runs blocking database work on tokio's blocking threads.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, AppError> + Send + 'static,
+    ) -> Result<T, AppError> {
+        let database = self.database.clone();
+        tokio::task::spawn_blocking(move || work(&database))
+            .await
+            .map_err(AppError::internal)?
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(sync::router(state.config.max_request_bytes))
+        .merge(encounters::router())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` completes, then finishes open requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,71 @@
+//! `POST /v1/sync` (sync protocol v1, CBOR bodies) and `GET /v1/whoami`.
+
+use auxilio_core::protocol::{self, MEDIA_TYPE};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::{AppState, AuthenticatedDevice};
+use crate::error::AppError;
+use crate::ledger::{self, LedgerError};
+
+pub fn router(max_request_bytes: usize) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/sync",
+            post(sync).layer(DefaultBodyLimit::max(max_request_bytes)),
+        )
+        .route("/v1/whoami", get(whoami))
+}
+
+async fn whoami(AuthenticatedDevice(device): AuthenticatedDevice) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "device_id": device.id, "team": device.team, "role": device.role }))
+}
+
+async fn sync(
+    State(state): State<AppState>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(_)
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            AppError::PayloadTooLarge {
+                limit: state.config.max_request_bytes,
+            }
+        }
+        other => AppError::BadRequest(format!("could not read the request body: {other}")),
+    })?;
+    let request =
+        protocol::decode_request(&body).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let uploaded: usize = request.changes.iter().map(|g| g.changes.len()).sum();
+    let pages = state.config.pages;
+    let device_for_log = device.id;
+    let response = state
+        .blocking(move |database| {
+            database
+                .write(|conn| ledger::sync(conn, &device, &request, pages))
+                .map_err(|err| match err {
+                    LedgerError::BadRequest(message) => AppError::BadRequest(message),
+                    other => AppError::internal(other),
+                })
+        })
+        .await?;
+    let downloaded: usize = response.changes.iter().map(|g| g.changes.len()).sum();
+    tracing::info!(
+        device = %device_for_log,
+        uploaded,
+        accepted = response.accepted.len(),
+        rejected = response.rejected.len(),
+        downloaded,
+        cursor = response.cursor,
+        more = response.more,
+        "sync"
+    );
+    Ok(([(CONTENT_TYPE, MEDIA_TYPE)], protocol::encode(&response)).into_response())
+}

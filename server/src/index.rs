@@ -1,0 +1,283 @@
+//! Query indexes over merged encounters: the columns of the `encounters` table and
+//! `encounter_services`, kept in step with every merge, and the list query the coordinator uses.
+//!
+//! Everything here is derived from the stored changes and can be rebuilt from them; lists are
+//! answered from these columns without loading any Automerge document.
+
+use auxilio_core::document::EncounterDocument;
+use auxilio_core::validation::validate;
+use auxilio_core::{Encounter, EncounterId};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use rusqlite::{Connection, params, params_from_iter};
+use serde::{Deserialize, Serialize};
+
+/// Device clocks before this are taken as wrong (a phone that lost its time shows 1970 or its
+/// factory date).
+const EARLIEST_PLAUSIBLE: &str = "2015-01-01T00:00:00Z";
+
+/// When the encounter happened, for queries: the device's `started_at` if it is plausible, else
+/// the server's `received_at`. Returns the time and whether the device clock was suspect.
+pub fn occurred_at(started_at: Option<&str>, received_at: &str) -> (String, bool) {
+    let received = DateTime::parse_from_rfc3339(received_at)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now());
+    let earliest = DateTime::parse_from_rfc3339(EARLIEST_PLAUSIBLE)
+        .expect("constant")
+        .with_timezone(&Utc);
+    match started_at.and_then(|s| DateTime::parse_from_rfc3339(s).ok()) {
+        Some(started) => {
+            let started = started.with_timezone(&Utc);
+            if started >= earliest && started <= received + Duration::days(1) {
+                (started.to_rfc3339_opts(SecondsFormat::Secs, true), false)
+            } else {
+                (received.to_rfc3339_opts(SecondsFormat::Secs, true), true)
+            }
+        }
+        None => (received.to_rfc3339_opts(SecondsFormat::Secs, true), false),
+    }
+}
+
+/// A problem found in a merged document: it is stored and served as it is, but flagged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+/// Refreshes the index columns of one encounter from its merged document.
+pub fn update(
+    conn: &Connection,
+    id: EncounterId,
+    owner_team: &str,
+    document: &EncounterDocument,
+) -> Result<(), rusqlite::Error> {
+    let received_at: String = conn.query_row(
+        "SELECT received_at FROM encounters WHERE id = ?1",
+        [id.as_bytes()],
+        |row| row.get(0),
+    )?;
+    let conflicts = document.conflicts().len() as i64;
+    let (encounter, mut problems) = match document.encounter() {
+        Ok(encounter) => {
+            let problems = match validate(&encounter) {
+                Ok(()) => Vec::new(),
+                Err(errors) => errors
+                    .0
+                    .into_iter()
+                    .map(|e| Problem {
+                        field: e.field,
+                        message: e.message,
+                    })
+                    .collect(),
+            };
+            (Some(encounter), problems)
+        }
+        Err(err) => (
+            None,
+            vec![Problem {
+                field: String::new(),
+                message: err.to_string(),
+            }],
+        ),
+    };
+    if let Some(e) = &encounter
+        && e.team != owner_team
+    {
+        problems.push(Problem {
+            field: "team".into(),
+            message: format!(
+                "says `{}` but the encounter belongs to `{owner_team}`",
+                e.team
+            ),
+        });
+    }
+    let empty = Encounter::default();
+    let e = encounter.as_ref().unwrap_or(&empty);
+    let (occurred, clock_suspect) = occurred_at(e.started_at.as_deref(), &received_at);
+    let status = serde_json::to_value(e.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string));
+    conn.execute(
+        "UPDATE encounters SET status = ?2, started_at = ?3, occurred_at = ?4, clock_suspect = ?5, lat = ?6, lon = ?7,
+                people = ?8, injured = ?9, uasc = ?10, conflicts = ?11, problems = ?12
+         WHERE id = ?1",
+        params![
+            id.as_bytes(),
+            status,
+            e.started_at,
+            occurred,
+            clock_suspect,
+            e.location.as_ref().map(|l| l.lat),
+            e.location.as_ref().map(|l| l.lon),
+            e.counts.total() as i64,
+            e.counts.injured,
+            e.counts.uasc,
+            conflicts,
+            serde_json::to_string(&problems).expect("serialisable"),
+        ],
+    )?;
+    conn.execute(
+        "DELETE FROM encounter_services WHERE encounter = ?1",
+        [id.as_bytes()],
+    )?;
+    for service in &e.services {
+        let name = serde_json::to_value(service).expect("serialisable");
+        conn.execute(
+            "INSERT INTO encounter_services (encounter, service) VALUES (?1, ?2)",
+            params![id.as_bytes(), name.as_str()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Filters of `GET /v1/encounters`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListFilter {
+    pub team: Option<String>,
+    pub service: Option<String>,
+    pub status: Option<String>,
+    /// RFC 3339; inclusive.
+    pub from: Option<String>,
+    /// RFC 3339; exclusive.
+    pub to: Option<String>,
+    pub limit: Option<u32>,
+    pub offset: Option<u32>,
+}
+
+/// One row of the list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncounterRow {
+    pub id: String,
+    pub team: String,
+    pub status: Option<String>,
+    pub services: Vec<String>,
+    pub occurred_at: String,
+    pub clock_suspect: bool,
+    pub received_at: String,
+    pub updated_at: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub people: i64,
+    pub injured: i64,
+    pub uasc: i64,
+    pub conflicts: i64,
+    pub problems: Vec<Problem>,
+}
+
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// Normalises an RFC 3339 time to the stored form, or says which parameter is wrong.
+pub fn normalise_time(name: &str, text: &str) -> Result<String, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| {
+            t.with_timezone(&Utc)
+                .to_rfc3339_opts(SecondsFormat::Secs, true)
+        })
+        .map_err(|e| format!("`{name}` must be an RFC 3339 time such as 2026-11-28T00:00:00Z: {e}"))
+}
+
+/// Lists encounters matching `filter`, newest first, limited to `visible_team` when given.
+pub fn list(
+    conn: &Connection,
+    filter: &ListFilter,
+    visible_team: Option<&str>,
+) -> Result<Vec<EncounterRow>, rusqlite::Error> {
+    let mut sql = String::from(
+        "SELECT e.id, e.team, e.status, e.occurred_at, e.clock_suspect, e.received_at, e.updated_at, e.lat, e.lon,
+                e.people, e.injured, e.uasc, e.conflicts, e.problems,
+                (SELECT group_concat(service, ',') FROM encounter_services s WHERE s.encounter = e.id)
+         FROM encounters e WHERE 1 = 1",
+    );
+    let mut values: Vec<String> = Vec::new();
+    let mut condition = |clause: &str, value: &str| {
+        values.push(value.to_string());
+        sql.push_str(&format!(" AND {clause} ?{}", values.len()));
+    };
+    if let Some(team) = visible_team {
+        condition("e.team =", team);
+    }
+    if let Some(team) = &filter.team {
+        condition("e.team =", team);
+    }
+    if let Some(status) = &filter.status {
+        condition("e.status =", status);
+    }
+    if let Some(from) = &filter.from {
+        condition("e.occurred_at >=", from);
+    }
+    if let Some(to) = &filter.to {
+        condition("e.occurred_at <", to);
+    }
+    if let Some(service) = &filter.service {
+        condition(
+            "e.id IN (SELECT encounter FROM encounter_services WHERE service =",
+            service,
+        );
+        sql.push(')');
+    }
+    let limit = filter
+        .limit
+        .unwrap_or(DEFAULT_LIST_LIMIT)
+        .min(MAX_LIST_LIMIT);
+    sql.push_str(&format!(
+        " ORDER BY e.occurred_at DESC, e.id LIMIT {limit} OFFSET {}",
+        filter.offset.unwrap_or(0)
+    ));
+    let mut statement = conn.prepare(&sql)?;
+    let rows = statement.query_map(params_from_iter(values.iter()), |row| {
+        let id: Vec<u8> = row.get(0)?;
+        let problems: String = row.get(13)?;
+        let services: Option<String> = row.get(14)?;
+        let mut services: Vec<String> = services
+            .map(|s| s.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        services.sort();
+        Ok(EncounterRow {
+            id: EncounterId::from_slice(&id)
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+            team: row.get(1)?,
+            status: row.get(2)?,
+            services,
+            occurred_at: row.get(3)?,
+            clock_suspect: row.get(4)?,
+            received_at: row.get(5)?,
+            updated_at: row.get(6)?,
+            lat: row.get(7)?,
+            lon: row.get(8)?,
+            people: row.get(9)?,
+            injured: row.get(10)?,
+            uasc: row.get(11)?,
+            conflicts: row.get(12)?,
+            problems: serde_json::from_str(&problems).unwrap_or_default(),
+        })
+    })?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_clock_in_1970_falls_back_to_the_server_time() {
+        let (at, suspect) = occurred_at(Some("1970-01-01T00:00:05+00:00"), "2026-11-28T10:00:00Z");
+        assert_eq!(at, "2026-11-28T10:00:00Z");
+        assert!(suspect);
+    }
+
+    #[test]
+    fn a_plausible_device_time_is_kept_in_utc() {
+        let (at, suspect) = occurred_at(Some("2026-11-27T08:00:00-07:00"), "2026-11-28T10:00:00Z");
+        assert_eq!(at, "2026-11-27T15:00:00Z");
+        assert!(!suspect);
+    }
+
+    #[test]
+    fn a_device_clock_far_in_the_future_is_suspect() {
+        let (_, suspect) = occurred_at(Some("2031-01-01T00:00:00Z"), "2026-11-28T10:00:00Z");
+        assert!(suspect);
+    }
+}

@@ -1,0 +1,326 @@
+//! The change ledger: takes a device's sync request, stores every acceptable change durably,
+//! merges it into the encounter's document, and pages out what the device lacks.
+//!
+//! All of one request happens in one SQLite write transaction, committed before the response is
+//! built: an acknowledgement means the change is on disk. Nothing is kept in memory between
+//! requests; a document is loaded from SQLite only while its changes are merged, so memory is
+//! bounded by the largest request, not by the number of encounters.
+
+use std::collections::HashSet;
+
+use automerge::Change;
+use auxilio_core::document::EncounterDocument;
+use auxilio_core::id::device_of_actor;
+use auxilio_core::protocol::{
+    EncounterChanges, PROTOCOL_VERSION, RejectReason, Rejection, SyncRequest, SyncResponse,
+};
+use auxilio_core::{EncounterId, SCHEMA_VERSION};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use serde_bytes::ByteBuf;
+
+use crate::database::now_text;
+use crate::directory::Device;
+use crate::index;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The request itself is broken; nothing of it was stored.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("stored data could not be read: {0}")]
+    Corrupt(String),
+}
+
+/// Limits on what one response carries.
+#[derive(Debug, Clone, Copy)]
+pub struct PageLimits {
+    /// Stop adding changes to a response past this many bytes of change data (at least one
+    /// change is always sent, so a page always makes progress).
+    pub max_response_change_bytes: usize,
+}
+
+impl Default for PageLimits {
+    fn default() -> Self {
+        Self {
+            max_response_change_bytes: 1024 * 1024,
+        }
+    }
+}
+
+struct Upload {
+    encounter: EncounterId,
+    changes: Vec<Change>,
+}
+
+/// Decodes every change of the request before anything is written, so a malformed request is
+/// refused whole.
+fn decode_uploads(request: &SyncRequest) -> Result<Vec<Upload>, LedgerError> {
+    request
+        .changes
+        .iter()
+        .map(|group| {
+            let changes = group
+                .changes
+                .iter()
+                .enumerate()
+                .map(|(index, bytes)| {
+                    Change::from_bytes(bytes.to_vec()).map_err(|err| {
+                        LedgerError::BadRequest(format!(
+                            "change {index} of encounter {} is not an Automerge change: {err}",
+                            group.encounter
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Upload {
+                encounter: group.encounter,
+                changes,
+            })
+        })
+        .collect()
+}
+
+fn encounter_team(tx: &Connection, id: EncounterId) -> Result<Option<String>, rusqlite::Error> {
+    tx.query_row(
+        "SELECT team FROM encounters WHERE id = ?1",
+        [id.as_bytes()],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+/// Loads the merged document of an encounter; if earlier changes were stored before their
+/// dependencies, every stored change is applied again so none is left out.
+pub fn load_document(
+    conn: &Connection,
+    id: EncounterId,
+) -> Result<Option<EncounterDocument>, LedgerError> {
+    let row: Option<(Vec<u8>, bool)> = conn
+        .query_row(
+            "SELECT document, complete FROM encounters WHERE id = ?1",
+            [id.as_bytes()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let Some((bytes, complete)) = row else {
+        return Ok(None);
+    };
+    let mut document =
+        EncounterDocument::load(&bytes, None).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+    if !complete {
+        document
+            .apply_changes(stored_changes(conn, id)?)
+            .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+    }
+    Ok(Some(document))
+}
+
+fn stored_changes(conn: &Connection, id: EncounterId) -> Result<Vec<Change>, LedgerError> {
+    let mut statement =
+        conn.prepare("SELECT change FROM changes WHERE encounter = ?1 ORDER BY seq")?;
+    let rows = statement.query_map([id.as_bytes()], |row| row.get::<_, Vec<u8>>(0))?;
+    let mut out = Vec::new();
+    for bytes in rows {
+        out.push(Change::from_bytes(bytes?).map_err(|e| LedgerError::Corrupt(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+fn reject(encounter: EncounterId, reason: RejectReason, message: String) -> Rejection {
+    tracing::info!(%encounter, ?reason, %message, "changes refused");
+    Rejection {
+        encounter,
+        reason,
+        message,
+    }
+}
+
+/// Stores one encounter's uploaded changes; returns the hashes now durably stored, or why not.
+fn ingest_encounter(
+    tx: &Transaction<'_>,
+    device: &Device,
+    upload: Upload,
+) -> Result<Result<Vec<ByteBuf>, Rejection>, LedgerError> {
+    let id = upload.encounter;
+    if let Some(change) = upload
+        .changes
+        .iter()
+        .find(|c| device_of_actor(c.actor_id()) != Some(device.id))
+    {
+        return Ok(Err(reject(
+            id,
+            RejectReason::WrongAuthor,
+            format!(
+                "change {} was written by actor {}, not by this device",
+                change.hash(),
+                change.actor_id()
+            ),
+        )));
+    }
+    let existing_team = encounter_team(tx, id)?;
+    let team = existing_team.clone().unwrap_or_else(|| device.team.clone());
+    if !device.may_see_team(&team) {
+        return Ok(Err(reject(
+            id,
+            RejectReason::Forbidden,
+            "this encounter belongs to another team".into(),
+        )));
+    }
+
+    let hashes: Vec<ByteBuf> = upload
+        .changes
+        .iter()
+        .map(|c| ByteBuf::from(c.hash().0.to_vec()))
+        .collect();
+    let mut fresh = Vec::new();
+    for change in upload.changes {
+        let known: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM changes WHERE hash = ?1)",
+            [change.hash().0.as_slice()],
+            |row| row.get(0),
+        )?;
+        if !known {
+            fresh.push(change);
+        }
+    }
+    if fresh.is_empty() {
+        return Ok(Ok(hashes));
+    }
+
+    let mut document = load_document(tx, id)?.unwrap_or_else(EncounterDocument::empty);
+    document
+        .apply_changes(fresh.clone())
+        .map_err(|e| LedgerError::BadRequest(format!("encounter {id}: {e}")))?;
+    if let Some(found) = document.schema_version().filter(|v| *v > SCHEMA_VERSION) {
+        return Ok(Err(reject(
+            id,
+            RejectReason::UnknownSchemaVersion,
+            format!(
+                "schema version {found} is newer than this server's {SCHEMA_VERSION}; the device keeps the changes until the server is upgraded"
+            ),
+        )));
+    }
+
+    let received_at = now_text();
+    for change in &fresh {
+        tx.execute(
+            "INSERT INTO changes (encounter, team, hash, change, device, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id.as_bytes(), team, change.hash().0.as_slice(), change.raw_bytes(), device.id.as_bytes(), received_at],
+        )?;
+    }
+    let complete = document.missing_dependencies().is_empty();
+    let saved = document.save();
+    if existing_team.is_none() {
+        tx.execute(
+            "INSERT INTO encounters (id, team, document, complete, received_at, updated_at, occurred_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
+            params![id.as_bytes(), team, saved, complete, received_at],
+        )?;
+    } else {
+        tx.execute(
+            "UPDATE encounters SET document = ?2, complete = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id.as_bytes(), saved, complete, received_at],
+        )?;
+    }
+    index::update(tx, id, &team, &document)?;
+    Ok(Ok(hashes))
+}
+
+/// Handles one sync request from `device`, all in one transaction.
+pub fn sync(
+    conn: &mut Connection,
+    device: &Device,
+    request: &SyncRequest,
+    limits: PageLimits,
+) -> Result<SyncResponse, LedgerError> {
+    let uploads = decode_uploads(request)?;
+    let uploaded: HashSet<Vec<u8>> = uploads
+        .iter()
+        .flat_map(|u| u.changes.iter().map(|c| c.hash().0.to_vec()))
+        .collect();
+
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    for upload in uploads {
+        match ingest_encounter(&tx, device, upload)? {
+            Ok(hashes) => accepted.extend(hashes),
+            Err(rejection) => rejected.push(rejection),
+        }
+    }
+    let (changes, cursor, more) = page(&tx, device, request.cursor, &uploaded, limits)?;
+    tx.commit()?;
+    Ok(SyncResponse {
+        protocol: PROTOCOL_VERSION,
+        accepted,
+        rejected,
+        changes,
+        cursor,
+        more,
+    })
+}
+
+/// The changes after `cursor` that `device` may see, skipping those it has just sent.
+fn page(
+    tx: &Connection,
+    device: &Device,
+    cursor: u64,
+    skip: &HashSet<Vec<u8>>,
+    limits: PageLimits,
+) -> Result<(Vec<EncounterChanges>, u64, bool), LedgerError> {
+    let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+    let last_seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |row| {
+        row.get(0)
+    })?;
+    let (sql, team_filter) = if device.may_see_team("") {
+        (
+            "SELECT seq, encounter, hash, change FROM changes WHERE seq > ?1 AND ?2 IS NULL ORDER BY seq",
+            None,
+        )
+    } else {
+        (
+            "SELECT seq, encounter, hash, change FROM changes WHERE seq > ?1 AND team = ?2 ORDER BY seq",
+            Some(device.team.as_str()),
+        )
+    };
+    let mut statement = tx.prepare(sql)?;
+    let mut rows = statement.query(params![cursor, team_filter])?;
+    let mut groups: Vec<EncounterChanges> = Vec::new();
+    let mut bytes = 0usize;
+    let mut reached = cursor;
+    let mut more = false;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let hash: Vec<u8> = row.get(2)?;
+        if skip.contains(&hash) {
+            reached = seq;
+            continue;
+        }
+        let change: Vec<u8> = row.get(3)?;
+        if bytes > 0 && bytes + change.len() > limits.max_response_change_bytes {
+            more = true;
+            break;
+        }
+        reached = seq;
+        bytes += change.len();
+        let encounter = EncounterId::from_slice(&row.get::<_, Vec<u8>>(1)?)
+            .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+        match groups.last_mut() {
+            Some(group) if group.encounter == encounter => {
+                group.changes.push(ByteBuf::from(change))
+            }
+            _ => groups.push(EncounterChanges {
+                encounter,
+                changes: vec![ByteBuf::from(change)],
+            }),
+        }
+    }
+    let new_cursor = if more { reached } else { last_seq };
+    Ok((
+        groups,
+        u64::try_from(new_cursor.max(cursor)).unwrap_or(0),
+        more,
+    ))
+}
