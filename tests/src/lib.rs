@@ -1,1 +1,330 @@
-//! placeholder
+//! The shared harness of the end-to-end tests: servers on `127.0.0.1:0` with temporary data
+//! directories (in process, or as a real `auxilio` process that can be SIGKILLed), simulated
+//! devices with real store files, and small HTTP helpers.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use auxilio_core::edit::FieldEdit;
+use auxilio_core::store::{EncounterView, Enrolment};
+use auxilio_core::{DeviceStore, Encounter, EncounterId};
+use auxilio_server::client::{self, ClientError, SyncReport};
+use auxilio_server::directory::{self, Enrolled, Role};
+use auxilio_server::{AppState, Database, ServerConfig};
+
+/// Adds a team, straight on the data directory (as `auxilio admin team add` does).
+pub fn add_team(data_dir: &Path, team: &str) {
+    let database = Database::open(data_dir).unwrap();
+    database
+        .write(|conn| directory::add_team(conn, team))
+        .unwrap();
+}
+
+/// Enrols a device, straight on the data directory (as `auxilio admin device enroll` does).
+pub fn enroll(data_dir: &Path, team: &str, role: Role) -> Enrolled {
+    let database = Database::open(data_dir).unwrap();
+    database
+        .write(|conn| directory::enroll(conn, team, role, "test"))
+        .unwrap()
+}
+
+/// A server running inside the test process on a loopback port.
+#[derive(Debug)]
+pub struct TestServer {
+    pub url: String,
+    pub data_dir: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server on `data_dir` with the default configuration.
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, ServerConfig::default())
+    }
+
+    pub fn start_with(data_dir: &Path, config: ServerConfig) -> Self {
+        let database = Database::open(data_dir).unwrap();
+        let state = AppState::new(database, config);
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let address = std_listener.local_addr().unwrap();
+        let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                auxilio_server::serve(listener, state, async {
+                    let _ = signal.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let server = Self {
+            url: format!("http://{address}"),
+            data_dir: data_dir.to_path_buf(),
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        };
+        wait_until_healthy(&server.url);
+        server
+    }
+
+    /// Stops the server and waits until its port is closed.
+    pub fn stop(mut self) {
+        self.shutdown_now();
+    }
+
+    fn shutdown_now(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown_now();
+    }
+}
+
+fn wait_until_healthy(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _)) = get_json(url, "/healthz", None) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server at {url} did not become healthy"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `auxilio` binary built from this workspace.
+pub fn auxilio_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let bin = profile_dir.join(format!("auxilio{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --workspace` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `auxilio ARGS` in `cwd`, feeding `stdin`.
+pub fn run_auxilio(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(auxilio_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("AUXILIO_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// A real `auxilio serve` process, for tests that kill it.
+#[derive(Debug)]
+pub struct ServerProcess {
+    pub url: String,
+    pub data_dir: PathBuf,
+    child: Child,
+}
+
+impl ServerProcess {
+    pub fn spawn(data_dir: &Path) -> Self {
+        let mut child = Command::new(auxilio_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data_dir)
+            .env("AUXILIO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address: SocketAddr = line
+            .trim()
+            .strip_prefix("auxilio listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line from auxilio serve: {line:?}"))
+            .parse()
+            .unwrap();
+        let url = format!("http://{address}");
+        wait_until_healthy(&url);
+        Self {
+            url,
+            data_dir: data_dir.to_path_buf(),
+            child,
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs, exactly like a power cut to the process.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A simulated phone: a real store file, synced over real HTTP.
+#[derive(Debug)]
+pub struct Device {
+    pub store: DeviceStore,
+    pub enrolled: Enrolled,
+}
+
+impl Device {
+    /// A new store in `dir`, enrolled with `enrolled`'s token (no network needed).
+    pub fn new(dir: &Path, name: &str, server_url: &str, enrolled: &Enrolled) -> Self {
+        let mut store = DeviceStore::open(dir.join(format!("{name}.db"))).unwrap();
+        store
+            .enrol(&Enrolment {
+                server_url: server_url.to_string(),
+                token: enrolled.token.clone(),
+                device_id: enrolled.device_id,
+                team: enrolled.team.clone(),
+                role: enrolled.role.to_string(),
+                agent: name.to_string(),
+            })
+            .unwrap();
+        Self {
+            store,
+            enrolled: enrolled.clone(),
+        }
+    }
+
+    pub fn log(&mut self, json: &str) -> EncounterId {
+        let encounter: Encounter = serde_json::from_str(json).unwrap();
+        self.store.log(encounter).unwrap()
+    }
+
+    pub fn edit(&mut self, id: EncounterId, edits: &[&str]) {
+        let edits: Vec<FieldEdit> = edits.iter().map(|e| e.parse().unwrap()).collect();
+        self.store.edit(id, &edits).unwrap();
+    }
+
+    pub fn sync(&mut self) -> Result<SyncReport, ClientError> {
+        client::sync(&mut self.store, |_| {})
+    }
+
+    pub fn point_at(&mut self, url: &str) {
+        self.store.set_server_url(url).unwrap();
+    }
+
+    pub fn view(&self, id: EncounterId) -> EncounterView {
+        self.store.show(id).unwrap()
+    }
+
+    pub fn ids(&self) -> Vec<EncounterId> {
+        self.store.encounter_ids().unwrap()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// `GET base+path` with an optional bearer token: status and JSON body.
+pub fn get_json(
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, serde_json::Value), ureq::Error> {
+    let mut request = agent().get(format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.call()?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec()?;
+    Ok((
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// `POST base+path` with raw bytes: status and body bytes.
+pub fn post_bytes(base: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut request = agent()
+        .post(format!("{base}{path}"))
+        .header("Content-Type", auxilio_core::protocol::MEDIA_TYPE);
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.send(body).unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response
+            .body_mut()
+            .with_config()
+            .limit(256 * 1024 * 1024)
+            .read_to_vec()
+            .unwrap(),
+    )
+}
+
+/// Everything the server stores, as one comparable value: every change hash in log order and
+/// every merged document's heads. Equal snapshots mean nothing was added, lost or altered.
+pub fn stored_snapshot(data_dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let conn =
+        rusqlite::Connection::open(data_dir.join(auxilio_server::database::DATABASE_FILE)).unwrap();
+    let mut statement = conn
+        .prepare("SELECT 'change', hash FROM changes UNION ALL SELECT 'encounter', id || document FROM encounters ORDER BY 1, 2")
+        .unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Hashes of every change the server has stored.
+pub fn stored_change_hashes(data_dir: &Path) -> Vec<Vec<u8>> {
+    stored_snapshot(data_dir)
+        .into_iter()
+        .filter(|(kind, _)| kind == "change")
+        .map(|(_, hash)| hash)
+        .collect()
+}
+
+/// The issue's example encounter, verbatim.
+pub const EXAMPLE_ENCOUNTER: &str = r#"{"services":["rescue","first_aid"],"location":{"lat":31.69,"lon":-106.42,"accuracy_m":15},"terrain":"desert","counts":{"f":{"18-59":1},"m":{"18-59":2}},"nationality_counts":{"HND":3},"status":"open"}"#;
