@@ -23,7 +23,7 @@ use automerge::{
 };
 use serde_json::{Map, Value as Json};
 
-use crate::id::{DeviceId, device_of_actor};
+use crate::id::{DeviceId, EncounterId, device_of_actor};
 use crate::schema::{Encounter, SCHEMA_VERSION};
 
 /// What can go wrong reading or writing an encounter document.
@@ -72,16 +72,24 @@ pub struct EncounterDocument {
 
 impl EncounterDocument {
     /// A new document holding `encounter`, written by `actor`, and the change that made it.
+    ///
+    /// The first change names the encounter in its message. Without that, two encounters logged
+    /// by one device in the same second with the same content would begin with byte-identical
+    /// changes, and content addressing would merge them into one.
     pub fn create(
         actor: ActorId,
+        id: EncounterId,
         encounter: &Encounter,
         time: i64,
     ) -> Result<(Self, Change), DocumentError> {
         let mut document = Self {
             doc: AutoCommit::new().with_actor(actor),
         };
+        let options = CommitOptions::default()
+            .with_time(time)
+            .with_message(format!("create encounter {id}"));
         let change = document
-            .update(encounter, &BTreeSet::new(), time)?
+            .write(encounter, &BTreeSet::new(), options)?
             .expect("a new document always has a first change");
         Ok((document, change))
     }
@@ -175,6 +183,15 @@ impl EncounterDocument {
         resolve: &BTreeSet<String>,
         time: i64,
     ) -> Result<Option<Change>, DocumentError> {
+        self.write(encounter, resolve, CommitOptions::default().with_time(time))
+    }
+
+    fn write(
+        &mut self,
+        encounter: &Encounter,
+        resolve: &BTreeSet<String>,
+        options: CommitOptions,
+    ) -> Result<Option<Change>, DocumentError> {
         let json = serde_json::to_value(encounter).expect("an encounter always serialises to JSON");
         let Json::Object(fields) = json else {
             unreachable!("an encounter serialises to a JSON object")
@@ -184,9 +201,7 @@ impl EncounterDocument {
             resolve,
         };
         writer.map(&ROOT, &fields, "")?;
-        let hash = self
-            .doc
-            .commit_with(CommitOptions::default().with_time(time));
+        let hash = self.doc.commit_with(options);
         Ok(hash.map(|h| {
             self.doc
                 .get_change_by_hash(&h)
@@ -480,8 +495,13 @@ mod tests {
 
     /// Two phones, each with its own copy of one encounter.
     fn two_phones() -> (EncounterDocument, EncounterDocument) {
-        let (mut a, _) =
-            EncounterDocument::create(new_actor_id(DeviceId::random()), &sample(), 1).unwrap();
+        let (mut a, _) = EncounterDocument::create(
+            new_actor_id(DeviceId::random()),
+            EncounterId::random(),
+            &sample(),
+            1,
+        )
+        .unwrap();
         let b = EncounterDocument::load(&a.save(), Some(new_actor_id(DeviceId::random()))).unwrap();
         (a, b)
     }
@@ -498,6 +518,16 @@ mod tests {
         let (a, _) = two_phones();
         assert_eq!(a.encounter().unwrap(), sample());
         assert!(a.conflicts().is_empty());
+    }
+
+    #[test]
+    fn identical_encounters_created_in_the_same_second_stay_distinct() {
+        let actor = new_actor_id(DeviceId::random());
+        let (_, first) =
+            EncounterDocument::create(actor.clone(), EncounterId::random(), &sample(), 1).unwrap();
+        let (_, second) =
+            EncounterDocument::create(actor, EncounterId::random(), &sample(), 1).unwrap();
+        assert_ne!(first.hash(), second.hash());
     }
 
     #[test]
@@ -597,7 +627,8 @@ mod tests {
     fn newer_schema_versions_are_refused_not_guessed() {
         let mut e = sample();
         e.schema_version = SCHEMA_VERSION + 1;
-        let (doc, _) = EncounterDocument::create(ActorId::random(), &e, 1).unwrap();
+        let (doc, _) =
+            EncounterDocument::create(ActorId::random(), EncounterId::random(), &e, 1).unwrap();
         assert!(matches!(
             doc.encounter(),
             Err(DocumentError::UnknownSchemaVersion { found: 2 })

@@ -318,7 +318,8 @@ impl DeviceStore {
         }
         validate(&encounter)?;
         let id = EncounterId::random();
-        let (mut document, change) = EncounterDocument::create(self.actor()?, &encounter, now())?;
+        let (mut document, change) =
+            EncounterDocument::create(self.actor()?, id, &encounter, now())?;
         let tx = self.conn.transaction()?;
         Self::save_document(&tx, id, &mut document)?;
         Self::add_pending(&tx, id, &change)?;
@@ -589,6 +590,17 @@ mod tests {
         assert!(err.to_string().contains("counts.injured"), "{err}");
         assert_eq!(store.pending_count().unwrap(), 1);
         assert_eq!(store.show(id).unwrap().encounter.counts.injured, 0);
+    }
+
+    #[test]
+    fn two_identical_encounters_logged_at_once_are_both_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = enrolled(&dir, "s.db");
+        let mut e = example();
+        e.started_at = Some("2026-11-28T10:00:00-07:00".into());
+        store.log(e.clone()).unwrap();
+        store.log(e).unwrap();
+        assert_eq!(store.pending_count().unwrap(), 2);
     }
 
     #[test]

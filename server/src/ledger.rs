@@ -176,13 +176,22 @@ fn ingest_encounter(
         .collect();
     let mut fresh = Vec::new();
     for change in upload.changes {
-        let known: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM changes WHERE hash = ?1)",
-            [change.hash().0.as_slice()],
-            |row| row.get(0),
-        )?;
-        if !known {
-            fresh.push(change);
+        let stored_under: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT encounter FROM changes WHERE hash = ?1",
+                [change.hash().0.as_slice()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match stored_under {
+            None => fresh.push(change),
+            Some(encounter) if encounter == id.as_bytes() => {}
+            Some(_) => {
+                return Err(LedgerError::BadRequest(format!(
+                    "change {} is already stored under another encounter than {id}",
+                    change.hash()
+                )));
+            }
         }
     }
     if fresh.is_empty() {

@@ -304,14 +304,14 @@ pub fn post_bytes(base: &str, path: &str, token: Option<&str>, body: &[u8]) -> (
 
 /// Everything the server stores, as one comparable value: every change hash in log order and
 /// every merged document's heads. Equal snapshots mean nothing was added, lost or altered.
-pub fn stored_snapshot(data_dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub fn stored_snapshot(data_dir: &Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
     let conn =
         rusqlite::Connection::open(data_dir.join(auxilio_server::database::DATABASE_FILE)).unwrap();
     let mut statement = conn
-        .prepare("SELECT 'change', hash FROM changes UNION ALL SELECT 'encounter', id || document FROM encounters ORDER BY 1, 2")
+        .prepare("SELECT 'change', hash, x'' FROM changes UNION ALL SELECT 'encounter', id, document FROM encounters ORDER BY 1, 2")
         .unwrap();
     statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect()
@@ -321,8 +321,8 @@ pub fn stored_snapshot(data_dir: &Path) -> Vec<(String, Vec<u8>)> {
 pub fn stored_change_hashes(data_dir: &Path) -> Vec<Vec<u8>> {
     stored_snapshot(data_dir)
         .into_iter()
-        .filter(|(kind, _)| kind == "change")
-        .map(|(_, hash)| hash)
+        .filter(|(kind, _, _)| kind == "change")
+        .map(|(_, hash, _)| hash)
         .collect()
 }
 
