@@ -122,7 +122,7 @@ impl World {
             devices.push((device, store));
         }
         Self {
-            _dir: dir,
+            dir,
             database,
             devices,
             in_flight: Vec::new(),
