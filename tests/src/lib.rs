@@ -328,3 +328,21 @@ pub fn stored_change_hashes(data_dir: &Path) -> Vec<Vec<u8>> {
 
 /// The issue's example encounter, verbatim.
 pub const EXAMPLE_ENCOUNTER: &str = r#"{"services":["rescue","first_aid"],"location":{"lat":31.69,"lon":-106.42,"accuracy_m":15},"terrain":"desert","counts":{"f":{"18-59":1},"m":{"18-59":2}},"nationality_counts":{"HND":3},"status":"open"}"#;
+
+/// Hashes of the changes a store still waits to have acknowledged.
+pub fn pending_hashes(store: &DeviceStore) -> std::collections::BTreeSet<Vec<u8>> {
+    store
+        .sync_request()
+        .unwrap()
+        .changes
+        .into_iter()
+        .flat_map(|group| group.changes)
+        .map(|bytes| {
+            automerge::Change::from_bytes(bytes.to_vec())
+                .unwrap()
+                .hash()
+                .0
+                .to_vec()
+        })
+        .collect()
+}

@@ -1,0 +1,137 @@
+//! The server process is SIGKILLed between and during syncs: nothing it acknowledged is lost,
+//! and after restarts every device converges with it.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use auxilio_server::directory::Role;
+use auxilio_tests::{
+    Device, EXAMPLE_ENCOUNTER, ServerProcess, add_team, enroll, get_json, pending_hashes,
+    stored_change_hashes,
+};
+
+#[test]
+fn acknowledged_changes_survive_sigkill_between_syncs() {
+    let data = tempfile::tempdir().unwrap();
+    let devices = tempfile::tempdir().unwrap();
+    add_team(data.path(), "sonora");
+    let enrolled = enroll(data.path(), "sonora", Role::Field);
+    let server = ServerProcess::spawn(data.path());
+    let mut phone = Device::new(devices.path(), "phone", &server.url, &enrolled);
+    let ids: Vec<_> = (0..5).map(|_| phone.log(EXAMPLE_ENCOUNTER)).collect();
+    let report = phone.sync().unwrap();
+    assert_eq!(report.uploaded, 5);
+    assert_eq!(report.pending, 0);
+
+    server.kill();
+    let server = ServerProcess::spawn(data.path());
+    for id in ids {
+        let (status, detail) = get_json(
+            &server.url,
+            &format!("/v1/encounters/{id}"),
+            Some(&enrolled.token),
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            detail["heads"],
+            serde_json::to_value(phone.view(id).heads).unwrap()
+        );
+    }
+}
+
+#[test]
+fn acknowledged_changes_survive_sigkill_during_syncs() {
+    let data = tempfile::tempdir().unwrap();
+    let devices = tempfile::tempdir().unwrap();
+    add_team(data.path(), "sonora");
+    let writer_token = enroll(data.path(), "sonora", Role::Field);
+    let reader_token = enroll(data.path(), "sonora", Role::Field);
+    let mut server = ServerProcess::spawn(data.path());
+    let url = Arc::new(Mutex::new(server.url.clone()));
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::<Vec<u8>>::new()));
+
+    // A phone logs, edits and syncs in a loop while the server is killed under it.
+    let writer = {
+        let url = url.clone();
+        let acknowledged = acknowledged.clone();
+        let dir = devices.path().to_path_buf();
+        std::thread::spawn(move || {
+            let mut phone = Device::new(&dir, "writer", &url.lock().unwrap(), &writer_token);
+            let mut failures = 0;
+            for round in 0..60 {
+                let id = phone.log(EXAMPLE_ENCOUNTER);
+                phone.edit(
+                    id,
+                    &[&format!("counts.f.0-4={}", round % 3), "status=closed"],
+                );
+                let before = pending_hashes(&phone.store);
+                let current = url.lock().unwrap().clone();
+                phone.point_at(&current);
+                match phone.sync() {
+                    Ok(_) => {
+                        let after = pending_hashes(&phone.store);
+                        acknowledged
+                            .lock()
+                            .unwrap()
+                            .extend(before.difference(&after).cloned());
+                    }
+                    Err(_) => failures += 1,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (phone, failures)
+        })
+    };
+
+    for pause in [60u64, 140, 35, 200, 90, 20] {
+        std::thread::sleep(Duration::from_millis(pause));
+        let promised: BTreeSet<Vec<u8>> = acknowledged.lock().unwrap().clone();
+        server.kill();
+        // Everything acknowledged before the kill is in the file the next process opens.
+        let stored: BTreeSet<Vec<u8>> = stored_change_hashes(data.path()).into_iter().collect();
+        let missing = promised.difference(&stored).count();
+        assert_eq!(
+            missing, 0,
+            "{missing} acknowledged changes were lost by a SIGKILL"
+        );
+        server = ServerProcess::spawn(data.path());
+        *url.lock().unwrap() = server.url.clone();
+    }
+    let (mut writer, failures) = writer.join().unwrap();
+    eprintln!(
+        "syncs cut by a kill: {failures}; changes acknowledged: {}",
+        acknowledged.lock().unwrap().len()
+    );
+    assert!(
+        failures > 0,
+        "the kills happened while the phone was syncing"
+    );
+
+    writer.point_at(&server.url);
+    let report = writer.sync().unwrap();
+    assert_eq!(report.pending, 0);
+    let stored: BTreeSet<Vec<u8>> = stored_change_hashes(data.path()).into_iter().collect();
+    assert!(acknowledged.lock().unwrap().is_subset(&stored));
+
+    let mut reader = Device::new(devices.path(), "reader", &server.url, &reader_token);
+    reader.sync().unwrap();
+    let written = writer.ids();
+    assert_eq!(written.len(), 60);
+    assert_eq!(reader.ids(), written);
+    for id in written {
+        let (status, detail) = get_json(
+            &server.url,
+            &format!("/v1/encounters/{id}"),
+            Some(&reader.enrolled.token),
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            detail["heads"],
+            serde_json::to_value(writer.view(id).heads).unwrap()
+        );
+        assert_eq!(reader.view(id).heads, writer.view(id).heads);
+    }
+}
