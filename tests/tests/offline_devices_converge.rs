@@ -98,7 +98,7 @@ fn scenario(order: [usize; 3]) {
     ] {
         device.point_at(&server.url);
     }
-    let mut phones = [
+    let phones = [
         &mut field.sonora_1,
         &mut field.sonora_2,
         &mut field.chihuahua,

@@ -1,0 +1,343 @@
+//! Bad input gets a clear error and changes nothing: missing and wrong tokens, revoked devices,
+//! another team's data, malformed and oversize bodies, forged authorship, unknown schema
+//! versions. After each, the server's stored changes and documents are exactly as before.
+
+use auxilio_core::document::EncounterDocument;
+use auxilio_core::id::new_actor_id;
+use auxilio_core::protocol::{self, EncounterChanges, PROTOCOL_VERSION, RejectReason, SyncRequest};
+use auxilio_core::{Encounter, EncounterId, SCHEMA_VERSION};
+use auxilio_server::ServerConfig;
+use auxilio_server::directory::{Enrolled, Role};
+use auxilio_tests::{
+    Device, EXAMPLE_ENCOUNTER, TestServer, add_team, enroll, get_json, post_bytes, stored_snapshot,
+};
+use serde_bytes::ByteBuf;
+
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+struct Setup {
+    server: TestServer,
+    _data: tempfile::TempDir,
+    _devices: tempfile::TempDir,
+    sonora: Device,
+    chihuahua: Enrolled,
+    encounter: EncounterId,
+}
+
+fn setup() -> Setup {
+    let data = tempfile::tempdir().unwrap();
+    let devices = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        max_request_bytes: MAX_REQUEST_BYTES,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(data.path(), config);
+    add_team(data.path(), "sonora");
+    add_team(data.path(), "chihuahua");
+    let mut sonora = Device::new(
+        devices.path(),
+        "sonora",
+        &server.url,
+        &enroll(data.path(), "sonora", Role::Field),
+    );
+    let chihuahua = enroll(data.path(), "chihuahua", Role::Field);
+    let encounter = sonora.log(EXAMPLE_ENCOUNTER);
+    sonora.sync().unwrap();
+    Setup {
+        server,
+        _data: data,
+        _devices: devices,
+        sonora,
+        chihuahua,
+        encounter,
+    }
+}
+
+fn error_text(body: &[u8]) -> String {
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|_| panic!("error bodies are JSON: {}", String::from_utf8_lossy(body)));
+    json["error"]
+        .as_str()
+        .expect("an error message")
+        .to_string()
+}
+
+/// A sync request body holding one change of a fresh document written by `actor`.
+fn request_with_change(
+    actor: automerge::ActorId,
+    encounter: EncounterId,
+    record: &Encounter,
+) -> Vec<u8> {
+    let (_, change) = EncounterDocument::create(actor, encounter, record, 0).unwrap();
+    protocol::encode(&SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        cursor: 0,
+        changes: vec![EncounterChanges {
+            encounter,
+            changes: vec![ByteBuf::from(change.raw_bytes().to_vec())],
+        }],
+    })
+}
+
+fn valid_record() -> Encounter {
+    let mut record: Encounter = serde_json::from_str(EXAMPLE_ENCOUNTER).unwrap();
+    record.schema_version = SCHEMA_VERSION;
+    record
+}
+
+#[test]
+fn missing_or_wrong_tokens_get_401_and_change_nothing() {
+    let s = setup();
+    let before = stored_snapshot(&s.server.data_dir);
+    let body = protocol::encode(&s.sonora.store.sync_request().unwrap());
+    let forged = format!("auxilio_{}_{}", s.sonora.enrolled.device_id, bs58_secret());
+    for token in [
+        None,
+        Some("not-a-token"),
+        Some(forged.as_str()),
+        Some("auxilio_x_y"),
+    ] {
+        let (status, response) = post_bytes(&s.server.url, "/v1/sync", token, &body);
+        assert_eq!(status, 401, "{token:?}");
+        assert!(!error_text(&response).is_empty());
+        for path in [
+            "/v1/encounters",
+            &format!("/v1/encounters/{}", s.encounter),
+            "/v1/whoami",
+        ] {
+            let (status, body) = get_json(&s.server.url, path, token).unwrap();
+            assert_eq!(status, 401, "{path} {token:?}");
+            assert!(body["error"].is_string());
+        }
+    }
+    assert_eq!(stored_snapshot(&s.server.data_dir), before);
+}
+
+fn bs58_secret() -> String {
+    // 32 bytes in the right shape, but not the device's secret.
+    "4vJ9JU1bJJE96FWSJKvHsmmFADCg4gpZQff4P3bkLKi".to_string()
+}
+
+#[test]
+fn a_revoked_device_gets_401_at_once() {
+    let s = setup();
+    let database = auxilio_server::Database::open(&s.server.data_dir).unwrap();
+    database
+        .write(|conn| auxilio_server::directory::revoke(conn, s.sonora.enrolled.device_id))
+        .unwrap();
+    let (status, body) =
+        get_json(&s.server.url, "/v1/whoami", Some(&s.sonora.enrolled.token)).unwrap();
+    assert_eq!(status, 401);
+    assert!(
+        body["error"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_field_device_cannot_read_another_teams_encounter() {
+    let s = setup();
+    let (status, body) = get_json(
+        &s.server.url,
+        &format!("/v1/encounters/{}", s.encounter),
+        Some(&s.chihuahua.token),
+    )
+    .unwrap();
+    assert_eq!(
+        status, 404,
+        "another team's encounter is answered like a missing one"
+    );
+    assert!(body["error"].is_string());
+    let (_, list) = get_json(
+        &s.server.url,
+        "/v1/encounters?team=sonora",
+        Some(&s.chihuahua.token),
+    )
+    .unwrap();
+    assert_eq!(list["count"], 0);
+}
+
+#[test]
+fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
+    let s = setup();
+    let before = stored_snapshot(&s.server.data_dir);
+    let token = s.sonora.enrolled.token.as_str();
+    let mut garbage_change = SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        cursor: 0,
+        changes: vec![EncounterChanges {
+            encounter: s.encounter,
+            changes: vec![ByteBuf::from(b"not automerge".to_vec())],
+        }],
+    };
+    let other_version = SyncRequest {
+        protocol: 99,
+        cursor: 0,
+        changes: vec![],
+    };
+    let fixtures: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty body", vec![], "not a valid sync"),
+        (
+            "random bytes",
+            vec![0xff, 0x13, 0x37, 0x00, 0x42],
+            "not a valid sync",
+        ),
+        (
+            "JSON instead of CBOR",
+            br#"{"protocol":1,"cursor":0,"changes":[]}"#.to_vec(),
+            "not a valid sync",
+        ),
+        (
+            "CBOR of another shape",
+            protocol::encode(&serde_json::json!({"protocol": 1, "changes": "all"})),
+            "not a valid sync",
+        ),
+        (
+            "another protocol version",
+            protocol::encode(&other_version),
+            "version 99",
+        ),
+        (
+            "a change that is not Automerge",
+            protocol::encode(&garbage_change),
+            "not an Automerge change",
+        ),
+        (
+            "an encounter id of the wrong length",
+            truncated_id_request(),
+            "not a valid sync",
+        ),
+    ];
+    for (name, body, expected) in fixtures {
+        let (status, response) = post_bytes(&s.server.url, "/v1/sync", Some(token), &body);
+        assert_eq!(status, 400, "{name}");
+        let message = error_text(&response);
+        assert!(message.contains(expected), "{name}: {message}");
+        assert_eq!(
+            stored_snapshot(&s.server.data_dir),
+            before,
+            "{name} changed stored data"
+        );
+    }
+    // One bad change spoils the whole request: the good change beside it is not stored either.
+    let good = s.sonora.store.sync_request().unwrap();
+    garbage_change.changes.extend(good.changes);
+    let (status, _) = post_bytes(
+        &s.server.url,
+        "/v1/sync",
+        Some(token),
+        &protocol::encode(&garbage_change),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(stored_snapshot(&s.server.data_dir), before);
+
+    let (status, body) = get_json(&s.server.url, "/v1/encounters/not-an-id", Some(token)).unwrap();
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an encounter id")
+    );
+}
+
+fn truncated_id_request() -> Vec<u8> {
+    protocol::encode(&serde_json::json!({
+        "protocol": 1,
+        "cursor": 0,
+        "changes": [{"encounter": serde_bytes::Bytes::new(&[1, 2, 3]), "changes": []}],
+    }))
+}
+
+#[test]
+fn an_oversize_body_gets_413_and_changes_nothing() {
+    let s = setup();
+    let before = stored_snapshot(&s.server.data_dir);
+    let (status, body) = post_bytes(
+        &s.server.url,
+        "/v1/sync",
+        Some(&s.sonora.enrolled.token),
+        &vec![0u8; MAX_REQUEST_BYTES + 1],
+    );
+    assert_eq!(status, 413);
+    assert!(error_text(&body).contains("larger than the limit"));
+    assert_eq!(stored_snapshot(&s.server.data_dir), before);
+}
+
+#[test]
+fn changes_written_by_another_device_are_refused() {
+    let s = setup();
+    let before = stored_snapshot(&s.server.data_dir);
+    // The Chihuahua device uploads a change that claims to be written by the Sonora device.
+    let body = request_with_change(
+        new_actor_id(s.sonora.enrolled.device_id),
+        EncounterId::random(),
+        &valid_record(),
+    );
+    let (status, response) = post_bytes(&s.server.url, "/v1/sync", Some(&s.chihuahua.token), &body);
+    assert_eq!(status, 200);
+    let response = protocol::decode_response(&response).unwrap();
+    assert!(response.accepted.is_empty());
+    assert_eq!(response.rejected[0].reason, RejectReason::WrongAuthor);
+    assert_eq!(stored_snapshot(&s.server.data_dir), before);
+}
+
+#[test]
+fn writing_into_another_teams_encounter_is_refused() {
+    let s = setup();
+    let before = stored_snapshot(&s.server.data_dir);
+    let body = request_with_change(
+        new_actor_id(s.chihuahua.device_id),
+        s.encounter,
+        &valid_record(),
+    );
+    let (status, response) = post_bytes(&s.server.url, "/v1/sync", Some(&s.chihuahua.token), &body);
+    assert_eq!(status, 200);
+    let response = protocol::decode_response(&response).unwrap();
+    assert_eq!(response.rejected[0].reason, RejectReason::Forbidden);
+    assert!(response.accepted.is_empty());
+    assert!(
+        response.changes.is_empty(),
+        "nothing of the other team leaks back"
+    );
+    assert_eq!(stored_snapshot(&s.server.data_dir), before);
+}
+
+#[test]
+fn an_unknown_schema_version_is_refused_and_kept_by_the_device() {
+    let s = setup();
+    let before = stored_snapshot(&s.server.data_dir);
+    let mut record = valid_record();
+    record.schema_version = SCHEMA_VERSION + 1;
+    let body = request_with_change(
+        new_actor_id(s.sonora.enrolled.device_id),
+        EncounterId::random(),
+        &record,
+    );
+    let (status, response) = post_bytes(
+        &s.server.url,
+        "/v1/sync",
+        Some(&s.sonora.enrolled.token),
+        &body,
+    );
+    assert_eq!(status, 200);
+    let response = protocol::decode_response(&response).unwrap();
+    assert_eq!(
+        response.rejected[0].reason,
+        RejectReason::UnknownSchemaVersion
+    );
+    assert!(
+        response.rejected[0].message.contains("schema version 2"),
+        "{}",
+        response.rejected[0].message
+    );
+    assert_eq!(stored_snapshot(&s.server.data_dir), before);
+
+    // The device applying such a refusal keeps its changes for a later, upgraded server.
+    let mut sonora = s.sonora;
+    sonora.edit(s.encounter, &["status=closed"]);
+    let mut refusal = response.clone();
+    refusal.rejected[0].encounter = s.encounter;
+    sonora.store.apply_response(&refusal).unwrap();
+    assert_eq!(sonora.store.pending_count().unwrap(), 1);
+}

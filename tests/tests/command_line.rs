@@ -1,0 +1,384 @@
+//! The `auxilio` command as a person uses it: the README walk-through, `--help` with examples,
+//! `--json` output, and errors that say what went wrong and what to do.
+
+use std::path::Path;
+
+use auxilio_tests::{EXAMPLE_ENCOUNTER, ServerProcess, run_auxilio};
+
+fn ok(cwd: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let output = run_auxilio(cwd, args, stdin);
+    assert!(
+        output.status.success(),
+        "auxilio {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn fails(cwd: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let output = run_auxilio(cwd, args, stdin);
+    assert!(!output.status.success(), "auxilio {args:?} should fail");
+    String::from_utf8(output.stderr).unwrap()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    assert_eq!(text.trim().lines().count(), 1, "one JSON line: {text}");
+    serde_json::from_str(text.trim()).unwrap()
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let commands: &[&[&str]] = &[
+        &[],
+        &["serve"],
+        &["admin"],
+        &["admin", "team", "add"],
+        &["admin", "team", "list"],
+        &["admin", "device", "enroll"],
+        &["admin", "device", "revoke"],
+        &["admin", "device", "list"],
+        &["device"],
+        &["device", "--store", "x.db", "init"],
+        &["device", "--store", "x.db", "log"],
+        &["device", "--store", "x.db", "edit"],
+        &["device", "--store", "x.db", "list"],
+        &["device", "--store", "x.db", "show"],
+        &["device", "--store", "x.db", "sync"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = ok(dir.path(), &args, None);
+        assert!(
+            help.contains("Example"),
+            "auxilio {} --help has no example:\n{help}",
+            command.join(" ")
+        );
+    }
+}
+
+#[test]
+fn the_readme_walkthrough_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    ok(cwd, &["admin", "team", "add", "sonora"], None);
+    let team = json(&ok(
+        cwd,
+        &["admin", "--json", "team", "add", "chihuahua"],
+        None,
+    ));
+    assert_eq!(team["team"], "chihuahua");
+    let first = json(&ok(
+        cwd,
+        &[
+            "admin", "device", "enroll", "--team", "sonora", "--role", "field", "--json",
+        ],
+        None,
+    ));
+    let second = json(&ok(
+        cwd,
+        &[
+            "admin", "device", "enroll", "--team", "sonora", "--role", "field", "--json",
+        ],
+        None,
+    ));
+    let coordinator = json(&ok(
+        cwd,
+        &[
+            "admin",
+            "device",
+            "enroll",
+            "--team",
+            "chihuahua",
+            "--role",
+            "coordinator",
+            "--json",
+        ],
+        None,
+    ));
+    let devices = json(&ok(cwd, &["admin", "device", "list", "--json"], None));
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 3);
+    assert!(
+        !devices
+            .to_string()
+            .contains(first["token"].as_str().unwrap()),
+        "tokens are never listed"
+    );
+
+    // The default data directory is ./auxilio-data, shared by `admin` and `serve`.
+    let server = ServerProcess::spawn(&cwd.join("auxilio-data"));
+    let init = |store: &str, enrolled: &serde_json::Value| {
+        json(&ok(
+            cwd,
+            &[
+                "device",
+                "--store",
+                store,
+                "--json",
+                "init",
+                "--server",
+                &server.url,
+                "--token",
+                enrolled["token"].as_str().unwrap(),
+            ],
+            None,
+        ))
+    };
+    assert_eq!(init("one.db", &first)["team"], "sonora");
+    init("two.db", &second);
+    assert_eq!(init("coordinator.db", &coordinator)["role"], "coordinator");
+
+    // Logged from a file and from stdin, exactly the issue's JSON.
+    std::fs::write(cwd.join("encounter.json"), EXAMPLE_ENCOUNTER).unwrap();
+    let id = ok(
+        cwd,
+        &["device", "--store", "one.db", "log", "encounter.json"],
+        None,
+    )
+    .trim()
+    .to_string();
+    let from_stdin = json(&ok(
+        cwd,
+        &["device", "--store", "two.db", "--json", "log", "-"],
+        Some(EXAMPLE_ENCOUNTER),
+    ));
+    assert!(from_stdin["id"].is_string());
+
+    let sync = json(&ok(cwd, &["device", "--store", "one.db", "sync"], None));
+    for key in [
+        "uploaded",
+        "downloaded",
+        "round_trips",
+        "bytes_up",
+        "bytes_down",
+    ] {
+        assert!(sync[key].is_u64(), "sync reports {key}: {sync}");
+    }
+    assert_eq!(sync["uploaded"], 1);
+    let sync = json(&ok(cwd, &["device", "--store", "two.db", "sync"], None));
+    assert_eq!(sync["downloaded"], 1);
+
+    // Concurrent edits on the two phones, then both sync.
+    ok(
+        cwd,
+        &[
+            "device",
+            "--store",
+            "one.db",
+            "edit",
+            &id,
+            "--set",
+            "counts.m.18-59=3",
+            "--set",
+            "services+=transfer_hospital",
+        ],
+        None,
+    );
+    ok(
+        cwd,
+        &[
+            "device",
+            "--store",
+            "two.db",
+            "edit",
+            &id,
+            "--set",
+            "counts.m.18-59=4",
+            "--set",
+            "notes=found near km 40",
+        ],
+        None,
+    );
+    for store in ["one.db", "two.db", "one.db", "coordinator.db"] {
+        ok(cwd, &["device", "--store", store, "sync"], None);
+    }
+    let one = json(&ok(
+        cwd,
+        &["device", "--store", "one.db", "--json", "show", &id],
+        None,
+    ));
+    let two = json(&ok(
+        cwd,
+        &["device", "--store", "two.db", "--json", "show", &id],
+        None,
+    ));
+    let coordinator_view = json(&ok(
+        cwd,
+        &["device", "--store", "coordinator.db", "--json", "show", &id],
+        None,
+    ));
+    assert_eq!(one["heads"], two["heads"]);
+    assert_eq!(one["encounter"], two["encounter"]);
+    assert_eq!(one["encounter"], coordinator_view["encounter"]);
+    assert_eq!(one["encounter"]["notes"], "found near km 40");
+    assert_eq!(one["conflicts"][0]["path"], "counts.m.18-59");
+
+    let list = json(&ok(
+        cwd,
+        &["device", "--store", "coordinator.db", "list", "--json"],
+        None,
+    ));
+    assert_eq!(list["encounters"].as_array().unwrap().len(), 2);
+    let text = ok(cwd, &["device", "--store", "one.db", "list"], None);
+    assert!(text.contains("1 conflicts"), "{text}");
+
+    // Settling the conflict on one phone clears it everywhere after sync.
+    ok(
+        cwd,
+        &[
+            "device",
+            "--store",
+            "one.db",
+            "edit",
+            &id,
+            "--set",
+            "counts.m.18-59=4",
+        ],
+        None,
+    );
+    for store in ["one.db", "two.db"] {
+        ok(cwd, &["device", "--store", store, "sync"], None);
+    }
+    let two = json(&ok(
+        cwd,
+        &["device", "--store", "two.db", "--json", "show", &id],
+        None,
+    ));
+    assert_eq!(two["conflicts"].as_array().unwrap().len(), 0);
+    assert_eq!(two["encounter"]["counts"]["m"]["18-59"], 4);
+
+    // Revocation: the next sync is refused with a message that says what to do.
+    let device_id = first["device_id"].as_str().unwrap();
+    json(&ok(
+        cwd,
+        &["admin", "device", "revoke", device_id, "--json"],
+        None,
+    ));
+    let err = fails(cwd, &["device", "--store", "one.db", "sync"], None);
+    assert!(err.contains("revoked") && err.contains("enrol"), "{err}");
+}
+
+#[test]
+fn errors_say_what_is_wrong_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+
+    let err = fails(
+        cwd,
+        &[
+            "admin", "device", "enroll", "--team", "nowhere", "--role", "field",
+        ],
+        None,
+    );
+    assert!(err.contains("auxilio admin team add nowhere"), "{err}");
+    let err = fails(
+        cwd,
+        &["device", "--store", "new.db", "log", "-"],
+        Some(EXAMPLE_ENCOUNTER),
+    );
+    assert!(err.contains("init"), "{err}");
+
+    // An enrolled store whose server is gone: logging works, sync fails and keeps everything.
+    ok(cwd, &["admin", "team", "add", "sonora"], None);
+    let enrolled = json(&ok(
+        cwd,
+        &[
+            "admin", "device", "enroll", "--team", "sonora", "--role", "field", "--json",
+        ],
+        None,
+    ));
+    let server = ServerProcess::spawn(&cwd.join("auxilio-data"));
+    let url = server.url.clone();
+    ok(
+        cwd,
+        &[
+            "device",
+            "--store",
+            "p.db",
+            "init",
+            "--server",
+            &url,
+            "--token",
+            enrolled["token"].as_str().unwrap(),
+        ],
+        None,
+    );
+    server.kill();
+
+    let err = fails(
+        cwd,
+        &["device", "--store", "p.db", "log", "-"],
+        Some(r#"{"servises":["rescue"]}"#),
+    );
+    assert!(err.contains("servises"), "{err}");
+    let err = fails(
+        cwd,
+        &["device", "--store", "p.db", "log", "-"],
+        Some(r#"{"counts":{"m":{"18-59":"two"}}}"#),
+    );
+    assert!(err.contains("counts.m.18-59"), "{err}");
+    let err = fails(
+        cwd,
+        &["device", "--store", "p.db", "log", "-"],
+        Some(r#"{"counts":{"m":{"18-59":1},"injured":3}}"#),
+    );
+    assert!(err.contains("counts.injured"), "{err}");
+
+    let id = ok(
+        cwd,
+        &["device", "--store", "p.db", "log", "-"],
+        Some(EXAMPLE_ENCOUNTER),
+    )
+    .trim()
+    .to_string();
+    let err = fails(
+        cwd,
+        &[
+            "device",
+            "--store",
+            "p.db",
+            "edit",
+            &id,
+            "--set",
+            "location.lat=200",
+        ],
+        None,
+    );
+    assert!(err.contains("location.lat"), "{err}");
+    let err = fails(
+        cwd,
+        &[
+            "device",
+            "--store",
+            "p.db",
+            "edit",
+            &id,
+            "--set",
+            "status=lost",
+        ],
+        None,
+    );
+    assert!(err.contains("status"), "{err}");
+    let unknown = auxilio_core::EncounterId::random().to_string();
+    let err = fails(cwd, &["device", "--store", "p.db", "show", &unknown], None);
+    assert!(err.contains("no encounter"), "{err}");
+    let err = fails(
+        cwd,
+        &["device", "--store", "p.db", "show", "not-an-id"],
+        None,
+    );
+    assert!(err.contains("not a valid id"), "{err}");
+
+    let err = fails(cwd, &["device", "--store", "p.db", "sync"], None);
+    assert!(
+        err.contains("could not reach the server") && err.contains("nothing was lost"),
+        "{err}"
+    );
+    let list = json(&ok(
+        cwd,
+        &["device", "--store", "p.db", "list", "--json"],
+        None,
+    ));
+    assert_eq!(list["encounters"][0]["pending_changes"], 1);
+}
