@@ -130,9 +130,9 @@ pub fn auxilio_bin() -> PathBuf {
     bin
 }
 
-/// Runs `auxilio ARGS` in `cwd`, feeding `stdin`.
-pub fn run_auxilio(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(auxilio_bin())
+/// Starts `auxilio ARGS` in `cwd` with every standard stream piped and quiet logs.
+pub fn spawn_auxilio(cwd: &Path, args: &[&str]) -> Child {
+    Command::new(auxilio_bin())
         .args(args)
         .current_dir(cwd)
         .env("AUXILIO_LOG", "warn")
@@ -140,7 +140,12 @@ pub fn run_auxilio(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `auxilio ARGS` in `cwd`, feeding `stdin`.
+pub fn run_auxilio(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = spawn_auxilio(cwd, args);
     let mut input = child.stdin.take().unwrap();
     if let Some(text) = stdin {
         input.write_all(text.as_bytes()).unwrap();

@@ -1,24 +1,17 @@
 //! The phone app can be killed at any instant (a flat battery, the OS reclaiming memory): the
 //! store reopens intact, nothing logged is lost, and the next sync finishes the job.
 
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use auxilio_core::{DeviceStore, EncounterId};
 use auxilio_server::directory::Role;
-use auxilio_tests::{Device, EXAMPLE_ENCOUNTER, TestServer, add_team, auxilio_bin, enroll};
+use auxilio_tests::{Device, EXAMPLE_ENCOUNTER, TestServer, add_team, enroll, spawn_auxilio};
 
 /// Runs `auxilio ARGS` and SIGKILLs it after `after`; returns whether it finished first, with its stdout.
 fn run_and_kill(args: &[&str], stdin: &str, after: Duration) -> (bool, String) {
     use std::io::Write;
-    let mut child = Command::new(auxilio_bin())
-        .args(args)
-        .env("AUXILIO_LOG", "off")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_auxilio(Path::new("."), args);
     child
         .stdin
         .take()
