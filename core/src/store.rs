@@ -7,7 +7,7 @@
 //! Changes downloaded before their dependencies are held in `held_changes` and re-applied when
 //! the rest arrives, so nothing received is dropped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use automerge::{ActorId, Change, ChangeHash};
@@ -86,6 +86,16 @@ pub struct EncounterView {
     /// The document's heads (hex): equal heads mean identical documents.
     pub heads: Vec<String>,
     pub pending_changes: u64,
+}
+
+/// One request's worth of unacknowledged changes (see [`DeviceStore::upload_page`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadPage {
+    pub request: SyncRequest,
+    /// Position of the last change included: pass it as `after` for the next page.
+    pub last: u64,
+    /// More unacknowledged changes wait after this page.
+    pub more: bool,
 }
 
 /// What applying one sync response did.
@@ -406,29 +416,60 @@ impl DeviceStore {
         })
     }
 
-    /// The next request to send: every unacknowledged change, and the cursor.
+    /// A request carrying every unacknowledged change, and the cursor.
     pub fn sync_request(&self) -> Result<SyncRequest, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare("SELECT encounter, change FROM pending_changes ORDER BY seq")?;
+        Ok(self.upload_page(0, usize::MAX)?.request)
+    }
+
+    /// The next request of a sync: unacknowledged changes made after position `after` of the
+    /// pending list, up to about `max_change_bytes` of change data (always at least one change,
+    /// so every request makes progress), and the cursor.
+    ///
+    /// Pages follow creation order, so a change never travels before the changes it depends on.
+    /// Walking by position rather than re-reading from the start means a change the server
+    /// refused is not re-sent within the same sync.
+    pub fn upload_page(
+        &self,
+        after: u64,
+        max_change_bytes: usize,
+    ) -> Result<UploadPage, StoreError> {
+        let mut statement = self.conn.prepare(
+            "SELECT seq, encounter, change FROM pending_changes WHERE seq > ?1 ORDER BY seq",
+        )?;
         let mut grouped: Vec<EncounterChanges> = Vec::new();
-        let mut rows = statement.query([])?;
+        let mut group_of: HashMap<EncounterId, usize> = HashMap::new();
+        let mut rows = statement.query([i64::try_from(after).unwrap_or(i64::MAX)])?;
+        let mut bytes = 0usize;
+        let mut last = after;
+        let mut more = false;
         while let Some(row) = rows.next()? {
-            let encounter = EncounterId::from_slice(&row.get::<_, Vec<u8>>(0)?)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let change = ByteBuf::from(row.get::<_, Vec<u8>>(1)?);
-            match grouped.iter_mut().find(|g| g.encounter == encounter) {
-                Some(group) => group.changes.push(change),
-                None => grouped.push(EncounterChanges {
-                    encounter,
-                    changes: vec![change],
-                }),
+            let change: Vec<u8> = row.get(2)?;
+            if bytes > 0 && bytes.saturating_add(change.len()) > max_change_bytes {
+                more = true;
+                break;
             }
+            bytes += change.len();
+            last = row.get::<_, i64>(0)?.unsigned_abs();
+            let encounter = EncounterId::from_slice(&row.get::<_, Vec<u8>>(1)?)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let index = *group_of.entry(encounter).or_insert_with(|| {
+                grouped.push(EncounterChanges {
+                    encounter,
+                    changes: Vec::new(),
+                });
+                grouped.len() - 1
+            });
+            grouped[index].changes.push(ByteBuf::from(change));
         }
-        Ok(SyncRequest {
+        let request = SyncRequest {
             protocol: PROTOCOL_VERSION,
             cursor: self.cursor()?,
             changes: grouped,
+        };
+        Ok(UploadPage {
+            request,
+            last,
+            more,
         })
     }
 
@@ -601,6 +642,39 @@ mod tests {
         store.log(e.clone()).unwrap();
         store.log(e).unwrap();
         assert_eq!(store.pending_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn uploads_are_paged_in_creation_order_with_every_change_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = enrolled(&dir, "s.db");
+        for _ in 0..5 {
+            let id = store.log(example()).unwrap();
+            store.edit(id, &["status=closed".parse().unwrap()]).unwrap();
+        }
+        let everything = store.sync_request().unwrap();
+        let mut paged = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.upload_page(after, 1).unwrap();
+            assert_eq!(
+                page.request
+                    .changes
+                    .iter()
+                    .map(|g| g.changes.len())
+                    .sum::<usize>(),
+                1
+            );
+            paged.extend(page.request.changes);
+            after = page.last;
+            if !page.more {
+                break;
+            }
+        }
+        let flatten = |groups: Vec<EncounterChanges>| -> Vec<ByteBuf> {
+            groups.into_iter().flat_map(|g| g.changes).collect()
+        };
+        assert_eq!(flatten(paged), flatten(everything.changes));
     }
 
     #[test]

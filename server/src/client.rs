@@ -51,6 +51,23 @@ pub struct SyncReport {
     pub rejected: Vec<Rejection>,
 }
 
+/// How a sync behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncOptions {
+    /// Change bytes sent per request.
+    pub max_upload_change_bytes: usize,
+}
+
+impl Default for SyncOptions {
+    /// 2 MiB per request: well under the server's default body limit (16 MiB), so a phone back
+    /// from days offline never builds a request the server must refuse.
+    fn default() -> Self {
+        Self {
+            max_upload_change_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
 /// What the server knows of a token's device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WhoAmI {
@@ -124,18 +141,31 @@ pub fn whoami(server_url: &str, token: &str) -> Result<WhoAmI, ClientError> {
     })
 }
 
-/// Syncs `store` with its server until nothing more is waiting; `progress` sees the running
-/// figures after every round trip.
+/// Syncs `store` with its server until nothing more is waiting either way; `progress` sees the
+/// running figures after every round trip.
 pub fn sync(
     store: &mut DeviceStore,
+    progress: impl FnMut(&SyncReport),
+) -> Result<SyncReport, ClientError> {
+    sync_with(store, SyncOptions::default(), progress)
+}
+
+/// [`sync`] with explicit options: uploads go in pages of at most
+/// `options.max_upload_change_bytes`, downloads in the server's pages.
+pub fn sync_with(
+    store: &mut DeviceStore,
+    options: SyncOptions,
     mut progress: impl FnMut(&SyncReport),
 ) -> Result<SyncReport, ClientError> {
     let enrolment = store.enrolment()?.ok_or(StoreError::NotEnrolled)?;
     let url = endpoint(&enrolment.server_url, "/v1/sync");
     let agent = agent();
     let mut report = SyncReport::default();
+    let mut uploaded_up_to = 0;
     loop {
-        let request = protocol::encode(&store.sync_request()?);
+        let page = store.upload_page(uploaded_up_to, options.max_upload_change_bytes)?;
+        uploaded_up_to = page.last;
+        let request = protocol::encode(&page.request);
         report.bytes_up += request.len() as u64;
         let body = finish(
             &url,
@@ -154,7 +184,7 @@ pub fn sync(
         report.rejected = applied.rejected;
         report.pending = store.pending_count()?;
         progress(&report);
-        if !response.more {
+        if !response.more && !page.more {
             return Ok(report);
         }
         if report.round_trips >= MAX_ROUND_TRIPS {
