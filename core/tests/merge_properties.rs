@@ -88,11 +88,10 @@ proptest! {
                     let edit: FieldEdit = edit.parse().unwrap();
                     let current = replicas[replica].encounter().unwrap();
                     // Only edits the app would accept are made, as on a phone.
-                    if let Ok((edited, settled)) = apply_edits(&current, &[edit]) {
-                        if validate(&edited).is_ok() {
+                    if let Ok((edited, settled)) = apply_edits(&current, &[edit])
+                        && validate(&edited).is_ok() {
                             replicas[replica].update(&edited, &settled, 2).unwrap();
                         }
-                    }
                 }
                 Step::Merge { from, to } => merge(&mut replicas, from, to),
             }
