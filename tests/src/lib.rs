@@ -191,6 +191,11 @@ impl ServerProcess {
         }
     }
 
+    /// The operating-system process id (to read its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown code runs, exactly like a power cut to the process.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
