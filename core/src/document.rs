@@ -156,7 +156,7 @@ impl EncounterDocument {
 
     /// The document's current state as JSON (sets appear as maps of `true`).
     pub fn to_json(&self) -> Json {
-        object_to_json(&self.doc, &ROOT)
+        object_to_json(&self.doc, &ROOT, 0)
     }
 
     /// The document's current state as the typed record.
@@ -212,7 +212,7 @@ impl EncounterDocument {
     /// Fields with concurrent values nobody has settled yet.
     pub fn conflicts(&self) -> Vec<Conflict> {
         let mut out = Vec::new();
-        collect_conflicts(&self.doc, &ROOT, "", &mut out);
+        collect_conflicts(&self.doc, &ROOT, "", 0, &mut out);
         out
     }
 }
@@ -245,14 +245,21 @@ fn json_to_scalar(value: &Json) -> Option<ScalarValue> {
     })
 }
 
-fn value_to_json(doc: &AutoCommit, value: &Value<'_>, id: &ObjId) -> Json {
+/// How deep objects are read. The schema needs 5 levels; a hostile change nesting thousands of
+/// maps would otherwise overflow the stack of whoever reads it (the server, on every upload).
+const MAX_DEPTH: usize = 16;
+
+fn value_to_json(doc: &AutoCommit, value: &Value<'_>, id: &ObjId, depth: usize) -> Json {
     match value {
         Value::Scalar(s) => scalar_to_json(s),
-        Value::Object(_) => object_to_json(doc, id),
+        Value::Object(_) => object_to_json(doc, id, depth + 1),
     }
 }
 
-fn object_to_json(doc: &AutoCommit, obj: &ObjId) -> Json {
+fn object_to_json(doc: &AutoCommit, obj: &ObjId, depth: usize) -> Json {
+    if depth > MAX_DEPTH {
+        return Json::Null;
+    }
     match doc.object_type(obj) {
         Ok(ObjType::Map) | Ok(ObjType::Table) => {
             let mut out = Map::new();
@@ -260,7 +267,7 @@ fn object_to_json(doc: &AutoCommit, obj: &ObjId) -> Json {
                 let id = item.id();
                 out.insert(
                     item.key.to_string(),
-                    value_to_json(doc, &Value::from(item.value), &id),
+                    value_to_json(doc, &Value::from(item.value), &id, depth),
                 );
             }
             Json::Object(out)
@@ -269,7 +276,7 @@ fn object_to_json(doc: &AutoCommit, obj: &ObjId) -> Json {
             doc.list_range(obj, ..)
                 .map(|item| {
                     let id = item.id();
-                    value_to_json(doc, &Value::from(item.value), &id)
+                    value_to_json(doc, &Value::from(item.value), &id, depth)
                 })
                 .collect(),
         ),
@@ -286,7 +293,16 @@ fn child_path(parent: &str, key: &str) -> String {
     }
 }
 
-fn collect_conflicts(doc: &AutoCommit, obj: &ObjId, path: &str, out: &mut Vec<Conflict>) {
+fn collect_conflicts(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    path: &str,
+    depth: usize,
+    out: &mut Vec<Conflict>,
+) {
+    if depth > MAX_DEPTH {
+        return;
+    }
     let props: Vec<automerge::Prop> = match doc.object_type(obj) {
         Ok(ObjType::Map) | Ok(ObjType::Table) => doc.keys(obj).map(automerge::Prop::Map).collect(),
         Ok(ObjType::List) => (0..doc.length(obj)).map(automerge::Prop::Seq).collect(),
@@ -303,7 +319,7 @@ fn collect_conflicts(doc: &AutoCommit, obj: &ObjId, path: &str, out: &mut Vec<Co
                 .iter()
                 .rev()
                 .map(|(value, id)| ConflictingValue {
-                    value: value_to_json(doc, value, id),
+                    value: value_to_json(doc, value, id, depth),
                     device: match id {
                         ObjId::Id(_, actor, _) => device_of_actor(actor),
                         ObjId::Root => None,
@@ -316,7 +332,7 @@ fn collect_conflicts(doc: &AutoCommit, obj: &ObjId, path: &str, out: &mut Vec<Co
             });
         }
         if let Ok(Some((Value::Object(_), child))) = doc.get(obj, prop) {
-            collect_conflicts(doc, &child, &field, out);
+            collect_conflicts(doc, &child, &field, depth + 1, out);
         }
     }
 }
@@ -621,6 +637,18 @@ mod tests {
             notes.contains("urgent") && notes.contains("dehydrated"),
             "{notes}"
         );
+    }
+
+    #[test]
+    fn a_hostile_deeply_nested_document_is_read_without_overflowing_the_stack() {
+        let mut doc = AutoCommit::new();
+        let mut obj = ROOT;
+        for _ in 0..20_000 {
+            obj = doc.put_object(&obj, "x", ObjType::Map).unwrap();
+        }
+        let document = EncounterDocument { doc };
+        assert!(document.encounter().is_err());
+        assert!(document.conflicts().is_empty());
     }
 
     #[test]

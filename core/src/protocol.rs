@@ -43,6 +43,11 @@ pub struct EncounterChanges {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub protocol: u32,
+    /// The hash of the change at position `cursor`, as the last response gave it. The server
+    /// checks it: a cursor into another history (a server restored from a backup, or replaced)
+    /// no longer names the same change, and the device is sent everything again instead of
+    /// silently skipping what it never had.
+    pub cursor_check: Option<ByteBuf>,
     /// The device holds every change it may see up to this position of the server's log.
     pub cursor: u64,
     /// Every change the device has not had acknowledged, grouped by encounter, in causal order.
@@ -60,6 +65,9 @@ pub enum RejectReason {
     WrongAuthor,
     /// The document declares a schema version the server does not understand yet.
     UnknownSchemaVersion,
+    /// The changes cannot be merged into what the server holds for the encounter (for example
+    /// they reuse a sequence number of their actor, or belong to another encounter).
+    InvalidChange,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +88,11 @@ pub struct SyncResponse {
     pub changes: Vec<EncounterChanges>,
     /// The device's new cursor: it now holds everything it may see up to here.
     pub cursor: u64,
+    /// The hash of the change at `cursor` (empty when the log is empty), to send back.
+    pub cursor_check: ByteBuf,
+    /// The request's cursor did not match this server's history, so this response starts from
+    /// the beginning: the device must take `cursor` even if it is lower than its own.
+    pub restarted: bool,
     /// More changes wait after `cursor`: send another request.
     pub more: bool,
 }
@@ -124,6 +137,7 @@ mod tests {
     fn request() -> SyncRequest {
         SyncRequest {
             protocol: PROTOCOL_VERSION,
+            cursor_check: Some(ByteBuf::from(vec![9; 32])),
             cursor: 7,
             changes: vec![EncounterChanges {
                 encounter: EncounterId::random(),

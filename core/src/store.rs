@@ -7,11 +7,11 @@
 //! Changes downloaded before their dependencies are held in `held_changes` and re-applied when
 //! the rest arrives, so nothing received is dropped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use automerge::{ActorId, Change, ChangeHash};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -69,12 +69,15 @@ pub struct Enrolment {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EncounterSummary {
     pub id: EncounterId,
-    pub status: Status,
+    pub status: Option<Status>,
     pub started_at: Option<String>,
     pub services: Vec<String>,
     pub people: u64,
     pub pending_changes: u64,
     pub conflicts: usize,
+    /// Why the record could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// One encounter as `device show` prints it.
@@ -140,14 +143,123 @@ pub struct DeviceStore {
     conn: Connection,
 }
 
+fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+            row.get(0)
+        })
+        .optional()?)
+}
+
+fn put_setting(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+fn enrolment(conn: &Connection) -> Result<Option<Enrolment>, StoreError> {
+    setting(conn, "enrolment")?
+        .map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+fn actor(conn: &Connection) -> Result<ActorId, StoreError> {
+    let hex = setting(conn, "actor")?.ok_or(StoreError::NotEnrolled)?;
+    ActorId::try_from(hex.as_str()).map_err(|e| StoreError::Corrupt(format!("actor id: {e}")))
+}
+
+fn cursor(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(setting(conn, "cursor")?
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}
+
+/// The hash of the change at the cursor's position (see [`SyncRequest::cursor_check`]).
+fn cursor_check(conn: &Connection) -> Result<Option<ByteBuf>, StoreError> {
+    Ok(setting(conn, "cursor_check")?
+        .and_then(|text| bs58::decode(text).into_vec().ok())
+        .map(ByteBuf::from))
+}
+
+fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row(sql, params, |row| row.get(0))?;
+    Ok(n.unsigned_abs())
+}
+
+fn load_document(
+    conn: &Connection,
+    id: EncounterId,
+    actor: Option<ActorId>,
+) -> Result<Option<EncounterDocument>, StoreError> {
+    let bytes: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT document FROM encounters WHERE id = ?1",
+            [id.as_bytes()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    bytes
+        .map(|b| EncounterDocument::load(&b, actor).map_err(StoreError::from))
+        .transpose()
+}
+
+fn save_document(
+    conn: &Connection,
+    id: EncounterId,
+    document: &mut EncounterDocument,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO encounters (id, document, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at",
+        params![id.as_bytes(), document.save(), chrono::Utc::now().to_rfc3339()],
+    )?;
+    Ok(())
+}
+
+fn add_pending(conn: &Connection, id: EncounterId, change: &Change) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR IGNORE INTO pending_changes (encounter, hash, change) VALUES (?1, ?2, ?3)",
+        params![
+            id.as_bytes(),
+            change.hash().0.as_slice(),
+            change.raw_bytes()
+        ],
+    )?;
+    Ok(())
+}
+
+fn held_changes(conn: &Connection, id: EncounterId) -> Result<Vec<Change>, StoreError> {
+    let mut statement = conn.prepare("SELECT change FROM held_changes WHERE encounter = ?1")?;
+    let rows = statement.query_map([id.as_bytes()], |row| row.get::<_, Vec<u8>>(0))?;
+    let mut out = Vec::new();
+    for bytes in rows {
+        out.push(Change::from_bytes(bytes?).map_err(DocumentError::from)?);
+    }
+    Ok(out)
+}
+
+fn pending_for(conn: &Connection, id: EncounterId) -> Result<u64, StoreError> {
+    count(
+        conn,
+        "SELECT count(*) FROM pending_changes WHERE encounter = ?1",
+        [id.as_bytes()],
+    )
+}
+
 impl DeviceStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        // The version is read inside the write transaction, so two processes opening a new store
+        // at once cannot both run the migrations.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
         let version = usize::try_from(version).unwrap_or(usize::MAX);
         if version > MIGRATIONS.len() {
             return Err(StoreError::Corrupt(format!(
@@ -155,7 +267,6 @@ impl DeviceStore {
                 MIGRATIONS.len()
             )));
         }
-        let tx = conn.transaction()?;
         for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.execute_batch(migration)?;
             tx.pragma_update(None, "user_version", index as i64 + 1)?;
@@ -164,160 +275,91 @@ impl DeviceStore {
         Ok(Self { conn })
     }
 
-    fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+    /// A write transaction that takes SQLite's write lock at once, so that what a change is
+    /// computed from (the saved document) cannot change under it: two writers on one store (the
+    /// app's sync thread and its UI) then take turns instead of overwriting each other.
+    fn write(&mut self) -> Result<Transaction<'_>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
-                row.get(0)
-            })
-            .optional()?)
-    }
-
-    fn put_setting(tx: &Transaction<'_>, key: &str, value: &str) -> Result<(), StoreError> {
-        tx.execute(
-            "INSERT INTO settings (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
-        Ok(())
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
     /// Records the enrolment. Re-enrolling the same device (a new token, a new server address)
-    /// keeps everything; switching to another device is refused while changes are unsynced.
-    pub fn enrol(&mut self, enrolment: &Enrolment) -> Result<(), StoreError> {
-        let pending = self.pending_count()?;
-        if let Some(existing) = self.enrolment()?
-            && existing.device_id != enrolment.device_id
-            && pending > 0
+    /// keeps everything; switching to another device is refused while changes are unsynced, and
+    /// otherwise starts from an empty store (the other device's team and role may differ).
+    pub fn enrol(&mut self, new: &Enrolment) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        let existing = enrolment(&tx)?;
+        let same_device = existing
+            .as_ref()
+            .is_some_and(|e| e.device_id == new.device_id);
+        if let Some(existing) = existing
+            && !same_device
         {
-            return Err(StoreError::EnrolledToAnotherDevice {
-                enrolled: existing.device_id,
-                requested: enrolment.device_id,
-                pending,
-            });
+            let pending = count(&tx, "SELECT count(*) FROM pending_changes", [])?;
+            if pending > 0 {
+                return Err(StoreError::EnrolledToAnotherDevice {
+                    enrolled: existing.device_id,
+                    requested: new.device_id,
+                    pending,
+                });
+            }
+            tx.execute_batch(
+                "DELETE FROM encounters; DELETE FROM held_changes;
+                 DELETE FROM settings WHERE key IN ('cursor', 'cursor_check');",
+            )?;
         }
-        let same_device = self
-            .enrolment()?
-            .is_some_and(|e| e.device_id == enrolment.device_id);
-        let tx = self.conn.transaction()?;
-        Self::put_setting(
+        put_setting(
             &tx,
             "enrolment",
-            &serde_json::to_string(enrolment).expect("serialisable"),
+            &serde_json::to_string(new).expect("serialisable"),
         )?;
         if !same_device {
-            let actor = new_actor_id(enrolment.device_id);
-            Self::put_setting(&tx, "actor", &actor.to_hex_string())?;
+            put_setting(&tx, "actor", &new_actor_id(new.device_id).to_hex_string())?;
         }
         tx.commit()?;
         Ok(())
     }
 
     pub fn enrolment(&self) -> Result<Option<Enrolment>, StoreError> {
-        self.setting("enrolment")?
-            .map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .transpose()
-    }
-
-    fn require_enrolment(&self) -> Result<Enrolment, StoreError> {
-        self.enrolment()?.ok_or(StoreError::NotEnrolled)
+        enrolment(&self.conn)
     }
 
     /// Points the store at another server address (same device, same token).
     pub fn set_server_url(&mut self, url: &str) -> Result<(), StoreError> {
-        let mut enrolment = self.require_enrolment()?;
-        enrolment.server_url = url.to_string();
-        self.enrol(&enrolment)
-    }
-
-    fn actor(&self) -> Result<ActorId, StoreError> {
-        let hex = self.setting("actor")?.ok_or(StoreError::NotEnrolled)?;
-        ActorId::try_from(hex.as_str()).map_err(|e| StoreError::Corrupt(format!("actor id: {e}")))
+        let mut current = self.enrolment()?.ok_or(StoreError::NotEnrolled)?;
+        current.server_url = url.to_string();
+        self.enrol(&current)
     }
 
     /// The position in the server's log up to which this device holds everything it may see.
     pub fn cursor(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .setting("cursor")?
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0))
-    }
-
-    fn count(&self, sql: &str, params: impl rusqlite::Params) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row(sql, params, |row| row.get(0))?;
-        Ok(n.unsigned_abs())
+        cursor(&self.conn)
     }
 
     pub fn pending_count(&self) -> Result<u64, StoreError> {
-        self.count("SELECT count(*) FROM pending_changes", [])
-    }
-
-    fn load_document(
-        &self,
-        id: EncounterId,
-        actor: Option<ActorId>,
-    ) -> Result<Option<EncounterDocument>, StoreError> {
-        let bytes: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT document FROM encounters WHERE id = ?1",
-                [id.as_bytes()],
-                |row| row.get(0),
-            )
-            .optional()?;
-        bytes
-            .map(|b| EncounterDocument::load(&b, actor).map_err(StoreError::from))
-            .transpose()
+        count(&self.conn, "SELECT count(*) FROM pending_changes", [])
     }
 
     /// The document of encounter `id`.
     pub fn document(&self, id: EncounterId) -> Result<EncounterDocument, StoreError> {
-        self.load_document(id, None)?
-            .ok_or(StoreError::NotFound(id))
-    }
-
-    fn save_document(
-        tx: &Transaction<'_>,
-        id: EncounterId,
-        document: &mut EncounterDocument,
-    ) -> Result<(), StoreError> {
-        tx.execute(
-            "INSERT INTO encounters (id, document, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at",
-            params![id.as_bytes(), document.save(), chrono::Utc::now().to_rfc3339()],
-        )?;
-        Ok(())
-    }
-
-    fn add_pending(
-        tx: &Transaction<'_>,
-        id: EncounterId,
-        change: &Change,
-    ) -> Result<(), StoreError> {
-        tx.execute(
-            "INSERT OR IGNORE INTO pending_changes (encounter, hash, change) VALUES (?1, ?2, ?3)",
-            params![
-                id.as_bytes(),
-                change.hash().0.as_slice(),
-                change.raw_bytes()
-            ],
-        )?;
-        Ok(())
+        load_document(&self.conn, id, None)?.ok_or(StoreError::NotFound(id))
     }
 
     /// Logs a new encounter; returns its id. Works with no network at all.
     pub fn log(&mut self, mut encounter: Encounter) -> Result<EncounterId, StoreError> {
-        let enrolment = self.require_enrolment()?;
+        let tx = self.write()?;
+        let enrolled = enrolment(&tx)?.ok_or(StoreError::NotEnrolled)?;
         if encounter.team.is_empty() {
-            encounter.team = enrolment.team.clone();
-        } else if encounter.team != enrolment.team {
+            encounter.team = enrolled.team.clone();
+        } else if encounter.team != enrolled.team {
             return Err(StoreError::WrongTeam {
-                enrolled: enrolment.team,
+                enrolled: enrolled.team,
                 given: encounter.team,
             });
         }
         if encounter.agent.is_empty() {
-            encounter.agent = enrolment.agent.clone();
+            encounter.agent = enrolled.agent.clone();
         }
         if encounter.schema_version == 0 {
             encounter.schema_version = SCHEMA_VERSION;
@@ -328,11 +370,9 @@ impl DeviceStore {
         }
         validate(&encounter)?;
         let id = EncounterId::random();
-        let (mut document, change) =
-            EncounterDocument::create(self.actor()?, id, &encounter, now())?;
-        let tx = self.conn.transaction()?;
-        Self::save_document(&tx, id, &mut document)?;
-        Self::add_pending(&tx, id, &change)?;
+        let (mut document, change) = EncounterDocument::create(actor(&tx)?, id, &encounter, now())?;
+        save_document(&tx, id, &mut document)?;
+        add_pending(&tx, id, &change)?;
         tx.commit()?;
         tracing::debug!(encounter = %id, "logged");
         Ok(id)
@@ -340,16 +380,15 @@ impl DeviceStore {
 
     /// Edits fields of an encounter by path; returns whether anything changed.
     pub fn edit(&mut self, id: EncounterId, edits: &[FieldEdit]) -> Result<bool, StoreError> {
-        let actor = self.actor()?;
-        let mut document = self
-            .load_document(id, Some(actor))?
-            .ok_or(StoreError::NotFound(id))?;
+        let tx = self.write()?;
+        let enrolled = enrolment(&tx)?.ok_or(StoreError::NotEnrolled)?;
+        let mut document =
+            load_document(&tx, id, Some(actor(&tx)?))?.ok_or(StoreError::NotFound(id))?;
         let current = document.encounter()?;
         let (edited, settled) = apply_edits(&current, edits)?;
-        let enrolment = self.require_enrolment()?;
         if edited.team != current.team {
             return Err(StoreError::WrongTeam {
-                enrolled: enrolment.team,
+                enrolled: enrolled.team,
                 given: edited.team,
             });
         }
@@ -357,9 +396,8 @@ impl DeviceStore {
         let Some(change) = document.update(&edited, &settled, now())? else {
             return Ok(false);
         };
-        let tx = self.conn.transaction()?;
-        Self::save_document(&tx, id, &mut document)?;
-        Self::add_pending(&tx, id, &change)?;
+        save_document(&tx, id, &mut document)?;
+        add_pending(&tx, id, &change)?;
         tx.commit()?;
         Ok(true)
     }
@@ -376,31 +414,39 @@ impl DeviceStore {
         Ok(ids)
     }
 
-    fn pending_for(&self, id: EncounterId) -> Result<u64, StoreError> {
-        self.count(
-            "SELECT count(*) FROM pending_changes WHERE encounter = ?1",
-            [id.as_bytes()],
-        )
-    }
-
+    /// A line per encounter. One that cannot be read (a teammate on a newer app version, say)
+    /// is listed with its problem instead of hiding the others.
     pub fn list(&self) -> Result<Vec<EncounterSummary>, StoreError> {
         self.encounter_ids()?
             .into_iter()
             .map(|id| {
                 let document = self.document(id)?;
-                let encounter = document.encounter()?;
-                Ok(EncounterSummary {
+                let mut summary = EncounterSummary {
                     id,
-                    status: encounter.status,
-                    started_at: encounter.started_at.clone(),
-                    services: serde_json::to_value(&encounter.services)
-                        .ok()
-                        .and_then(|v| serde_json::from_value(v).ok())
-                        .unwrap_or_default(),
-                    people: encounter.counts.total(),
-                    pending_changes: self.pending_for(id)?,
+                    status: None,
+                    started_at: None,
+                    services: Vec::new(),
+                    people: 0,
+                    pending_changes: pending_for(&self.conn, id)?,
                     conflicts: document.conflicts().len(),
-                })
+                    problem: None,
+                };
+                match document.encounter() {
+                    Ok(encounter) => {
+                        summary.status = Some(encounter.status);
+                        summary.people = encounter.counts.total();
+                        summary.services = encounter
+                            .services
+                            .iter()
+                            .filter_map(|s| {
+                                serde_json::to_value(s).ok()?.as_str().map(str::to_string)
+                            })
+                            .collect();
+                        summary.started_at = encounter.started_at;
+                    }
+                    Err(err) => summary.problem = Some(err.to_string()),
+                }
+                Ok(summary)
             })
             .collect()
     }
@@ -412,7 +458,7 @@ impl DeviceStore {
             encounter: document.encounter()?,
             conflicts: document.conflicts(),
             heads: heads_hex(&document.heads()),
-            pending_changes: self.pending_for(id)?,
+            pending_changes: pending_for(&self.conn, id)?,
         })
     }
 
@@ -463,7 +509,8 @@ impl DeviceStore {
         }
         let request = SyncRequest {
             protocol: PROTOCOL_VERSION,
-            cursor: self.cursor()?,
+            cursor_check: cursor_check(&self.conn)?,
+            cursor: cursor(&self.conn)?,
             changes: grouped,
         };
         Ok(UploadPage {
@@ -473,9 +520,10 @@ impl DeviceStore {
         })
     }
 
-    /// Applies a response, all or nothing: acknowledged changes leave the pending list, downloaded
-    /// changes are merged, the cursor moves forward (never back: a late, stale response is
-    /// harmless).
+    /// Applies a response, all or nothing, in one write transaction: acknowledged changes leave
+    /// the pending list, downloaded changes are merged, the cursor moves forward (never back, so
+    /// a late, stale response is harmless, unless the server says it restarted from the
+    /// beginning because the cursor no longer matched its history).
     pub fn apply_response(&mut self, response: &SyncResponse) -> Result<SyncApplied, StoreError> {
         let mut downloads: BTreeMap<EncounterId, Vec<Change>> = BTreeMap::new();
         let mut downloaded = 0u64;
@@ -486,25 +534,8 @@ impl DeviceStore {
                 downloaded += 1;
             }
         }
-        let mut documents = Vec::new();
-        for (id, changes) in downloads {
-            let mut document = self
-                .load_document(id, None)?
-                .unwrap_or_else(EncounterDocument::empty);
-            let held = self.held_changes(id)?;
-            document.apply_changes(held.into_iter().chain(changes.clone()).collect())?;
-            let still_held: Vec<Change> = {
-                let mut all = self.held_changes(id)?;
-                all.extend(changes);
-                all.into_iter()
-                    .filter(|c| !document.has_change(&c.hash()))
-                    .collect()
-            };
-            documents.push((id, document, still_held));
-        }
 
-        let cursor = self.cursor()?.max(response.cursor);
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let mut acknowledged = 0u64;
         for hash in &response.accepted {
             acknowledged += tx.execute(
@@ -518,20 +549,35 @@ impl DeviceStore {
                 params![rejection.encounter.as_bytes(), rejection.message],
             )?;
         }
-        for (id, mut document, still_held) in documents {
-            Self::save_document(&tx, id, &mut document)?;
+        for (id, changes) in downloads {
+            let mut document =
+                load_document(&tx, id, None)?.unwrap_or_else(EncounterDocument::empty);
+            let mut candidates = held_changes(&tx, id)?;
+            candidates.extend(changes);
+            document.apply_changes(candidates.clone())?;
+            save_document(&tx, id, &mut document)?;
             tx.execute(
                 "DELETE FROM held_changes WHERE encounter = ?1",
                 [id.as_bytes()],
             )?;
-            for change in &still_held {
+            for change in candidates
+                .iter()
+                .filter(|c| !document.has_change(&c.hash()))
+            {
                 tx.execute(
                     "INSERT OR IGNORE INTO held_changes (hash, encounter, change) VALUES (?1, ?2, ?3)",
                     params![change.hash().0.as_slice(), id.as_bytes(), change.raw_bytes()],
                 )?;
             }
         }
-        Self::put_setting(&tx, "cursor", &cursor.to_string())?;
+        if response.restarted || response.cursor >= cursor(&tx)? {
+            put_setting(&tx, "cursor", &response.cursor.to_string())?;
+            put_setting(
+                &tx,
+                "cursor_check",
+                &bs58::encode(&response.cursor_check).into_string(),
+            )?;
+        }
         tx.commit()?;
         Ok(SyncApplied {
             acknowledged,
@@ -540,31 +586,9 @@ impl DeviceStore {
         })
     }
 
-    fn held_changes(&self, id: EncounterId) -> Result<Vec<Change>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare("SELECT change FROM held_changes WHERE encounter = ?1")?;
-        let rows = statement.query_map([id.as_bytes()], |row| row.get::<_, Vec<u8>>(0))?;
-        let mut out = Vec::new();
-        for bytes in rows {
-            out.push(Change::from_bytes(bytes?).map_err(DocumentError::from)?);
-        }
-        Ok(out)
-    }
-
     /// Changes received but waiting for their dependencies.
     pub fn held_count(&self) -> Result<u64, StoreError> {
-        self.count("SELECT count(*) FROM held_changes", [])
-    }
-
-    /// Unique encounters the pending changes belong to.
-    pub fn pending_encounters(&self) -> Result<BTreeSet<EncounterId>, StoreError> {
-        Ok(self
-            .sync_request()?
-            .changes
-            .into_iter()
-            .map(|g| g.encounter)
-            .collect())
+        count(&self.conn, "SELECT count(*) FROM held_changes", [])
     }
 }
 
@@ -698,6 +722,8 @@ mod tests {
         };
         let response = |cursor| SyncResponse {
             protocol: PROTOCOL_VERSION,
+            cursor_check: ByteBuf::new(),
+            restarted: false,
             accepted: vec![ByteBuf::from(hash.0.to_vec())],
             rejected: vec![],
             changes: vec![],
@@ -721,6 +747,8 @@ mod tests {
         let all = author.sync_request().unwrap().changes.remove(0);
         let page = |changes: Vec<ByteBuf>, cursor| SyncResponse {
             protocol: PROTOCOL_VERSION,
+            cursor_check: ByteBuf::new(),
+            restarted: false,
             accepted: vec![],
             rejected: vec![],
             changes: vec![EncounterChanges {

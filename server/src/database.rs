@@ -125,7 +125,10 @@ impl Database {
         let mut writer = Connection::open(&path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
-        let version: i64 = writer.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        // The version is read inside the write transaction, so two processes opening a new data
+        // directory at once cannot both run the migrations.
+        let tx = writer.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
             return Err(DatabaseError::TooNew {
@@ -134,7 +137,6 @@ impl Database {
                 supported,
             });
         }
-        let tx = writer.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.execute_batch(migration)?;
             tx.pragma_update(None, "user_version", index as i64 + 1)?;

@@ -55,31 +55,49 @@ struct Upload {
 }
 
 /// Decodes every change of the request before anything is written, so a malformed request is
-/// refused whole.
+/// refused whole. Groups naming the same encounter are joined and repeated changes dropped, so a
+/// clumsy client's request is still stored exactly once.
 fn decode_uploads(request: &SyncRequest) -> Result<Vec<Upload>, LedgerError> {
-    request
-        .changes
-        .iter()
-        .map(|group| {
-            let changes = group
-                .changes
-                .iter()
-                .enumerate()
-                .map(|(index, bytes)| {
-                    Change::from_bytes(bytes.to_vec()).map_err(|err| {
-                        LedgerError::BadRequest(format!(
-                            "change {index} of encounter {} is not an Automerge change: {err}",
-                            group.encounter
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Upload {
-                encounter: group.encounter,
-                changes,
-            })
-        })
-        .collect()
+    let mut uploads: Vec<Upload> = Vec::new();
+    let mut seen = HashSet::new();
+    for group in &request.changes {
+        let position = match uploads.iter().position(|u| u.encounter == group.encounter) {
+            Some(position) => position,
+            None => {
+                uploads.push(Upload {
+                    encounter: group.encounter,
+                    changes: Vec::new(),
+                });
+                uploads.len() - 1
+            }
+        };
+        for (index, bytes) in group.changes.iter().enumerate() {
+            let change = Change::from_bytes(bytes.to_vec()).map_err(|err| {
+                LedgerError::BadRequest(format!(
+                    "change {index} of encounter {} is not an Automerge change: {err}",
+                    group.encounter
+                ))
+            })?;
+            if seen.insert(change.hash()) {
+                uploads[position].changes.push(change);
+            }
+        }
+    }
+    Ok(uploads)
+}
+
+/// The hash of the change at log position `seq` (empty for position 0).
+fn hash_at(conn: &Connection, seq: u64) -> Result<Vec<u8>, rusqlite::Error> {
+    if seq == 0 {
+        return Ok(Vec::new());
+    }
+    conn.query_row(
+        "SELECT hash FROM changes WHERE seq = ?1",
+        [i64::try_from(seq).unwrap_or(-1)],
+        |row| row.get(0),
+    )
+    .optional()
+    .map(Option::unwrap_or_default)
 }
 
 fn encounter_team(tx: &Connection, id: EncounterId) -> Result<Option<String>, rusqlite::Error> {
@@ -187,9 +205,13 @@ fn ingest_encounter(
             None => fresh.push(change),
             Some(encounter) if encounter == id.as_bytes() => {}
             Some(_) => {
-                return Err(LedgerError::BadRequest(format!(
-                    "change {} is already stored under another encounter than {id}",
-                    change.hash()
+                return Ok(Err(reject(
+                    id,
+                    RejectReason::InvalidChange,
+                    format!(
+                        "change {} is already stored under another encounter",
+                        change.hash()
+                    ),
                 )));
             }
         }
@@ -199,9 +221,14 @@ fn ingest_encounter(
     }
 
     let mut document = load_document(tx, id)?.unwrap_or_else(EncounterDocument::empty);
-    document
-        .apply_changes(fresh.clone())
-        .map_err(|e| LedgerError::BadRequest(format!("encounter {id}: {e}")))?;
+    if let Err(err) = document.apply_changes(fresh.clone()) {
+        // Refused for this encounter only: the device's other encounters still get through.
+        return Ok(Err(reject(
+            id,
+            RejectReason::InvalidChange,
+            format!("the changes cannot be merged into the stored document: {err}"),
+        )));
+    }
     if let Some(found) = document.schema_version().filter(|v| *v > SCHEMA_VERSION) {
         return Ok(Err(reject(
             id,
@@ -259,15 +286,30 @@ pub fn sync(
             Err(rejection) => rejected.push(rejection),
         }
     }
-    let (changes, cursor, more) = page(&tx, device, request.cursor, &uploaded, limits)?;
+    // A cursor is trusted only if it still names the same change: after a restore from backup
+    // (or against another server) its position may hold another change or none, and the device
+    // would silently skip what it never had. Then the device starts again from the beginning.
+    let matches = request.cursor == 0
+        || request.cursor_check.as_ref().is_some_and(|check| {
+            hash_at(&tx, request.cursor)
+                .is_ok_and(|hash| !hash.is_empty() && hash == check.as_slice())
+        });
+    let cursor = if matches { request.cursor } else { 0 };
+    if !matches {
+        tracing::warn!(device = %device.id, cursor = request.cursor, "cursor does not match this server's history; sending everything again");
+    }
+    let (changes, cursor, more) = page(&tx, device, cursor, &uploaded, limits)?;
+    let cursor_check = ByteBuf::from(hash_at(&tx, cursor)?);
     tx.commit()?;
     Ok(SyncResponse {
         protocol: PROTOCOL_VERSION,
         accepted,
         rejected,
         changes,
+        cursor_check,
         cursor,
         more,
+        restarted: !matches,
     })
 }
 

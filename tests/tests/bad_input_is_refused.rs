@@ -71,6 +71,7 @@ fn request_with_change(
     let (_, change) = EncounterDocument::create(actor, encounter, record, 0).unwrap();
     protocol::encode(&SyncRequest {
         protocol: PROTOCOL_VERSION,
+        cursor_check: None,
         cursor: 0,
         changes: vec![EncounterChanges {
             encounter,
@@ -164,6 +165,7 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
     let token = s.sonora.enrolled.token.as_str();
     let mut garbage_change = SyncRequest {
         protocol: PROTOCOL_VERSION,
+        cursor_check: None,
         cursor: 0,
         changes: vec![EncounterChanges {
             encounter: s.encounter,
@@ -172,6 +174,7 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
     };
     let other_version = SyncRequest {
         protocol: 99,
+        cursor_check: None,
         cursor: 0,
         changes: vec![],
     };

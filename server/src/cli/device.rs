@@ -152,23 +152,24 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 print_json(&serde_json::json!({ "encounters": encounters }));
             } else {
                 for e in encounters {
-                    println!(
-                        "{}  {:<6} {:>4} people  {}{}{}",
+                    let status = e.status.and_then(|s| serde_json::to_value(s).ok());
+                    let mut line = format!(
+                        "{}  {:<6} {:>4} people  {}",
                         e.id,
-                        serde_json::to_value(e.status)?.as_str().unwrap_or_default(),
+                        status.as_ref().and_then(|s| s.as_str()).unwrap_or("?"),
                         e.people,
-                        e.services.join(","),
-                        if e.pending_changes > 0 {
-                            format!("  ({} unsynced)", e.pending_changes)
-                        } else {
-                            String::new()
-                        },
-                        if e.conflicts > 0 {
-                            format!("  ({} conflicts)", e.conflicts)
-                        } else {
-                            String::new()
-                        },
+                        e.services.join(",")
                     );
+                    if e.pending_changes > 0 {
+                        line.push_str(&format!("  ({} unsynced)", e.pending_changes));
+                    }
+                    if e.conflicts > 0 {
+                        line.push_str(&format!("  ({} conflicts)", e.conflicts));
+                    }
+                    if let Some(problem) = &e.problem {
+                        line.push_str(&format!("  (unreadable: {problem})"));
+                    }
+                    println!("{line}");
                 }
             }
         }
