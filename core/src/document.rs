@@ -623,16 +623,43 @@ mod tests {
     }
 
     #[test]
+    fn the_first_notes_written_on_two_phones_at_once_interleave() {
+        let mut e = sample();
+        e.notes = String::new();
+        let (mut a, _) = EncounterDocument::create(
+            new_actor_id(DeviceId::random()),
+            EncounterId::random(),
+            &e,
+            1,
+        )
+        .unwrap();
+        let mut b =
+            EncounterDocument::load(&a.save(), Some(new_actor_id(DeviceId::random()))).unwrap();
+        for (doc, text) in [(&mut a, "heat stroke"), (&mut b, "two children")] {
+            let mut edited = doc.encounter().unwrap();
+            edited.notes = text.into();
+            doc.update(&edited, &BTreeSet::new(), 2).unwrap();
+        }
+        merge(&mut a, &mut b);
+        let notes = a.encounter().unwrap().notes;
+        assert!(
+            notes.contains("heat stroke") && notes.contains("two children"),
+            "{notes}"
+        );
+        assert!(a.conflicts().is_empty());
+    }
+
+    #[test]
     fn concurrent_notes_interleave() {
         let (mut a, mut b) = two_phones();
         let mut ea = a.encounter().unwrap();
-        ea.notes = Some("two men at the river, dehydrated".into());
+        ea.notes = "two men at the river, dehydrated".into();
         a.update(&ea, &BTreeSet::new(), 2).unwrap();
         let mut eb = b.encounter().unwrap();
-        eb.notes = Some("urgent: two men at the river".into());
+        eb.notes = "urgent: two men at the river".into();
         b.update(&eb, &BTreeSet::new(), 2).unwrap();
         merge(&mut a, &mut b);
-        let notes = a.encounter().unwrap().notes.unwrap();
+        let notes = a.encounter().unwrap().notes;
         assert!(
             notes.contains("urgent") && notes.contains("dehydrated"),
             "{notes}"

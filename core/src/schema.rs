@@ -66,8 +66,10 @@ pub struct Encounter {
     #[serde(default)]
     pub status: Status,
     /// Collaborative text: concurrent edits on two phones interleave instead of one winning.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notes: Option<String>,
+    /// Always present (empty by default), so the text exists from the first change and two
+    /// phones writing the first note at once still interleave.
+    #[serde(default)]
+    pub notes: String,
     #[serde(default)]
     pub referrals: Vec<Referral>,
     /// Sensitive, restricted like health data.

@@ -702,6 +702,70 @@ mod tests {
     }
 
     #[test]
+    fn two_writers_on_one_store_take_turns_without_losing_an_edit() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = enrolled(&dir, "s.db").log(example()).unwrap();
+        let writers: Vec<_> = ["counts.f.0-4", "counts.f.5-11"]
+            .into_iter()
+            .map(|field| {
+                let path = dir.path().join("s.db");
+                std::thread::spawn(move || {
+                    let mut store = DeviceStore::open(path).unwrap();
+                    for n in 1..=25 {
+                        store
+                            .edit(id, &[format!("{field}={n}").parse().unwrap()])
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let store = DeviceStore::open(dir.path().join("s.db")).unwrap();
+        let mut document = store.document(id).unwrap();
+        assert_eq!(store.pending_count().unwrap(), 51, "every edit is pending");
+        assert_eq!(document.changes().len(), 51, "and in the document");
+        let encounter = document.encounter().unwrap();
+        assert_eq!(
+            (
+                encounter.counts.f.from_0_to_4,
+                encounter.counts.f.from_5_to_11
+            ),
+            (25, 25)
+        );
+        for group in store.sync_request().unwrap().changes {
+            for bytes in group.changes {
+                let change = Change::from_bytes(bytes.to_vec()).unwrap();
+                assert!(document.has_change(&change.hash()));
+            }
+        }
+    }
+
+    #[test]
+    fn enrolling_as_another_device_starts_from_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = enrolled(&dir, "s.db");
+        store.log(example()).unwrap();
+        let other = Enrolment {
+            device_id: DeviceId::random(),
+            ..store.enrolment().unwrap().unwrap()
+        };
+        assert!(matches!(
+            store.enrol(&other),
+            Err(StoreError::EnrolledToAnotherDevice { pending: 1, .. })
+        ));
+        store
+            .conn
+            .execute("DELETE FROM pending_changes", [])
+            .unwrap();
+        put_setting(&store.conn, "cursor", "42").unwrap();
+        store.enrol(&other).unwrap();
+        assert!(store.encounter_ids().unwrap().is_empty());
+        assert_eq!(store.cursor().unwrap(), 0);
+    }
+
+    #[test]
     fn logging_into_another_team_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = enrolled(&dir, "s.db");

@@ -188,11 +188,9 @@ pub fn validate(encounter: &Encounter) -> Result<(), ValidationErrors> {
         );
     }
 
-    if let Some(notes) = &encounter.notes {
-        let chars = notes.chars().count();
-        if chars > NOTES_MAX_CHARS {
-            check.fail("notes", format!("{chars} characters; notes are kept short (at most {NOTES_MAX_CHARS}) to keep identifying detail out"));
-        }
+    let chars = encounter.notes.chars().count();
+    if chars > NOTES_MAX_CHARS {
+        check.fail("notes", format!("{chars} characters; notes are kept short (at most {NOTES_MAX_CHARS}) to keep identifying detail out"));
     }
 
     for (index, referral) in encounter.referrals.iter().enumerate() {

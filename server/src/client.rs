@@ -59,11 +59,12 @@ pub struct SyncOptions {
 }
 
 impl Default for SyncOptions {
-    /// 2 MiB per request: well under the server's default body limit (16 MiB), so a phone back
-    /// from days offline never builds a request the server must refuse.
+    /// 256 KiB per request: a page a 2G link moves in about a minute, and far under the
+    /// server's default body limit (16 MiB), so a phone back from days offline never builds a
+    /// request the server must refuse.
     fn default() -> Self {
         Self {
-            max_upload_change_bytes: 2 * 1024 * 1024,
+            max_upload_change_bytes: 256 * 1024,
         }
     }
 }
@@ -76,9 +77,14 @@ pub struct WhoAmI {
     pub role: Role,
 }
 
+/// Timeouts sized for a weak link: a 256 KiB page takes about a minute at 4 kB/s, so bodies get
+/// ten minutes; an unreachable server is reported within half a minute.
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(120)))
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_send_body(Some(Duration::from_secs(600)))
+        .timeout_recv_response(Some(Duration::from_secs(120)))
+        .timeout_recv_body(Some(Duration::from_secs(600)))
         .http_status_as_error(false)
         .build()
         .into()
@@ -181,7 +187,15 @@ pub fn sync_with(
         report.round_trips += 1;
         report.uploaded += applied.acknowledged;
         report.downloaded += applied.downloaded;
-        report.rejected = applied.rejected;
+        for rejection in applied.rejected {
+            if !report
+                .rejected
+                .iter()
+                .any(|r| r.encounter == rejection.encounter)
+            {
+                report.rejected.push(rejection);
+            }
+        }
         report.pending = store.pending_count()?;
         progress(&report);
         if !response.more && !page.more {

@@ -83,6 +83,7 @@ const MIGRATIONS: &[&str] = &[r"
     );
     CREATE INDEX encounters_by_team_time ON encounters (team, occurred_at);
     CREATE INDEX encounters_by_time ON encounters (occurred_at);
+    CREATE INDEX encounters_by_location ON encounters (lat, lon);
     CREATE TABLE encounter_services (
         encounter BLOB NOT NULL,
         service TEXT NOT NULL,

@@ -141,6 +141,8 @@ pub struct ListFilter {
     pub from: Option<String>,
     /// RFC 3339; exclusive.
     pub to: Option<String>,
+    /// `minLon,minLat,maxLon,maxLat`: only encounters with a location inside.
+    pub bbox: Option<String>,
     pub limit: Option<u32>,
     pub offset: Option<u32>,
 }
@@ -167,6 +169,30 @@ pub struct EncounterRow {
 
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// A bounding box `minLon,minLat,maxLon,maxLat`, checked.
+pub fn parse_bbox(text: &str) -> Result<[f64; 4], String> {
+    let usage = "`bbox` must be minLon,minLat,maxLon,maxLat in degrees, e.g. -112,30,-104,33";
+    let parts: Vec<f64> = text
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| usage.to_string())?;
+    let [min_lon, min_lat, max_lon, max_lat] = parts[..] else {
+        return Err(usage.to_string());
+    };
+    let valid = (-180.0..=180.0).contains(&min_lon)
+        && (-180.0..=180.0).contains(&max_lon)
+        && (-90.0..=90.0).contains(&min_lat)
+        && (-90.0..=90.0).contains(&max_lat)
+        && min_lon <= max_lon
+        && min_lat <= max_lat;
+    if valid {
+        Ok([min_lon, min_lat, max_lon, max_lat])
+    } else {
+        Err(usage.to_string())
+    }
+}
 
 /// Normalises an RFC 3339 time to the stored form, or says which parameter is wrong.
 pub fn normalise_time(name: &str, text: &str) -> Result<String, String> {
@@ -216,6 +242,13 @@ pub fn list(
             service,
         );
         sql.push(')');
+    }
+    if let Some(bbox) = &filter.bbox {
+        let [min_lon, min_lat, max_lon, max_lat] =
+            parse_bbox(bbox).map_err(rusqlite::Error::InvalidParameterName)?;
+        sql.push_str(&format!(
+            " AND e.lat BETWEEN {min_lat} AND {max_lat} AND e.lon BETWEEN {min_lon} AND {max_lon}"
+        ));
     }
     let limit = filter
         .limit

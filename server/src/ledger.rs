@@ -42,9 +42,11 @@ pub struct PageLimits {
 }
 
 impl Default for PageLimits {
+    /// 256 KiB of changes per response: about a minute on a 2G link, so a page completes
+    /// between cuts more often than not.
     fn default() -> Self {
         Self {
-            max_response_change_bytes: 1024 * 1024,
+            max_response_change_bytes: 256 * 1024,
         }
     }
 }
@@ -374,4 +376,64 @@ fn page(
         u64::try_from(new_cursor.max(cursor)).unwrap_or(0),
         more,
     ))
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RebuildReport {
+    pub encounters: u64,
+    pub changes: u64,
+    /// Encounters some of whose changes still wait for a change they depend on.
+    pub incomplete: u64,
+}
+
+/// Rebuilds every encounter's merged document and index columns from the stored changes alone,
+/// `batch` encounters per transaction; `progress` sees (done, total) after each batch. This is
+/// what makes the `changes` table the only thing that must never be lost.
+pub fn rebuild(
+    conn: &mut Connection,
+    batch: usize,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<RebuildReport, LedgerError> {
+    let encounters: Vec<(Vec<u8>, String, String, String)> = {
+        let mut statement = conn.prepare(
+            "SELECT encounter, min(team), min(received_at), max(received_at) FROM changes
+             GROUP BY encounter ORDER BY min(seq)",
+        )?;
+        statement
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?
+    };
+    let total = encounters.len() as u64;
+    let mut report = RebuildReport::default();
+    for chunk in encounters.chunks(batch.max(1)) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (id, team, first_received, last_received) in chunk {
+            let id =
+                EncounterId::from_slice(id).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+            let changes = stored_changes(&tx, id)?;
+            report.changes += changes.len() as u64;
+            let mut document = EncounterDocument::empty();
+            document
+                .apply_changes(changes)
+                .map_err(|e| LedgerError::Corrupt(format!("encounter {id}: {e}")))?;
+            let complete = document.missing_dependencies().is_empty();
+            report.incomplete += u64::from(!complete);
+            tx.execute(
+                "INSERT INTO encounters (id, team, document, complete, received_at, updated_at, occurred_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5)
+                 ON CONFLICT (id) DO UPDATE SET team = excluded.team, document = excluded.document,
+                     complete = excluded.complete, received_at = excluded.received_at,
+                     updated_at = excluded.updated_at",
+                params![id.as_bytes(), team, document.save(), complete, first_received, last_received],
+            )?;
+            index::update(&tx, id, team, &document)?;
+            report.encounters += 1;
+        }
+        tx.commit()?;
+        progress(report.encounters, total);
+    }
+    Ok(report)
 }

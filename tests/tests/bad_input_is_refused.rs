@@ -344,3 +344,30 @@ fn an_unknown_schema_version_is_refused_and_kept_by_the_device() {
     sonora.store.apply_response(&refusal).unwrap();
     assert_eq!(sonora.store.pending_count().unwrap(), 1);
 }
+
+#[test]
+fn a_change_sent_twice_in_one_request_is_stored_once() {
+    let s = setup();
+    let mut sonora = s.sonora;
+    let id = sonora.log(EXAMPLE_ENCOUNTER);
+    let mut request = sonora.store.sync_request().unwrap();
+    let group = request.changes[0].clone();
+    request.changes[0].changes.push(group.changes[0].clone());
+    request.changes.push(group);
+    let before = auxilio_tests::stored_change_hashes(&s.server.data_dir).len();
+    let (status, body) = post_bytes(
+        &s.server.url,
+        "/v1/sync",
+        Some(&sonora.enrolled.token),
+        &protocol::encode(&request),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let response = protocol::decode_response(&body).unwrap();
+    assert_eq!(response.accepted.len(), 1);
+    assert_eq!(
+        auxilio_tests::stored_change_hashes(&s.server.data_dir).len(),
+        before + 1
+    );
+    sonora.store.apply_response(&response).unwrap();
+    assert_eq!(sonora.view(id).pending_changes, 0);
+}

@@ -38,6 +38,7 @@ fn every_command_has_help_with_an_example() {
         &["admin", "device", "enroll"],
         &["admin", "device", "revoke"],
         &["admin", "device", "list"],
+        &["reindex"],
         &["device"],
         &["device", "--store", "x.db", "init"],
         &["device", "--store", "x.db", "log"],

@@ -33,7 +33,7 @@ fn run_and_kill(args: &[&str], stdin: &str, after: Duration) -> (bool, String) {
 
 /// Delays spread over the life of a short command, without a random-number dependency.
 fn delays() -> impl Iterator<Item = Duration> {
-    (0u64..).map(|i| Duration::from_millis(2 + (i * 37) % 120))
+    (0u64..).map(|i| Duration::from_millis(2 + (i * 37) % 300))
 }
 
 #[test]

@@ -135,3 +135,67 @@ fn acknowledged_changes_survive_sigkill_during_syncs() {
         assert_eq!(reader.view(id).heads, writer.view(id).heads);
     }
 }
+
+/// Copies the server's database files (the main file and its WAL) from one directory to another.
+fn copy_database(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(to).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn after_a_restore_from_backup_devices_still_receive_everything_new() {
+    let data = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let devices = tempfile::tempdir().unwrap();
+    add_team(data.path(), "sonora");
+    let writer_token = enroll(data.path(), "sonora", Role::Field);
+    let reader_token = enroll(data.path(), "sonora", Role::Field);
+    let late_token = enroll(data.path(), "sonora", Role::Field);
+
+    let server = ServerProcess::spawn(data.path());
+    let mut writer = Device::new(devices.path(), "writer", &server.url, &writer_token);
+    let mut reader = Device::new(devices.path(), "reader", &server.url, &reader_token);
+    for _ in 0..3 {
+        writer.log(EXAMPLE_ENCOUNTER);
+    }
+    writer.sync().unwrap();
+    server.kill();
+    copy_database(data.path(), backup.path());
+
+    // Life goes on after the backup: the reader's cursor moves past it.
+    let server = ServerProcess::spawn(data.path());
+    writer.point_at(&server.url);
+    reader.point_at(&server.url);
+    for _ in 0..4 {
+        writer.log(EXAMPLE_ENCOUNTER);
+    }
+    writer.sync().unwrap();
+    reader.sync().unwrap();
+    assert_eq!(reader.ids().len(), 7);
+    server.kill();
+
+    // The server is restored from the backup; another phone logs new encounters, which take log
+    // positions the reader's cursor has already passed.
+    copy_database(backup.path(), data.path());
+    let server = ServerProcess::spawn(data.path());
+    let mut late = Device::new(devices.path(), "late", &server.url, &late_token);
+    let fresh: Vec<_> = (0..2).map(|_| late.log(EXAMPLE_ENCOUNTER)).collect();
+    late.sync().unwrap();
+
+    reader.point_at(&server.url);
+    reader.sync().unwrap();
+    let held = reader.ids();
+    for id in fresh {
+        assert!(
+            held.contains(&id),
+            "the reader received {id}, logged after the restore"
+        );
+        assert_eq!(reader.view(id).heads, late.view(id).heads);
+    }
+}

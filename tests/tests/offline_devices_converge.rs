@@ -148,10 +148,7 @@ fn scenario(order: [usize; 3]) {
     );
     assert_eq!(merged.encounter.services.len(), 3);
     assert_eq!(merged.encounter.hazards.len(), 1);
-    assert_eq!(
-        merged.encounter.notes.as_deref(),
-        Some("two men dehydrated")
-    );
+    assert_eq!(merged.encounter.notes, "two men dehydrated");
     assert_eq!(merged.conflicts.len(), 1);
     assert_eq!(merged.conflicts[0].path, "counts.m.18-59");
     let mut counted: Vec<i64> = merged.conflicts[0]

@@ -47,11 +47,16 @@ enum Op {
     Send {
         device: usize,
     },
-    /// One request in the network reaches the server; its response may be lost.
+    /// One request in the network reaches the server; its response may be lost, or travel back.
     Deliver {
         pick: usize,
         keep_copy: bool,
         reply: bool,
+    },
+    /// One response in the network reaches its device: late, out of order, or more than once.
+    Receive {
+        pick: usize,
+        keep_copy: bool,
     },
 }
 
@@ -70,6 +75,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => device.prop_map(|device| Op::Send { device }),
         3 => (any::<usize>(), any::<bool>(), prop::bool::weighted(0.7))
             .prop_map(|(pick, keep_copy, reply)| Op::Deliver { pick, keep_copy, reply }),
+        3 => (any::<usize>(), prop::bool::weighted(0.2))
+            .prop_map(|(pick, keep_copy)| Op::Receive { pick, keep_copy }),
     ]
 }
 
@@ -78,6 +85,7 @@ struct World {
     database: Database,
     devices: Vec<(Device, DeviceStore)>,
     in_flight: Vec<(usize, SyncRequest)>,
+    responses: Vec<(usize, SyncResponse)>,
     /// Every change hash any device ever made: none may be missing at the end.
     made: BTreeSet<Vec<u8>>,
     limits: PageLimits,
@@ -126,6 +134,7 @@ impl World {
             database,
             devices,
             in_flight: Vec::new(),
+            responses: Vec::new(),
             made: BTreeSet::new(),
             limits: PageLimits {
                 max_response_change_bytes: 400,
@@ -201,8 +210,20 @@ impl World {
                 };
                 let response = self.server_sync(device, &request);
                 if reply {
-                    self.devices[device].1.apply_response(&response).unwrap();
+                    self.responses.push((device, response));
                 }
+            }
+            Op::Receive { pick, keep_copy } => {
+                if self.responses.is_empty() {
+                    return;
+                }
+                let index = pick % self.responses.len();
+                let (device, response) = if keep_copy {
+                    self.responses[index].clone()
+                } else {
+                    self.responses.remove(index)
+                };
+                self.devices[device].1.apply_response(&response).unwrap();
             }
         }
     }
@@ -296,7 +317,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn any_delivery_order_converges_without_loss(ops in prop::collection::vec(op(), 1..40)) {
+    fn any_delivery_order_converges_without_loss(ops in prop::collection::vec(op(), 1..60)) {
         let mut world = World::new();
         for op in ops {
             world.apply(op);
@@ -316,6 +337,10 @@ fn a_request_replayed_after_later_ones_changes_nothing() {
         pick: 0,
         keep_copy: false,
         reply: true,
+    });
+    world.apply(Op::Receive {
+        pick: 0,
+        keep_copy: false,
     });
     world.apply(Op::Edit {
         device: 0,

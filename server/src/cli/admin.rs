@@ -72,64 +72,55 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             args.data.data.display()
         )
     })?;
-    let json = args.json;
-    database.write(|conn| -> anyhow::Result<()> {
-        match args.command {
+    // The change and its audit row commit together, and nothing is printed (a token above all)
+    // before they have.
+    let (json, text) = database.write(|conn| -> anyhow::Result<(serde_json::Value, String)> {
+        let tx = conn.transaction()?;
+        let output = match args.command {
             AdminCommand::Team(TeamCommand::Add { name }) => {
-                directory::add_team(conn, &name)?;
-                if json {
-                    print_json(&serde_json::json!({ "team": name }));
-                } else {
-                    println!("team {name} added");
-                }
+                directory::add_team(&tx, &name)?;
+                (serde_json::json!({ "team": name }), format!("team {name} added"))
             }
             AdminCommand::Team(TeamCommand::List) => {
-                let teams = directory::list_teams(conn)?;
-                if json {
-                    print_json(&serde_json::json!({ "teams": teams }));
-                } else {
-                    teams.iter().for_each(|t| println!("{t}"));
-                }
+                let teams = directory::list_teams(&tx)?;
+                let text = teams.join("\n");
+                (serde_json::json!({ "teams": teams }), text)
             }
             AdminCommand::Device(DeviceCommand::Enroll { team, role, label }) => {
-                let enrolled = directory::enroll(conn, &team, role, &label)?;
-                if json {
-                    print_json(&enrolled);
-                } else {
-                    println!(
-                        "device {} enrolled in team {} as {}",
-                        enrolled.device_id, enrolled.team, enrolled.role
-                    );
-                    println!("token (shown only now; put it on the device):");
-                    println!("{}", enrolled.token);
-                }
+                let enrolled = directory::enroll(&tx, &team, role, &label)?;
+                let text = format!(
+                    "device {} enrolled in team {} as {}\ntoken (shown only now; put it on the device):\n{}",
+                    enrolled.device_id, enrolled.team, enrolled.role, enrolled.token
+                );
+                (serde_json::to_value(&enrolled)?, text)
             }
             AdminCommand::Device(DeviceCommand::Revoke { device_id }) => {
-                directory::revoke(conn, device_id)?;
-                if json {
-                    print_json(&serde_json::json!({ "device_id": device_id, "revoked": true }));
-                } else {
-                    println!("device {device_id} revoked: its next request will be refused");
-                }
+                directory::revoke(&tx, device_id)?;
+                (
+                    serde_json::json!({ "device_id": device_id, "revoked": true }),
+                    format!("device {device_id} revoked: its next request will be refused"),
+                )
             }
             AdminCommand::Device(DeviceCommand::List) => {
-                let devices = directory::list_devices(conn)?;
-                if json {
-                    print_json(&serde_json::json!({ "devices": devices }));
-                } else {
-                    for d in devices {
-                        let state = d
-                            .revoked_at
-                            .as_deref()
-                            .map_or("active".to_string(), |at| format!("revoked {at}"));
-                        println!(
-                            "{}  {:<12} {:<11} {}  {}",
-                            d.id, d.team, d.role, state, d.label
-                        );
-                    }
-                }
+                let devices = directory::list_devices(&tx)?;
+                let text = devices
+                    .iter()
+                    .map(|d| {
+                        let state = d.revoked_at.as_deref().map_or("active".to_string(), |at| format!("revoked {at}"));
+                        format!("{}  {:<12} {:<11} {}  {}", d.id, d.team, d.role, state, d.label)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                (serde_json::json!({ "devices": devices }), text)
             }
-        }
-        Ok(())
-    })
+        };
+        tx.commit()?;
+        Ok(output)
+    })?;
+    if args.json {
+        print_json(&json);
+    } else if !text.is_empty() {
+        println!("{text}");
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod device;
+mod reindex;
 mod serve;
 
 use std::path::PathBuf;
@@ -55,6 +56,11 @@ enum Command {
         after_help = "Examples:\n  auxilio admin team add sonora\n  auxilio admin device enroll --team sonora --role field --label \"phone 3\"\n  auxilio admin device revoke 2vbG3jTkR3yE1c5nLkYb3dBLwN9 --json"
     )]
     Admin(admin::AdminArgs),
+    /// Rebuild merged documents and query indexes from the stored changes (server may run).
+    #[command(
+        after_help = "Examples:\n  auxilio reindex\n  auxilio reindex --data /var/lib/auxilio --json"
+    )]
+    Reindex(reindex::ReindexArgs),
     /// Act as a field device: log and edit encounters offline, then sync.
     #[command(
         after_help = "Examples:\n  auxilio device --store phone.db init --server http://127.0.0.1:8080 --token auxilio_...\n  auxilio device --store phone.db log encounter.json\n  auxilio device --store phone.db edit 3Hc4... --set status=closed --set counts.m.18-59=3\n  auxilio device --store phone.db sync"
@@ -94,6 +100,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Admin(args) => admin::run(args),
+        Command::Reindex(args) => reindex::run(args),
         Command::Device(args) => device::run(args),
     };
     match result {

@@ -38,6 +38,9 @@ async fn list(
     if let Some(from) = &filter.from {
         filter.from = Some(index::normalise_time("from", from).map_err(AppError::BadRequest)?);
     }
+    if let Some(bbox) = &filter.bbox {
+        index::parse_bbox(bbox).map_err(AppError::BadRequest)?;
+    }
     if let Some(to) = &filter.to {
         filter.to = Some(index::normalise_time("to", to).map_err(AppError::BadRequest)?);
     }

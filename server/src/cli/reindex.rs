@@ -1,0 +1,42 @@
+//! `auxilio reindex`: rebuilds merged documents and query indexes from the stored changes.
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{DataDirArg, print_json};
+use crate::database::Database;
+use crate::ledger;
+
+#[derive(Debug, Args)]
+pub struct ReindexArgs {
+    #[command(flatten)]
+    data: DataDirArg,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: ReindexArgs) -> anyhow::Result<()> {
+    let database = Database::open(&args.data.data).with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            args.data.data.display()
+        )
+    })?;
+    let report = database
+        .write(|conn| {
+            ledger::rebuild(conn, 500, |done, total| {
+                eprintln!("reindexed {done}/{total} encounters")
+            })
+        })
+        .context("the rebuild stopped; what was committed stays valid, run it again to finish")?;
+    if args.json {
+        print_json(&report);
+    } else {
+        println!(
+            "rebuilt {} encounters from {} stored changes ({} still waiting for missing changes)",
+            report.encounters, report.changes, report.incomplete
+        );
+    }
+    Ok(())
+}
