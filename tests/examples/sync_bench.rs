@@ -2,8 +2,8 @@
 //! encounters, measured on the real release binary over loopback HTTP.
 //!
 //! ```text
-//! cargo build --release --workspace
-//! cargo run --release -p auxilio-tests --example sync_bench -- 500 5000
+//! cargo build --release --workspace --bins --examples
+//! target/release/examples/sync_bench 500 5000
 //! ```
 //!
 //! For each size it prints one JSON line. Compare the sizes within one run (ratios), not with
@@ -80,10 +80,15 @@ fn run(encounters: usize) -> serde_json::Value {
         round_trips = round_trips.max(report.round_trips);
     }
     let upload_seconds = started.elapsed().as_secs_f64();
-    let floor: u64 = auxilio_tests::stored_snapshot(data.path())
-        .iter()
-        .filter(|(kind, _, _)| kind == "change")
-        .count() as u64;
+    let (changes, raw_change_bytes): (i64, i64) =
+        rusqlite::Connection::open(data.path().join("auxilio.sqlite"))
+            .unwrap()
+            .query_row(
+                "SELECT count(*), sum(length(change)) FROM changes",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
 
     let coordinator_token = enroll(data.path(), "sonora", Role::Coordinator);
     let mut coordinator = Device::new(dir.path(), "coordinator", &server.url, &coordinator_token);
@@ -127,16 +132,19 @@ fn run(encounters: usize) -> serde_json::Value {
 
     serde_json::json!({
         "encounters": encounters,
-        "changes": floor,
+        "changes": changes,
+        "raw_change_bytes": raw_change_bytes,
         "devices": DEVICES,
         "log_and_edit_ms_per_encounter": (log_seconds * 1000.0 / encounters as f64 * 100.0).round() / 100.0,
         "upload_s": (upload_seconds * 100.0).round() / 100.0,
-        "upload_changes_per_s": (floor as f64 / upload_seconds).round(),
+        "upload_changes_per_s": (changes as f64 / upload_seconds).round(),
+        "upload_bytes_up_per_raw_byte": (bytes_up as f64 / raw_change_bytes as f64 * 1000.0).round() / 1000.0,
         "upload_bytes_up": bytes_up,
         "upload_bytes_down": bytes_down,
         "upload_round_trips_max": round_trips,
         "full_download_s": (download_seconds * 100.0).round() / 100.0,
         "full_download_bytes": download.bytes_down,
+        "full_download_bytes_per_raw_byte": (download.bytes_down as f64 / raw_change_bytes as f64 * 1000.0).round() / 1000.0,
         "full_download_round_trips": download.round_trips,
         "list_ms_p50": list_p50, "list_ms_p95": list_p95,
         "show_ms_p50": show_p50, "show_ms_p95": show_p95,
