@@ -48,6 +48,9 @@ pub struct SyncRequest {
     /// no longer names the same change, and the device is sent everything again instead of
     /// silently skipping what it never had.
     pub cursor_check: Option<ByteBuf>,
+    /// The Automerge actor id this store writes with: the server leaves the store's own changes
+    /// out of downloads (it has them), even when they were uploaded in an earlier page.
+    pub actor: Option<ByteBuf>,
     /// The device holds every change it may see up to this position of the server's log.
     pub cursor: u64,
     /// Every change the device has not had acknowledged, grouped by encounter, in causal order.
@@ -138,6 +141,7 @@ mod tests {
         SyncRequest {
             protocol: PROTOCOL_VERSION,
             cursor_check: Some(ByteBuf::from(vec![9; 32])),
+            actor: None,
             cursor: 7,
             changes: vec![EncounterChanges {
                 encounter: EncounterId::random(),

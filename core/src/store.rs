@@ -78,6 +78,9 @@ pub struct EncounterSummary {
     /// Why the record could not be read, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Why the server last refused this encounter's changes (they are kept and sent again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// One encounter as `device show` prints it.
@@ -89,6 +92,9 @@ pub struct EncounterView {
     /// The document's heads (hex): equal heads mean identical documents.
     pub heads: Vec<String>,
     pub pending_changes: u64,
+    /// Why the server last refused this encounter's changes (they are kept and sent again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// One request's worth of unacknowledged changes (see [`DeviceStore::upload_page`]).
@@ -239,6 +245,44 @@ fn held_changes(conn: &Connection, id: EncounterId) -> Result<Vec<Change>, Store
         out.push(Change::from_bytes(bytes?).map_err(DocumentError::from)?);
     }
     Ok(out)
+}
+
+/// Puts every change this store wrote back on the pending list. A server that had to restart the
+/// device's cursor (restored from a backup, or replaced) may have lost changes it once
+/// acknowledged; offering them again costs one upload, and the server stores only those it lacks.
+fn requeue_own_changes(conn: &Connection) -> Result<u64, StoreError> {
+    let own = actor(conn)?;
+    let ids: Vec<Vec<u8>> = conn
+        .prepare("SELECT id FROM encounters ORDER BY updated_at")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut requeued = 0;
+    for id in ids {
+        let id = EncounterId::from_slice(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let Some(mut document) = load_document(conn, id, None)? else {
+            continue;
+        };
+        for change in document.changes().iter().filter(|c| c.actor_id() == &own) {
+            add_pending(conn, id, change)?;
+            requeued += 1;
+        }
+    }
+    tracing::info!(
+        requeued,
+        "the server's history changed: offering this device's changes again"
+    );
+    Ok(requeued)
+}
+
+fn refusal_for(conn: &Connection, id: EncounterId) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT rejected FROM pending_changes WHERE encounter = ?1 AND rejected IS NOT NULL
+             ORDER BY seq DESC LIMIT 1",
+            [id.as_bytes()],
+            |row| row.get(0),
+        )
+        .optional()?)
 }
 
 fn pending_for(conn: &Connection, id: EncounterId) -> Result<u64, StoreError> {
@@ -430,6 +474,7 @@ impl DeviceStore {
                     pending_changes: pending_for(&self.conn, id)?,
                     conflicts: document.conflicts().len(),
                     problem: None,
+                    refused: refusal_for(&self.conn, id)?,
                 };
                 match document.encounter() {
                     Ok(encounter) => {
@@ -459,6 +504,7 @@ impl DeviceStore {
             conflicts: document.conflicts(),
             heads: heads_hex(&document.heads()),
             pending_changes: pending_for(&self.conn, id)?,
+            refused: refusal_for(&self.conn, id)?,
         })
     }
 
@@ -510,6 +556,7 @@ impl DeviceStore {
         let request = SyncRequest {
             protocol: PROTOCOL_VERSION,
             cursor_check: cursor_check(&self.conn)?,
+            actor: Some(ByteBuf::from(actor(&self.conn)?.to_bytes().to_vec())),
             cursor: cursor(&self.conn)?,
             changes: grouped,
         };
@@ -569,6 +616,9 @@ impl DeviceStore {
                     params![change.hash().0.as_slice(), id.as_bytes(), change.raw_bytes()],
                 )?;
             }
+        }
+        if response.restarted {
+            requeue_own_changes(&tx)?;
         }
         if response.restarted || response.cursor >= cursor(&tx)? {
             put_setting(&tx, "cursor", &response.cursor.to_string())?;

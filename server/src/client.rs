@@ -198,7 +198,9 @@ pub fn sync_with(
         }
         report.pending = store.pending_count()?;
         progress(&report);
-        if !response.more && !page.more {
+        // A restarted response made the store offer its own changes again: one more round
+        // sends them.
+        if !response.more && !page.more && !response.restarted {
             return Ok(report);
         }
         if report.round_trips >= MAX_ROUND_TRIPS {

@@ -56,6 +56,7 @@ const MIGRATIONS: &[&str] = &[r"
         hash BLOB NOT NULL UNIQUE,
         change BLOB NOT NULL,
         device BLOB NOT NULL,
+        actor BLOB NOT NULL,
         received_at TEXT NOT NULL
     );
     CREATE INDEX changes_by_encounter ON changes (encounter, seq);

@@ -6,7 +6,7 @@
 //! requests; a document is loaded from SQLite only while its changes are merged, so memory is
 //! bounded by the largest request, not by the number of encounters.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use automerge::Change;
 use auxilio_core::document::EncounterDocument;
@@ -51,41 +51,62 @@ impl Default for PageLimits {
     }
 }
 
+/// One encounter's uploaded changes, decoded.
+#[derive(Debug)]
 struct Upload {
     encounter: EncounterId,
     changes: Vec<Change>,
 }
 
-/// Decodes every change of the request before anything is written, so a malformed request is
-/// refused whole. Groups naming the same encounter are joined and repeated changes dropped, so a
+/// A sync request whose changes are decoded and checked for shape, ready to be stored. Decoding
+/// happens before the database's write lock is taken, so a large or hostile body does not hold
+/// up other devices' syncs.
+#[derive(Debug)]
+pub struct DecodedRequest {
+    request: SyncRequest,
+    uploads: Vec<Upload>,
+}
+
+/// Byte 8 of an Automerge chunk is its type; 2 is a deflate-compressed change. Devices send
+/// changes uncompressed, and accepting compressed ones would let a small body inflate into
+/// gigabytes inside the server.
+const COMPRESSED_CHANGE_CHUNK: u8 = 2;
+
+/// Decodes every change of the request, so a malformed request is refused whole before anything
+/// is written. Groups naming the same encounter are joined and repeated changes dropped, so a
 /// clumsy client's request is still stored exactly once.
-fn decode_uploads(request: &SyncRequest) -> Result<Vec<Upload>, LedgerError> {
+pub fn decode(request: SyncRequest) -> Result<DecodedRequest, LedgerError> {
     let mut uploads: Vec<Upload> = Vec::new();
+    let mut position_of: HashMap<EncounterId, usize> = HashMap::new();
     let mut seen = HashSet::new();
     for group in &request.changes {
-        let position = match uploads.iter().position(|u| u.encounter == group.encounter) {
-            Some(position) => position,
-            None => {
+        for (index, bytes) in group.changes.iter().enumerate() {
+            let bad = |reason: String| {
+                LedgerError::BadRequest(format!(
+                    "change {index} of encounter {} is not an acceptable Automerge change: {reason}",
+                    group.encounter
+                ))
+            };
+            if bytes.get(8) == Some(&COMPRESSED_CHANGE_CHUNK) {
+                return Err(bad(
+                    "compressed changes are not accepted; send them uncompressed".into(),
+                ));
+            }
+            let change = Change::from_bytes(bytes.to_vec()).map_err(|err| bad(err.to_string()))?;
+            if !seen.insert(change.hash()) {
+                continue;
+            }
+            let position = *position_of.entry(group.encounter).or_insert_with(|| {
                 uploads.push(Upload {
                     encounter: group.encounter,
                     changes: Vec::new(),
                 });
                 uploads.len() - 1
-            }
-        };
-        for (index, bytes) in group.changes.iter().enumerate() {
-            let change = Change::from_bytes(bytes.to_vec()).map_err(|err| {
-                LedgerError::BadRequest(format!(
-                    "change {index} of encounter {} is not an Automerge change: {err}",
-                    group.encounter
-                ))
-            })?;
-            if seen.insert(change.hash()) {
-                uploads[position].changes.push(change);
-            }
+            });
+            uploads[position].changes.push(change);
         }
     }
-    Ok(uploads)
+    Ok(DecodedRequest { request, uploads })
 }
 
 /// The hash of the change at log position `seq` (empty for position 0).
@@ -244,8 +265,17 @@ fn ingest_encounter(
     let received_at = now_text();
     for change in &fresh {
         tx.execute(
-            "INSERT INTO changes (encounter, team, hash, change, device, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id.as_bytes(), team, change.hash().0.as_slice(), change.raw_bytes(), device.id.as_bytes(), received_at],
+            "INSERT INTO changes (encounter, team, hash, change, device, actor, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id.as_bytes(),
+                team,
+                change.hash().0.as_slice(),
+                change.raw_bytes(),
+                device.id.as_bytes(),
+                change.actor_id().to_bytes(),
+                received_at
+            ],
         )?;
     }
     let complete = document.missing_dependencies().is_empty();
@@ -266,14 +296,25 @@ fn ingest_encounter(
     Ok(Ok(hashes))
 }
 
-/// Handles one sync request from `device`, all in one transaction.
+/// Handles one sync request from `device`: [`decode`], then [`sync_decoded`].
 pub fn sync(
     conn: &mut Connection,
     device: &Device,
     request: &SyncRequest,
     limits: PageLimits,
 ) -> Result<SyncResponse, LedgerError> {
-    let uploads = decode_uploads(request)?;
+    sync_decoded(conn, device, decode(request.clone())?, limits)
+}
+
+/// Stores a decoded request's changes and builds the response, all in one transaction that
+/// commits before the response exists.
+pub fn sync_decoded(
+    conn: &mut Connection,
+    device: &Device,
+    decoded: DecodedRequest,
+    limits: PageLimits,
+) -> Result<SyncResponse, LedgerError> {
+    let DecodedRequest { request, uploads } = decoded;
     let uploaded: HashSet<Vec<u8>> = uploads
         .iter()
         .flat_map(|u| u.changes.iter().map(|c| c.hash().0.to_vec()))
@@ -300,7 +341,14 @@ pub fn sync(
     if !matches {
         tracing::warn!(device = %device.id, cursor = request.cursor, "cursor does not match this server's history; sending everything again");
     }
-    let (changes, cursor, more) = page(&tx, device, cursor, &uploaded, limits)?;
+    let (changes, cursor, more) = page(
+        &tx,
+        device,
+        request.actor.as_deref().map(Vec::as_slice),
+        cursor,
+        &uploaded,
+        limits,
+    )?;
     let cursor_check = ByteBuf::from(hash_at(&tx, cursor)?);
     tx.commit()?;
     Ok(SyncResponse {
@@ -315,10 +363,12 @@ pub fn sync(
     })
 }
 
-/// The changes after `cursor` that `device` may see, skipping those it has just sent.
+/// The changes after `cursor` that `device` may see, skipping those its store wrote itself
+/// (`own_actor`) and those it has just sent.
 fn page(
     tx: &Connection,
     device: &Device,
+    own_actor: Option<&[u8]>,
     cursor: u64,
     skip: &HashSet<Vec<u8>>,
     limits: PageLimits,
@@ -329,17 +379,19 @@ fn page(
     })?;
     let (sql, team_filter) = if device.may_see_team("") {
         (
-            "SELECT seq, encounter, hash, change FROM changes WHERE seq > ?1 AND ?2 IS NULL ORDER BY seq",
+            "SELECT seq, encounter, hash, change FROM changes
+             WHERE seq > ?1 AND ?2 IS NULL AND (?3 IS NULL OR actor != ?3) ORDER BY seq",
             None,
         )
     } else {
         (
-            "SELECT seq, encounter, hash, change FROM changes WHERE seq > ?1 AND team = ?2 ORDER BY seq",
+            "SELECT seq, encounter, hash, change FROM changes
+             WHERE seq > ?1 AND team = ?2 AND (?3 IS NULL OR actor != ?3) ORDER BY seq",
             Some(device.team.as_str()),
         )
     };
     let mut statement = tx.prepare(sql)?;
-    let mut rows = statement.query(params![cursor, team_filter])?;
+    let mut rows = statement.query(params![cursor, team_filter, own_actor])?;
     let mut groups: Vec<EncounterChanges> = Vec::new();
     let mut bytes = 0usize;
     let mut reached = cursor;

@@ -72,6 +72,7 @@ fn request_with_change(
     protocol::encode(&SyncRequest {
         protocol: PROTOCOL_VERSION,
         cursor_check: None,
+        actor: None,
         cursor: 0,
         changes: vec![EncounterChanges {
             encounter,
@@ -166,6 +167,7 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
     let mut garbage_change = SyncRequest {
         protocol: PROTOCOL_VERSION,
         cursor_check: None,
+        actor: None,
         cursor: 0,
         changes: vec![EncounterChanges {
             encounter: s.encounter,
@@ -175,6 +177,7 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
     let other_version = SyncRequest {
         protocol: 99,
         cursor_check: None,
+        actor: None,
         cursor: 0,
         changes: vec![],
     };
@@ -203,12 +206,17 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
         (
             "a change that is not Automerge",
             protocol::encode(&garbage_change),
-            "not an Automerge change",
+            "not an acceptable Automerge change",
         ),
         (
             "an encounter id of the wrong length",
             truncated_id_request(),
             "not a valid sync",
+        ),
+        (
+            "a compressed change (a possible decompression bomb)",
+            compressed_change_request(s.sonora.enrolled.device_id),
+            "compressed changes are not accepted",
         ),
     ];
     for (name, body, expected) in fixtures {
@@ -242,6 +250,25 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
             .unwrap()
             .contains("not an encounter id")
     );
+}
+
+fn compressed_change_request(device: auxilio_core::DeviceId) -> Vec<u8> {
+    let mut record = valid_record();
+    record.notes = "a long note that makes the change worth compressing ".repeat(20);
+    let (_, mut change) =
+        EncounterDocument::create(new_actor_id(device), EncounterId::random(), &record, 0).unwrap();
+    let compressed = change.bytes().to_vec();
+    assert_eq!(compressed[8], 2, "automerge compressed the change chunk");
+    protocol::encode(&SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        cursor_check: None,
+        actor: None,
+        cursor: 0,
+        changes: vec![EncounterChanges {
+            encounter: EncounterId::random(),
+            changes: vec![ByteBuf::from(compressed)],
+        }],
+    })
 }
 
 fn truncated_id_request() -> Vec<u8> {
@@ -336,13 +363,29 @@ fn an_unknown_schema_version_is_refused_and_kept_by_the_device() {
     );
     assert_eq!(stored_snapshot(&s.server.data_dir), before);
 
-    // The device applying such a refusal keeps its changes for a later, upgraded server.
+    // The device applying such a refusal keeps its changes for a later, upgraded server, says
+    // why they were refused, and sends them again.
     let mut sonora = s.sonora;
     sonora.edit(s.encounter, &["status=closed"]);
+    let pending = sonora.store.sync_request().unwrap();
     let mut refusal = response.clone();
     refusal.rejected[0].encounter = s.encounter;
     sonora.store.apply_response(&refusal).unwrap();
     assert_eq!(sonora.store.pending_count().unwrap(), 1);
+    let view = sonora.view(s.encounter);
+    assert!(
+        view.refused
+            .as_deref()
+            .is_some_and(|r| r.contains("schema version 2")),
+        "{view:?}"
+    );
+    assert_eq!(
+        sonora.store.sync_request().unwrap().changes,
+        pending.changes
+    );
+    let report = sonora.sync().unwrap();
+    assert_eq!(report.uploaded, 1, "sent again, and this time stored");
+    assert_eq!(sonora.view(s.encounter).refused, None);
 }
 
 #[test]

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use auxilio_core::{DeviceStore, EncounterId};
+use auxilio_server::ServerConfig;
 use auxilio_server::directory::Role;
+use auxilio_server::ledger::PageLimits;
 use auxilio_tests::{Device, EXAMPLE_ENCOUNTER, TestServer, add_team, enroll, spawn_auxilio};
 
 /// Runs `auxilio ARGS` and SIGKILLs it after `after`; returns whether it finished first, with its stdout.
@@ -40,7 +42,15 @@ fn delays() -> impl Iterator<Item = Duration> {
 fn a_device_killed_while_logging_or_syncing_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(data.path());
+    // Small pages, so the reader's download takes many round trips and a kill can land between
+    // two of them, with part of the download stored.
+    let config = ServerConfig {
+        pages: PageLimits {
+            max_response_change_bytes: 4 * 1024,
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(data.path(), config);
     add_team(data.path(), "sonora");
     let store_path = dir.path().join("phone.db");
     let store_arg = store_path.to_str().unwrap().to_string();
@@ -87,17 +97,34 @@ fn a_device_killed_while_logging_or_syncing_loses_nothing() {
     ));
     let reader_path = dir.path().join("reader.db");
     let reader_arg = reader_path.to_str().unwrap().to_string();
-    let mut cut = 0;
-    for delay in delays().take(25) {
+    let mut cursors_after_a_kill = Vec::new();
+    for delay in delays().skip(1).take(25) {
         let (finished, _) = run_and_kill(&["device", "--store", &reader_arg, "sync"], "", delay);
         if finished {
             break;
         }
-        cut += 1;
-        DeviceStore::open(&reader_path).unwrap().list().unwrap();
+        let store = DeviceStore::open(&reader_path).unwrap();
+        store.list().unwrap();
+        cursors_after_a_kill.push((
+            store.cursor().unwrap(),
+            store.encounter_ids().unwrap().len(),
+        ));
     }
-    assert!(cut > 0, "at least one sync was killed part-way");
 
+    let final_cursor = {
+        let mut reader = Device {
+            store: DeviceStore::open(&reader_path).unwrap(),
+            enrolled: reader_enrolled.clone(),
+        };
+        reader.sync().unwrap();
+        reader.store.cursor().unwrap()
+    };
+    assert!(
+        cursors_after_a_kill
+            .iter()
+            .any(|(cursor, held)| *cursor > 0 && *cursor < final_cursor && *held > 0),
+        "some kill landed part-way through the download: {cursors_after_a_kill:?} (final cursor {final_cursor})"
+    );
     let mut reader = Device {
         store: DeviceStore::open(&reader_path).unwrap(),
         enrolled: reader_enrolled,

@@ -198,4 +198,22 @@ fn after_a_restore_from_backup_devices_still_receive_everything_new() {
         );
         assert_eq!(reader.view(id).heads, late.view(id).heads);
     }
+
+    // The restored server lost what it had acknowledged after the backup; the writer, told its
+    // cursor no longer matches, offers its changes again and nothing stays lost.
+    writer.point_at(&server.url);
+    writer.sync().unwrap();
+    assert_eq!(writer.store.pending_count().unwrap(), 0);
+    for id in writer.ids() {
+        let path = format!("/v1/encounters/{id}");
+        let (status, detail) = get_json(&server.url, &path, Some(&reader.enrolled.token)).unwrap();
+        assert_eq!(status, 200, "{id} is back on the restored server");
+        assert_eq!(
+            detail["heads"],
+            serde_json::to_value(writer.view(id).heads).unwrap()
+        );
+    }
+    reader.sync().unwrap();
+    assert_eq!(reader.ids(), writer.ids(), "both hold all 9 encounters");
+    assert_eq!(reader.ids().len(), 9);
 }

@@ -80,3 +80,48 @@ fn a_backlog_syncs_in_bounded_pages_with_every_change_once() {
         (0, 0, 1)
     );
 }
+
+#[test]
+fn a_device_uploading_a_backlog_never_downloads_its_own_changes_back() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        pages: PageLimits {
+            max_response_change_bytes: 4 * 1024,
+        },
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(data.path(), config);
+    add_team(data.path(), "sonora");
+    let mut other = Device::new(
+        dir.path(),
+        "other",
+        &server.url,
+        &enroll(data.path(), "sonora", Role::Field),
+    );
+    let mut phone = Device::new(
+        dir.path(),
+        "phone",
+        &server.url,
+        &enroll(data.path(), "sonora", Role::Field),
+    );
+    for _ in 0..20 {
+        other.log(EXAMPLE_ENCOUNTER);
+    }
+    other.sync().unwrap();
+    for _ in 0..30 {
+        phone.log(EXAMPLE_ENCOUNTER);
+    }
+    // Upload pages and download pages interleave; the phone's earlier upload pages are in the
+    // log by the time later download pages are built.
+    let options = SyncOptions {
+        max_upload_change_bytes: 4 * 1024,
+    };
+    let report = client::sync_with(&mut phone.store, options, |_| {}).unwrap();
+    assert_eq!(report.uploaded, 30);
+    assert_eq!(
+        report.downloaded, 20,
+        "only the other phone's changes come down: {report:?}"
+    );
+    assert_eq!(phone.ids().len(), 50);
+}

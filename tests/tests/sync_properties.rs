@@ -47,6 +47,12 @@ enum Op {
     Send {
         device: usize,
     },
+    /// Like `Send`, but only the first page of the device's pending changes, as a sync on a
+    /// bounded link sends them.
+    SendPage {
+        device: usize,
+        budget: usize,
+    },
     /// One request in the network reaches the server; its response may be lost, or travel back.
     Deliver {
         pick: usize,
@@ -72,7 +78,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => device.clone().prop_map(|device| Op::Log { device }),
         3 => (device.clone(), any::<usize>(), edit).prop_map(|(device, pick, edit)| Op::Edit { device, pick, edit }),
-        2 => device.prop_map(|device| Op::Send { device }),
+        2 => device.clone().prop_map(|device| Op::Send { device }),
+        1 => (device.clone(), 1..3000usize).prop_map(|(device, budget)| Op::SendPage { device, budget }),
         3 => (any::<usize>(), any::<bool>(), prop::bool::weighted(0.7))
             .prop_map(|(pick, keep_copy, reply)| Op::Deliver { pick, keep_copy, reply }),
         3 => (any::<usize>(), prop::bool::weighted(0.2))
@@ -193,6 +200,10 @@ impl World {
             Op::Send { device } => {
                 let request = self.devices[device].1.sync_request().unwrap();
                 self.in_flight.push((device, request));
+            }
+            Op::SendPage { device, budget } => {
+                let page = self.devices[device].1.upload_page(0, budget).unwrap();
+                self.in_flight.push((device, page.request));
             }
             Op::Deliver {
                 pick,

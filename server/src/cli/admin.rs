@@ -22,10 +22,16 @@ pub struct AdminArgs {
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Teams: the unit of access for field devices.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  auxilio admin team add sonora\n  auxilio admin team list --json"
+    )]
     Team(TeamCommand),
     /// Devices: enrol (prints the token once), revoke, list.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  auxilio admin device enroll --team sonora --role field\n  auxilio admin device list\n  auxilio admin device revoke DEVICE_ID"
+    )]
     Device(DeviceCommand),
 }
 
@@ -58,7 +64,7 @@ enum DeviceCommand {
         label: String,
     },
     /// Revoke a device: its next request is refused with 401.
-    #[command(after_help = "Example:\n  auxilio admin device revoke 2vbG3jTkR3yE1c5nLkYb3dBLwN9")]
+    #[command(after_help = "Example:\n  auxilio admin device revoke DEVICE_ID")]
     Revoke { device_id: DeviceId },
     /// List devices (never their tokens).
     #[command(after_help = "Example:\n  auxilio admin device list --json")]

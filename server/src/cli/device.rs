@@ -50,7 +50,7 @@ enum DeviceCommand {
     },
     /// Change fields of an encounter: PATH=VALUE, PATH+=VALUE (add to a set or list), PATH-=VALUE.
     #[command(
-        after_help = "Examples:\n  auxilio device --store phone.db edit 3Hc4... --set status=closed\n  auxilio device --store phone.db edit 3Hc4... --set counts.m.18-59=3 --set services+=first_aid\n  auxilio device --store phone.db edit 3Hc4... --set 'notes=found near the bridge'"
+        after_help = "Examples:\n  auxilio device --store phone.db edit ID --set status=closed\n  auxilio device --store phone.db edit ID --set counts.m.18-59=3 --set services+=first_aid\n  auxilio device --store phone.db edit ID --set 'notes=found near the bridge'"
     )]
     Edit {
         id: EncounterId,
@@ -61,7 +61,7 @@ enum DeviceCommand {
     #[command(after_help = "Example:\n  auxilio device --store phone.db list --json")]
     List,
     /// Show one encounter with its conflicts and unsynced changes.
-    #[command(after_help = "Example:\n  auxilio device --store phone.db show 3Hc4...")]
+    #[command(after_help = "Example:\n  auxilio device --store phone.db show ID")]
     Show { id: EncounterId },
     /// Send unsynced changes and fetch what the team has logged; prints one JSON line of figures.
     #[command(
@@ -165,6 +165,9 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                     }
                     if e.conflicts > 0 {
                         line.push_str(&format!("  ({} conflicts)", e.conflicts));
+                    }
+                    if let Some(refused) = &e.refused {
+                        line.push_str(&format!("  (refused by the server: {refused})"));
                     }
                     if let Some(problem) = &e.problem {
                         line.push_str(&format!("  (unreadable: {problem})"));

@@ -53,7 +53,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Manage teams and devices (works directly on the data directory, server running or not).
     #[command(
-        after_help = "Examples:\n  auxilio admin team add sonora\n  auxilio admin device enroll --team sonora --role field --label \"phone 3\"\n  auxilio admin device revoke 2vbG3jTkR3yE1c5nLkYb3dBLwN9 --json"
+        after_help = "Examples:\n  auxilio admin team add sonora\n  auxilio admin device enroll --team sonora --role field --label \"phone 3\"\n  auxilio admin device revoke DEVICE_ID --json"
     )]
     Admin(admin::AdminArgs),
     /// Rebuild merged documents and query indexes from the stored changes (server may run).
@@ -63,7 +63,7 @@ enum Command {
     Reindex(reindex::ReindexArgs),
     /// Act as a field device: log and edit encounters offline, then sync.
     #[command(
-        after_help = "Examples:\n  auxilio device --store phone.db init --server http://127.0.0.1:8080 --token auxilio_...\n  auxilio device --store phone.db log encounter.json\n  auxilio device --store phone.db edit 3Hc4... --set status=closed --set counts.m.18-59=3\n  auxilio device --store phone.db sync"
+        after_help = "Examples:\n  auxilio device --store phone.db init --server http://127.0.0.1:8080 --token auxilio_...\n  auxilio device --store phone.db log encounter.json\n  auxilio device --store phone.db edit ID --set status=closed --set counts.m.18-59=3\n  auxilio device --store phone.db sync"
     )]
     Device(device::DeviceArgs),
 }

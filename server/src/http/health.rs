@@ -11,15 +11,15 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/healthz", get(healthz))
 }
 
+/// Answers only whether the database can be read: nothing about its contents, since anyone may
+/// call it.
 async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
-    let changes: i64 = state
+    state
         .blocking(|database| {
             Ok(database.read(|conn| {
-                conn.query_row("SELECT count(*) FROM changes", [], |row| row.get(0))
+                conn.query_row("SELECT count(*) FROM teams", [], |row| row.get::<_, i64>(0))
             })?)
         })
         .await?;
-    Ok(Json(
-        serde_json::json!({ "status": "ok", "changes": changes }),
-    ))
+    Ok(Json(serde_json::json!({ "status": "ok" })))
 }

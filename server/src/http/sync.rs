@@ -43,17 +43,21 @@ async fn sync(
     })?;
     let request =
         protocol::decode_request(&body).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    drop(body);
     let uploaded: usize = request.changes.iter().map(|g| g.changes.len()).sum();
     let pages = state.config.pages;
     let device_for_log = device.id;
     let response = state
         .blocking(move |database| {
+            let ledger_error = |err| match err {
+                LedgerError::BadRequest(message) => AppError::BadRequest(message),
+                other => AppError::internal(other),
+            };
+            // Decoded before the write lock is taken: a large body does not hold up other devices.
+            let decoded = ledger::decode(request).map_err(ledger_error)?;
             database
-                .write(|conn| ledger::sync(conn, &device, &request, pages))
-                .map_err(|err| match err {
-                    LedgerError::BadRequest(message) => AppError::BadRequest(message),
-                    other => AppError::internal(other),
-                })
+                .write(|conn| ledger::sync_decoded(conn, &device, decoded, pages))
+                .map_err(ledger_error)
         })
         .await?;
     let downloaded: usize = response.changes.iter().map(|g| g.changes.len()).sum();
