@@ -114,6 +114,48 @@ fn wait_until_healthy(url: &str) {
     }
 }
 
+/// A server configuration whose download pages hold about `bytes` of changes, so that even a
+/// small test backlog takes many round trips.
+pub fn small_pages(bytes: usize) -> ServerConfig {
+    ServerConfig {
+        pages: auxilio_server::ledger::PageLimits {
+            max_response_change_bytes: bytes,
+        },
+        ..ServerConfig::default()
+    }
+}
+
+/// An in-process server with one team and a directory for its devices' stores; removed on drop.
+#[derive(Debug)]
+pub struct TeamFixture {
+    // Declared first so it stops before its data directory is removed.
+    pub server: TestServer,
+    pub team: String,
+    pub data: tempfile::TempDir,
+    pub devices: tempfile::TempDir,
+}
+
+impl TeamFixture {
+    pub fn start(team: &str, config: ServerConfig) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let devices = tempfile::tempdir().unwrap();
+        let server = TestServer::start_with(data.path(), config);
+        add_team(data.path(), team);
+        Self {
+            server,
+            team: team.to_string(),
+            data,
+            devices,
+        }
+    }
+
+    /// A newly enrolled device of the team, with a store named `name`.
+    pub fn device(&self, name: &str, role: Role) -> Device {
+        let enrolled = enroll(self.data.path(), &self.team, role);
+        Device::new(self.devices.path(), name, &self.server.url, &enrolled)
+    }
+}
+
 /// The `auxilio` binary built from this workspace.
 pub fn auxilio_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -5,10 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use auxilio_core::{DeviceStore, EncounterId};
-use auxilio_server::ServerConfig;
 use auxilio_server::directory::Role;
-use auxilio_server::ledger::PageLimits;
-use auxilio_tests::{Device, EXAMPLE_ENCOUNTER, TestServer, add_team, enroll, spawn_auxilio};
+use auxilio_tests::{Device, EXAMPLE_ENCOUNTER, TeamFixture, enroll, small_pages, spawn_auxilio};
 
 /// Runs `auxilio ARGS` and SIGKILLs it after `after`; returns whether it finished first, with its stdout.
 fn run_and_kill(args: &[&str], stdin: &str, after: Duration) -> (bool, String) {
@@ -40,18 +38,10 @@ fn delays() -> impl Iterator<Item = Duration> {
 
 #[test]
 fn a_device_killed_while_logging_or_syncing_loses_nothing() {
-    let data = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
     // Small pages, so the reader's download takes many round trips and a kill can land between
     // two of them, with part of the download stored.
-    let config = ServerConfig {
-        pages: PageLimits {
-            max_response_change_bytes: 4 * 1024,
-        },
-        ..ServerConfig::default()
-    };
-    let server = TestServer::start_with(data.path(), config);
-    add_team(data.path(), "sonora");
+    let team = TeamFixture::start("sonora", small_pages(4 * 1024));
+    let (data, dir, server) = (&team.data, &team.devices, &team.server);
     let store_path = dir.path().join("phone.db");
     let store_arg = store_path.to_str().unwrap().to_string();
     let enrolled = enroll(data.path(), "sonora", Role::Field);

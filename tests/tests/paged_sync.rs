@@ -1,38 +1,16 @@
 //! A large backlog moves in bounded pages both ways over HTTP, every change exactly once, and a
 //! device that joins late (or was reinstalled) receives everything its team may see.
 
-use auxilio_server::ServerConfig;
 use auxilio_server::client::{self, SyncOptions};
 use auxilio_server::directory::Role;
-use auxilio_server::ledger::PageLimits;
-use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, TestServer, add_team, enroll, stored_change_hashes,
-};
+use auxilio_tests::{EXAMPLE_ENCOUNTER, TeamFixture, small_pages, stored_change_hashes};
 
 #[test]
 fn a_backlog_syncs_in_bounded_pages_with_every_change_once() {
-    let data = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
-        pages: PageLimits {
-            max_response_change_bytes: 4 * 1024,
-        },
-        ..ServerConfig::default()
-    };
-    let server = TestServer::start_with(data.path(), config);
-    add_team(data.path(), "sonora");
-    let mut writer = Device::new(
-        dir.path(),
-        "writer",
-        &server.url,
-        &enroll(data.path(), "sonora", Role::Field),
-    );
-    let mut late = Device::new(
-        dir.path(),
-        "late",
-        &server.url,
-        &enroll(data.path(), "sonora", Role::Field),
-    );
+    let team = TeamFixture::start("sonora", small_pages(4 * 1024));
+    let data = team.data.path();
+    let mut writer = team.device("writer", Role::Field);
+    let mut late = team.device("late", Role::Field);
 
     let ids: Vec<_> = (0..40).map(|_| writer.log(EXAMPLE_ENCOUNTER)).collect();
     for id in &ids {
@@ -60,7 +38,7 @@ fn a_backlog_syncs_in_bounded_pages_with_every_change_once() {
         "each request stays near its budget: {largest_request} bytes"
     );
     assert_eq!(
-        stored_change_hashes(data.path()).len(),
+        stored_change_hashes(data).len(),
         80,
         "every change stored exactly once"
     );
@@ -83,28 +61,9 @@ fn a_backlog_syncs_in_bounded_pages_with_every_change_once() {
 
 #[test]
 fn a_device_uploading_a_backlog_never_downloads_its_own_changes_back() {
-    let data = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
-        pages: PageLimits {
-            max_response_change_bytes: 4 * 1024,
-        },
-        ..ServerConfig::default()
-    };
-    let server = TestServer::start_with(data.path(), config);
-    add_team(data.path(), "sonora");
-    let mut other = Device::new(
-        dir.path(),
-        "other",
-        &server.url,
-        &enroll(data.path(), "sonora", Role::Field),
-    );
-    let mut phone = Device::new(
-        dir.path(),
-        "phone",
-        &server.url,
-        &enroll(data.path(), "sonora", Role::Field),
-    );
+    let team = TeamFixture::start("sonora", small_pages(4 * 1024));
+    let mut other = team.device("other", Role::Field);
+    let mut phone = team.device("phone", Role::Field);
     for _ in 0..20 {
         other.log(EXAMPLE_ENCOUNTER);
     }
