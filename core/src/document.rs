@@ -313,7 +313,12 @@ fn collect_conflicts(
         let Ok(values) = doc.get_all(obj, prop.clone()) else {
             continue;
         };
-        if values.len() > 1 {
+        let shown: Vec<Json> = values
+            .iter()
+            .map(|(value, id)| value_to_json(doc, value, id, depth))
+            .collect();
+        // Two phones writing the same value at once agree: that is not a conflict.
+        if shown.windows(2).any(|pair| pair[0] != pair[1]) {
             // get_all lists values in ascending op order; the winner shown is the last.
             let values = values
                 .iter()
@@ -455,43 +460,107 @@ impl Reconciler<'_> {
         self.map(obj, &members, path)
     }
 
+    /// Lists are entries appended over time (referrals, vitals). When only entries changed, each
+    /// is reconciled in place; when entries were added or removed, the unchanged ones stay where
+    /// they are and only the others are deleted or inserted, so a phone removing one referral
+    /// never rewrites the others (which would lose another phone's concurrent edit of them).
     fn list(&mut self, obj: &ObjId, items: &[Json], path: &str) -> Result<(), DocumentError> {
         let existing = self.doc.length(obj);
-        for (index, item) in items.iter().enumerate() {
+        if existing == items.len() {
+            for (index, item) in items.iter().enumerate() {
+                self.list_entry(obj, index, item, &child_path(path, &index.to_string()))?;
+            }
+            return Ok(());
+        }
+        let old: Vec<Json> = self
+            .doc
+            .list_range(obj, ..)
+            .map(|entry| {
+                let id = entry.id();
+                value_to_json(self.doc, &Value::from(entry.value), &id, 0)
+            })
+            .collect();
+        let kept = longest_common_subsequence(&old, items);
+        let kept_old: BTreeSet<usize> = kept.iter().map(|(o, _)| *o).collect();
+        let kept_new: BTreeSet<usize> = kept.iter().map(|(_, n)| *n).collect();
+        for index in (0..existing).rev().filter(|i| !kept_old.contains(i)) {
+            self.doc.delete(obj, index)?;
+        }
+        // The list now holds the kept entries in order; inserting the others at their final
+        // positions, in increasing order, yields exactly `items`.
+        for (index, item) in items
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !kept_new.contains(i))
+        {
             let item_path = child_path(path, &index.to_string());
-            if index < existing {
-                match (item, self.doc.get(obj, index)?) {
-                    (Json::Object(fields), Some((Value::Object(ObjType::Map), child))) => {
-                        self.map(&child, fields, &item_path)?;
-                    }
-                    (Json::Object(fields), _) => {
-                        let child = self.doc.put_object(obj, index, ObjType::Map)?;
-                        self.map(&child, fields, &item_path)?;
-                    }
-                    (scalar, current) => {
-                        let current = match current {
-                            Some((Value::Scalar(s), _)) => Some(scalar_to_json(&s)),
-                            _ => None,
-                        };
-                        if current.as_ref() != Some(scalar)
-                            && let Some(new) = json_to_scalar(scalar)
-                        {
-                            self.doc.put(obj, index, new)?;
-                        }
-                    }
-                }
-            } else if let Json::Object(fields) = item {
+            if let Json::Object(fields) = item {
                 let child = self.doc.insert_object(obj, index, ObjType::Map)?;
                 self.map(&child, fields, &item_path)?;
             } else if let Some(new) = json_to_scalar(item) {
                 self.doc.insert(obj, index, new)?;
             }
         }
-        for index in (items.len()..existing).rev() {
-            self.doc.delete(obj, index)?;
-        }
         Ok(())
     }
+
+    fn list_entry(
+        &mut self,
+        obj: &ObjId,
+        index: usize,
+        item: &Json,
+        path: &str,
+    ) -> Result<(), DocumentError> {
+        match (item, self.doc.get(obj, index)?) {
+            (Json::Object(fields), Some((Value::Object(ObjType::Map), child))) => {
+                self.map(&child, fields, path)
+            }
+            (Json::Object(fields), _) => {
+                let child = self.doc.put_object(obj, index, ObjType::Map)?;
+                self.map(&child, fields, path)
+            }
+            (scalar, current) => {
+                let current = match current {
+                    Some((Value::Scalar(s), _)) => Some(scalar_to_json(&s)),
+                    _ => None,
+                };
+                if current.as_ref() != Some(scalar)
+                    && let Some(new) = json_to_scalar(scalar)
+                {
+                    self.doc.put(obj, index, new)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Index pairs (old, new) of a longest common subsequence of equal entries.
+fn longest_common_subsequence(old: &[Json], new: &[Json]) -> Vec<(usize, usize)> {
+    let (n, m) = (old.len(), new.len());
+    let mut table = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            table[i][j] = if old[i] == new[j] {
+                table[i + 1][j + 1] + 1
+            } else {
+                table[i + 1][j].max(table[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut pairs) = (0, 0, Vec::new());
+    while i < n && j < m {
+        if old[i] == new[j] {
+            pairs.push((i, j));
+            i += 1;
+            j += 1;
+        } else if table[i + 1][j] >= table[i][j + 1] {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    pairs
 }
 
 #[cfg(test)]
@@ -647,6 +716,48 @@ mod tests {
             "{notes}"
         );
         assert!(a.conflicts().is_empty());
+    }
+
+    #[test]
+    fn the_same_value_written_on_two_phones_is_not_a_conflict() {
+        let (mut a, mut b) = two_phones();
+        for doc in [&mut a, &mut b] {
+            let mut e = doc.encounter().unwrap();
+            e.status = crate::schema::Status::Closed;
+            e.services.insert(Service::FirstAid);
+            doc.update(&e, &BTreeSet::new(), 2).unwrap();
+        }
+        merge(&mut a, &mut b);
+        assert!(a.conflicts().is_empty(), "{:?}", a.conflicts());
+    }
+
+    #[test]
+    fn removing_a_referral_keeps_a_concurrent_edit_of_another_on_the_right_entry() {
+        let (mut a, mut b) = two_phones();
+        let referral = |to: &str, name: &str| -> crate::schema::Referral {
+            serde_json::from_value(serde_json::json!({"to": to, "organisation": name})).unwrap()
+        };
+        let mut e = a.encounter().unwrap();
+        e.referrals = vec![
+            referral("hospital", "HG Altar"),
+            referral("shelter", "Casa Nazaret"),
+        ];
+        a.update(&e, &BTreeSet::new(), 2).unwrap();
+        b.apply_changes(a.changes()).unwrap();
+
+        let mut ea = a.encounter().unwrap();
+        ea.referrals.remove(0);
+        a.update(&ea, &BTreeSet::new(), 3).unwrap();
+        let mut eb = b.encounter().unwrap();
+        eb.referrals[1].status = crate::schema::ReferralStatus::Accepted;
+        b.update(&eb, &BTreeSet::new(), 3).unwrap();
+        merge(&mut a, &mut b);
+
+        let merged = a.encounter().unwrap().referrals;
+        assert_eq!(merged.len(), 1, "{merged:?}");
+        assert_eq!(merged[0].organisation.as_deref(), Some("Casa Nazaret"));
+        assert_eq!(merged[0].status, crate::schema::ReferralStatus::Accepted);
+        assert_eq!(a.encounter().unwrap(), b.encounter().unwrap());
     }
 
     #[test]
