@@ -6,14 +6,14 @@
 use std::collections::BTreeSet;
 use std::str::FromStr;
 
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 
 use crate::schema::Encounter;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EditError {
     #[error(
-        "`{0}` is not an edit: write PATH=VALUE, PATH+=VALUE (add to a set or list) or PATH-=VALUE (remove from a set)"
+        "`{0}` is not an edit: write PATH=VALUE, PATH+=VALUE (add to a set or list) or PATH-=VALUE (remove from a set or list)"
     )]
     Syntax(String),
     #[error("`{path}`: {message}")]
@@ -35,6 +35,9 @@ pub struct FieldEdit {
     pub path: Vec<String>,
     pub op: EditOp,
     pub value: Json,
+    /// The value as typed, for fields that hold text even when it looks like a number
+    /// (`adm1=26`).
+    pub text: String,
 }
 
 impl FieldEdit {
@@ -46,93 +49,192 @@ impl FieldEdit {
 impl FromStr for FieldEdit {
     type Err = EditError;
 
-    /// The value is read as JSON when it parses as JSON, else taken as a plain string, so
-    /// `status=closed` and `counts.f.0-4=2` both work without quoting.
+    /// The edit splits at the first `=`; a `+` or `-` just before it makes it an addition or a
+    /// removal, so values may contain `=`, `+=` or `-=` (`notes=gave water += 2L`). The value is
+    /// read as JSON when it parses as JSON, else taken as plain text, so `status=closed` and
+    /// `counts.f.0-4=2` both work without quoting.
     fn from_str(text: &str) -> Result<Self, EditError> {
-        let (path, op, raw) = if let Some((p, v)) = text.split_once("+=") {
-            (p, EditOp::Add, v)
-        } else if let Some((p, v)) = text.split_once("-=") {
-            (p, EditOp::Remove, v)
-        } else if let Some((p, v)) = text.split_once('=') {
-            (p, EditOp::Set, v)
+        let (path, raw) = text
+            .split_once('=')
+            .ok_or_else(|| EditError::Syntax(text.to_string()))?;
+        let (path, op) = if let Some(path) = path.strip_suffix('+') {
+            (path, EditOp::Add)
+        } else if let Some(path) = path.strip_suffix('-') {
+            (path, EditOp::Remove)
         } else {
-            return Err(EditError::Syntax(text.to_string()));
+            (path, EditOp::Set)
         };
         let path: Vec<String> = path.trim().split('.').map(str::to_string).collect();
         if path.iter().any(String::is_empty) {
             return Err(EditError::Syntax(text.to_string()));
         }
         let value = serde_json::from_str(raw).unwrap_or_else(|_| Json::String(raw.to_string()));
-        Ok(Self { path, op, value })
+        Ok(Self {
+            path,
+            op,
+            value,
+            text: raw.to_string(),
+        })
     }
 }
 
-/// Applies `edits` in order to `encounter`; returns the edited record and the dotted paths set on
-/// purpose (these settle any conflict there).
+/// Applies `edits` in order to a record's JSON form (as the typed record serialises, or as the
+/// document holds it); returns the edited record and the dotted paths set on purpose (these
+/// settle any conflict there).
+pub fn apply_edits_to_json(
+    json: Json,
+    edits: &[FieldEdit],
+) -> Result<(Encounter, BTreeSet<String>), EditError> {
+    let settled = edits.iter().map(FieldEdit::dotted_path).collect();
+    // Edits whose value looked like a number or boolean but whose field holds text (`adm1=26`):
+    // found one at a time from the errors, then given the text as typed.
+    let mut as_text: BTreeSet<usize> = BTreeSet::new();
+    loop {
+        let mut edited = json.clone();
+        for (index, edit) in edits.iter().enumerate() {
+            let value = if as_text.contains(&index) {
+                Json::String(edit.text.clone())
+            } else {
+                edit.value.clone()
+            };
+            apply_one(&mut edited, edit, &value)?;
+        }
+        let err = match serde_path_to_error::deserialize::<_, Encounter>(edited) {
+            Ok(record) => return Ok((record, settled)),
+            Err(err) => err,
+        };
+        let path = err.path().to_string();
+        let retry = edits.iter().enumerate().position(|(index, e)| {
+            e.dotted_path() == path
+                && !as_text.contains(&index)
+                && (e.value.is_number() || e.value.is_boolean())
+        });
+        match retry {
+            Some(index) => {
+                as_text.insert(index);
+            }
+            None => {
+                return Err(EditError::Type {
+                    path,
+                    message: err.into_inner().to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// [`apply_edits_to_json`] on a typed record.
 pub fn apply_edits(
     encounter: &Encounter,
     edits: &[FieldEdit],
 ) -> Result<(Encounter, BTreeSet<String>), EditError> {
-    let mut json = serde_json::to_value(encounter).expect("an encounter serialises to JSON");
-    for edit in edits {
-        apply_one(&mut json, edit)?;
-    }
-    let edited: Encounter =
-        serde_path_to_error::deserialize(json).map_err(|err| EditError::Type {
-            path: err.path().to_string(),
-            message: err.inner().to_string(),
-        })?;
-    Ok((edited, edits.iter().map(FieldEdit::dotted_path).collect()))
+    apply_edits_to_json(
+        serde_json::to_value(encounter).expect("an encounter serialises to JSON"),
+        edits,
+    )
 }
 
-fn apply_one(root: &mut Json, edit: &FieldEdit) -> Result<(), EditError> {
-    let path_error = |message: &str| EditError::Path {
+fn apply_one(root: &mut Json, edit: &FieldEdit, value: &Json) -> Result<(), EditError> {
+    let path_error = |message: String| EditError::Path {
         path: edit.dotted_path(),
-        message: message.to_string(),
+        message,
     };
     let (last, parents) = edit.path.split_last().expect("paths are never empty");
     let mut node = root;
+    let mut walked: Vec<&str> = Vec::new();
     for key in parents {
+        walked.push(key);
         node = match node {
+            // Only existing objects are walked into: a typo (`casualties.ghost.vitals+=…`) must
+            // not create a new record. A missing part is set whole.
             Json::Object(map) => map
-                .entry(key.clone())
-                .or_insert_with(|| Json::Object(Map::new())),
+                .get_mut(key.as_str())
+                .filter(|v| !v.is_null())
+                .ok_or_else(|| {
+                    path_error(format!(
+                        "there is no `{}` yet; set it whole first, e.g. {}={{...}}",
+                        walked.join("."),
+                        walked.join(".")
+                    ))
+                })?,
             Json::Array(list) => {
                 let index: usize = key
                     .parse()
-                    .map_err(|_| path_error("a list is indexed by number"))?;
-                list.get_mut(index)
-                    .ok_or_else(|| path_error("no such list entry"))?
+                    .map_err(|_| path_error("a list is indexed by number".into()))?;
+                list.get_mut(index).ok_or_else(|| {
+                    path_error(format!(
+                        "no entry {index} in `{}`",
+                        walked[..walked.len() - 1].join(".")
+                    ))
+                })?
             }
-            _ => return Err(path_error("goes inside a plain value")),
+            _ => return Err(path_error("goes inside a plain value".into())),
         };
     }
-    let slot: &mut Json = match node {
-        Json::Object(map) => map.entry(last.clone()).or_insert(Json::Null),
+    match node {
+        Json::Object(map) => {
+            // `counts.f.60+=2` is the 60+ band set to 2, not an addition to `counts.f.60`.
+            let plus_key = format!("{last}+");
+            let (key, op) =
+                if edit.op == EditOp::Add && !map.contains_key(last) && map.contains_key(&plus_key)
+                {
+                    (plus_key, EditOp::Set)
+                } else {
+                    (last.clone(), edit.op)
+                };
+            if op == EditOp::Set && value.is_null() {
+                map.remove(&key);
+                return Ok(());
+            }
+            let slot = map.entry(key).or_insert(Json::Null);
+            apply_op(slot, op, value).map_err(path_error)
+        }
         Json::Array(list) => {
             let index: usize = last
                 .parse()
-                .map_err(|_| path_error("a list is indexed by number"))?;
-            list.get_mut(index)
-                .ok_or_else(|| path_error("no such list entry"))?
+                .map_err(|_| path_error("a list is indexed by number".into()))?;
+            let slot = list
+                .get_mut(index)
+                .ok_or_else(|| path_error(format!("no entry {index}")))?;
+            apply_op(slot, edit.op, value).map_err(path_error)
         }
-        _ => return Err(path_error("goes inside a plain value")),
-    };
-    match edit.op {
-        EditOp::Set => *slot = edit.value.clone(),
-        EditOp::Add => match slot {
-            Json::Array(list) => {
-                if !list.contains(&edit.value) {
-                    list.push(edit.value.clone());
-                }
+        _ => Err(path_error("goes inside a plain value".into())),
+    }
+}
+
+fn apply_op(slot: &mut Json, op: EditOp, value: &Json) -> Result<(), String> {
+    match (op, &mut *slot) {
+        (EditOp::Set, _) => *slot = value.clone(),
+        (EditOp::Add, Json::Array(list)) => {
+            if !list.contains(value) {
+                list.push(value.clone());
             }
-            Json::Null => *slot = Json::Array(vec![edit.value.clone()]),
-            _ => return Err(path_error("+= adds to a set or list")),
-        },
-        EditOp::Remove => match slot {
-            Json::Array(list) => list.retain(|v| v != &edit.value),
-            _ => return Err(path_error("-= removes from a set")),
-        },
+        }
+        // A set as the document holds it: a map of `true`.
+        (EditOp::Add, Json::Object(members)) => {
+            let key = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_string);
+            members.insert(key, Json::Bool(true));
+        }
+        (EditOp::Add, Json::Null) => *slot = Json::Array(vec![value.clone()]),
+        (EditOp::Remove, Json::Array(list)) => {
+            let before = list.len();
+            list.retain(|v| v != value);
+            if list.len() == before {
+                return Err(format!("holds no {value}"));
+            }
+        }
+        (EditOp::Remove, Json::Object(members)) => {
+            let key = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_string);
+            if members.remove(&key).is_none() {
+                return Err(format!("holds no {value}"));
+            }
+        }
+        (EditOp::Add, _) => return Err("+= adds to a set or list".into()),
+        (EditOp::Remove, _) => return Err("-= removes from a set or list".into()),
     }
     Ok(())
 }
@@ -179,6 +281,44 @@ mod tests {
             "nothing".parse::<FieldEdit>(),
             Err(EditError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn values_may_hold_operators_and_the_60_plus_band_is_settable() {
+        let (edited, _) = apply_edits(
+            &Encounter::default(),
+            &edits(&["counts.f.60+=2", "notes=gave water += 2L"]),
+        )
+        .unwrap();
+        assert_eq!(edited.counts.f.from_60, 2);
+        assert_eq!(edited.notes, "gave water += 2L");
+    }
+
+    #[test]
+    fn number_like_text_is_kept_as_text() {
+        let (edited, _) =
+            apply_edits(&Encounter::default(), &edits(&["adm1=26", "agent=4711"])).unwrap();
+        assert_eq!(edited.adm1.as_deref(), Some("26"));
+        assert_eq!(edited.agent, "4711");
+    }
+
+    #[test]
+    fn a_typo_in_a_path_creates_nothing_and_null_removes_an_entry() {
+        let (with, _) = apply_edits(
+            &Encounter::default(),
+            &edits(&[r#"casualties.a1={"sex":"f"}"#]),
+        )
+        .unwrap();
+        let err = apply_edits(
+            &with,
+            &edits(&[r#"casualties.ghost.vitals+={"at":"2026-11-28T10:00:00Z"}"#]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("casualties.ghost"), "{err}");
+        let (without, _) = apply_edits(&with, &edits(&["casualties.a1=null"])).unwrap();
+        assert!(without.casualties.is_empty());
+        let err = apply_edits(&with, &edits(&["hazards-=heat"])).unwrap_err();
+        assert!(err.to_string().contains("holds no"), "{err}");
     }
 
     #[test]

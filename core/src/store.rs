@@ -14,13 +14,14 @@ use automerge::{ActorId, Change, ChangeHash};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use serde_json::Value as Json;
 
 use crate::document::{Conflict, DocumentError, EncounterDocument};
-use crate::edit::{EditError, FieldEdit, apply_edits};
+use crate::edit::{EditError, FieldEdit, apply_edits_to_json};
 use crate::id::{DeviceId, EncounterId, new_actor_id};
 use crate::protocol::{EncounterChanges, PROTOCOL_VERSION, Rejection, SyncRequest, SyncResponse};
 use crate::schema::{Encounter, SCHEMA_VERSION, Status};
-use crate::validation::{ValidationErrors, validate};
+use crate::validation::{FieldError, ValidationErrors, validate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -95,6 +96,10 @@ pub struct EncounterView {
     /// Why the server last refused this encounter's changes (they are kept and sent again).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// Rules the merged record breaks (concurrent edits can combine into a record no single
+    /// edit would have made); shown, never hidden.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<FieldError>,
 }
 
 /// One request's worth of unacknowledged changes (see [`DeviceStore::upload_page`]).
@@ -385,6 +390,12 @@ impl DeviceStore {
         count(&self.conn, "SELECT count(*) FROM pending_changes", [])
     }
 
+    /// The document of encounter `id` as JSON, whatever the schema makes of it: for showing a
+    /// record that cannot be read as an encounter.
+    pub fn raw(&self, id: EncounterId) -> Result<Json, StoreError> {
+        Ok(self.document(id)?.to_json())
+    }
+
     /// The document of encounter `id`.
     pub fn document(&self, id: EncounterId) -> Result<EncounterDocument, StoreError> {
         load_document(&self.conn, id, None)?.ok_or(StoreError::NotFound(id))
@@ -428,15 +439,32 @@ impl DeviceStore {
         let enrolled = enrolment(&tx)?.ok_or(StoreError::NotEnrolled)?;
         let mut document =
             load_document(&tx, id, Some(actor(&tx)?))?.ok_or(StoreError::NotFound(id))?;
-        let current = document.encounter()?;
-        let (edited, settled) = apply_edits(&current, edits)?;
-        if edited.team != current.team {
+        // Edits apply to the document as it is, not to what the schema makes of it, so a record
+        // that a merge or another app version left unreadable can still be repaired by an edit.
+        let current = document.to_json();
+        let (edited, settled) = apply_edits_to_json(current.clone(), edits)?;
+        if current.get("team").and_then(Json::as_str) != Some(edited.team.as_str()) {
             return Err(StoreError::WrongTeam {
                 enrolled: enrolled.team,
                 given: edited.team,
             });
         }
-        validate(&edited)?;
+        // An edit may not break a rule, but a rule already broken by a merge (two phones' notes
+        // together too long, say) must not block editing other fields of the record.
+        if let Err(ValidationErrors(after)) = validate(&edited) {
+            let before: Vec<String> = serde_json::from_value::<Encounter>(current)
+                .ok()
+                .and_then(|record| validate(&record).err())
+                .map(|errors| errors.0.into_iter().map(|e| e.field).collect())
+                .unwrap_or_default();
+            let introduced: Vec<FieldError> = after
+                .into_iter()
+                .filter(|e| !before.contains(&e.field))
+                .collect();
+            if !introduced.is_empty() {
+                return Err(ValidationErrors(introduced).into());
+            }
+        }
         let Some(change) = document.update(&edited, &settled, now())? else {
             return Ok(false);
         };
@@ -498,9 +526,11 @@ impl DeviceStore {
 
     pub fn show(&self, id: EncounterId) -> Result<EncounterView, StoreError> {
         let mut document = self.document(id)?;
+        let encounter = document.encounter()?;
         Ok(EncounterView {
             id,
-            encounter: document.encounter()?,
+            problems: validate(&encounter).err().map(|e| e.0).unwrap_or_default(),
+            encounter,
             conflicts: document.conflicts(),
             heads: heads_hex(&document.heads()),
             pending_changes: pending_for(&self.conn, id)?,

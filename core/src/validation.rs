@@ -31,6 +31,14 @@ impl fmt::Display for FieldError {
 #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
 pub struct ValidationErrors(pub Vec<FieldError>);
 
+/// The most characters in any text field but `notes` (a code, a name of a facility, a time).
+pub const TEXT_MAX_CHARS: usize = 200;
+/// The most characters in a key chosen by a device (a casualty's `person_ref`).
+pub const KEY_MAX_CHARS: usize = 64;
+/// The largest a whole record may be, as JSON. Far above any real encounter; it keeps one record
+/// from growing a change that no server would accept in a request.
+pub const RECORD_MAX_BYTES: usize = 64 * 1024;
+
 /// The services that allow individual sub-records (besides a UASC).
 const INDIVIDUAL_RECORD_SERVICES: [Service; 4] = [
     Service::Rescue,
@@ -220,10 +228,65 @@ pub fn validate(encounter: &Encounter) -> Result<(), ValidationErrors> {
         validate_casualty(&mut check, &field, casualty);
     }
 
+    let json = serde_json::to_value(encounter).expect("an encounter serialises to JSON");
+    check_sizes(&mut check, &json, "");
+    let bytes = json.to_string().len();
+    if bytes > RECORD_MAX_BYTES {
+        check.fail(
+            "",
+            format!("the record is {bytes} bytes as JSON; at most {RECORD_MAX_BYTES}"),
+        );
+    }
+
     if check.errors.is_empty() {
         Ok(())
     } else {
         Err(ValidationErrors(check.errors))
+    }
+}
+
+/// Every text value (but `notes`, which has its own limit) and every key a device chose stays
+/// short: long free text is where identifying detail creeps in, and an oversized record would
+/// make a change the server refuses.
+fn check_sizes(check: &mut Checker, value: &serde_json::Value, path: &str) {
+    let child = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        serde_json::Value::String(text) if path != "notes" => {
+            let chars = text.chars().count();
+            if chars > TEXT_MAX_CHARS {
+                check.fail(
+                    path,
+                    format!("{chars} characters; at most {TEXT_MAX_CHARS}"),
+                );
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                check_sizes(check, item, &child(&index.to_string()));
+            }
+        }
+        serde_json::Value::Object(fields) => {
+            for (key, item) in fields {
+                if key.chars().count() > KEY_MAX_CHARS {
+                    check.fail(
+                        path,
+                        format!(
+                            "a key of {} characters; at most {KEY_MAX_CHARS}",
+                            key.chars().count()
+                        ),
+                    );
+                } else {
+                    check_sizes(check, item, &child(key));
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -328,6 +391,18 @@ mod tests {
         assert_eq!(fields(&e), ["casualties.abc"]);
         e.casualties.get_mut("abc").unwrap().uasc = Some(Default::default());
         validate(&e).unwrap();
+    }
+
+    #[test]
+    fn long_text_and_oversized_records_are_refused_by_field() {
+        let mut e = valid();
+        e.agent = "a".repeat(TEXT_MAX_CHARS + 1);
+        let mut casualty = Casualty::default();
+        casualty
+            .interventions
+            .insert("x".repeat(TEXT_MAX_CHARS + 5));
+        e.casualties.insert("c1".into(), casualty);
+        assert_eq!(fields(&e), ["agent", "casualties.c1.interventions.0"]);
     }
 
     #[test]
