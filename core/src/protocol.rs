@@ -112,17 +112,29 @@ struct VersionOnly {
     protocol: u32,
 }
 
+/// Says what is wrong with a body in words, not in the CBOR reader's internal terms.
+fn malformed(err: ciborium::de::Error<std::io::Error>) -> ProtocolError {
+    ProtocolError::Malformed(match err {
+        ciborium::de::Error::Io(_) => "the body ends too early (truncated or empty)".to_string(),
+        ciborium::de::Error::Syntax(offset) => format!("not CBOR (invalid at byte {offset})"),
+        ciborium::de::Error::Semantic(offset, message) => match offset {
+            Some(offset) => format!("{message} (at byte {offset})"),
+            None => message,
+        },
+        ciborium::de::Error::RecursionLimitExceeded => "nested too deeply".to_string(),
+    })
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ProtocolError> {
     // The version is read first, alone, so a message of another version is named as such even
     // when the rest of its layout differs.
-    let version: VersionOnly =
-        ciborium::from_reader(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let version: VersionOnly = ciborium::from_reader(bytes).map_err(malformed)?;
     if version.protocol != PROTOCOL_VERSION {
         return Err(ProtocolError::UnsupportedVersion {
             found: version.protocol,
         });
     }
-    ciborium::from_reader(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    ciborium::from_reader(bytes).map_err(malformed)
 }
 
 pub fn decode_request(bytes: &[u8]) -> Result<SyncRequest, ProtocolError> {

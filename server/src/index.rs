@@ -4,12 +4,13 @@
 //! Everything here is derived from the stored changes and can be rebuilt from them; lists are
 //! answered from these columns without loading any Automerge document.
 
+use auxilio_core::EncounterId;
 use auxilio_core::document::EncounterDocument;
 use auxilio_core::validation::validate;
-use auxilio_core::{Encounter, EncounterId};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rusqlite::{Connection, params, params_from_iter};
 use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 
 /// Device clocks before this are taken as wrong (a phone that lost its time shows 1970 or its
 /// factory date).
@@ -56,63 +57,71 @@ pub fn update(
         [id.as_bytes()],
         |row| row.get(0),
     )?;
-    let conflicts = document.conflicts().len() as i64;
-    let (encounter, mut problems) = match document.encounter() {
-        Ok(encounter) => {
-            let problems = match validate(&encounter) {
-                Ok(()) => Vec::new(),
-                Err(errors) => errors
+    let mut problems: Vec<Problem> = match document.encounter() {
+        Ok(encounter) => validate(&encounter)
+            .err()
+            .map(|errors| {
+                errors
                     .0
                     .into_iter()
                     .map(|e| Problem {
                         field: e.field,
                         message: e.message,
                     })
-                    .collect(),
-            };
-            (Some(encounter), problems)
-        }
-        Err(err) => (
-            None,
-            vec![Problem {
-                field: String::new(),
-                message: err.to_string(),
-            }],
-        ),
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Err(err) => vec![Problem {
+            field: String::new(),
+            message: err.to_string(),
+        }],
     };
-    if let Some(e) = &encounter
-        && e.team != owner_team
-    {
+    // The columns are read from the document as it is, field by field, so a record with one bad
+    // value (from a buggy or newer app) still shows on the map and in the counts, flagged.
+    let raw = document.to_json();
+    let text = |value: &Json| value.as_str().map(str::to_string);
+    let number = |value: &Json| value.as_f64().filter(|n| n.is_finite());
+    let count = |value: &Json| value.as_u64().unwrap_or(0).min(i64::MAX as u64) as i64;
+    let team = text(&raw["team"]).unwrap_or_default();
+    if team != owner_team {
         problems.push(Problem {
             field: "team".into(),
-            message: format!(
-                "says `{}` but the encounter belongs to `{owner_team}`",
-                e.team
-            ),
+            message: format!("says `{team}` but the encounter belongs to `{owner_team}`"),
         });
     }
-    let empty = Encounter::default();
-    let e = encounter.as_ref().unwrap_or(&empty);
-    let (occurred, clock_suspect) = occurred_at(e.started_at.as_deref(), &received_at);
-    let status = serde_json::to_value(e.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string));
+    let started_at = text(&raw["started_at"]);
+    let (occurred, clock_suspect) = occurred_at(started_at.as_deref(), &received_at);
+    let people: i64 = ["f", "m", "unknown"]
+        .iter()
+        .filter_map(|sex| raw["counts"][sex].as_object())
+        .flat_map(|bands| bands.values())
+        .map(count)
+        .fold(0i64, i64::saturating_add);
+    let services: Vec<String> = match &raw["services"] {
+        Json::Object(members) => members
+            .iter()
+            .filter(|(_, v)| v.as_bool() == Some(true))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        Json::Array(items) => items.iter().filter_map(text).collect(),
+        _ => Vec::new(),
+    };
     conn.execute(
         "UPDATE encounters SET status = ?2, started_at = ?3, occurred_at = ?4, clock_suspect = ?5, lat = ?6, lon = ?7,
                 people = ?8, injured = ?9, uasc = ?10, conflicts = ?11, problems = ?12
          WHERE id = ?1",
         params![
             id.as_bytes(),
-            status,
-            e.started_at,
+            text(&raw["status"]),
+            started_at,
             occurred,
             clock_suspect,
-            e.location.as_ref().map(|l| l.lat),
-            e.location.as_ref().map(|l| l.lon),
-            e.counts.total() as i64,
-            e.counts.injured,
-            e.counts.uasc,
-            conflicts,
+            number(&raw["location"]["lat"]),
+            number(&raw["location"]["lon"]),
+            people,
+            count(&raw["counts"]["injured"]),
+            count(&raw["counts"]["uasc"]),
+            document.conflicts().len() as i64,
             serde_json::to_string(&problems).expect("serialisable"),
         ],
     )?;
@@ -120,11 +129,10 @@ pub fn update(
         "DELETE FROM encounter_services WHERE encounter = ?1",
         [id.as_bytes()],
     )?;
-    for service in &e.services {
-        let name = serde_json::to_value(service).expect("serialisable");
+    for service in services {
         conn.execute(
             "INSERT INTO encounter_services (encounter, service) VALUES (?1, ?2)",
-            params![id.as_bytes(), name.as_str()],
+            params![id.as_bytes(), service],
         )?;
     }
     Ok(())
@@ -201,7 +209,11 @@ pub fn normalise_time(name: &str, text: &str) -> Result<String, String> {
             t.with_timezone(&Utc)
                 .to_rfc3339_opts(SecondsFormat::Secs, true)
         })
-        .map_err(|e| format!("`{name}` must be an RFC 3339 time such as 2026-11-28T00:00:00Z: {e}"))
+        .map_err(|e| {
+            format!(
+                "`{name}` must be an RFC 3339 time such as 2026-11-28T00:00:00Z (write a + in an offset as %2B): {e}"
+            )
+        })
 }
 
 /// Lists encounters matching `filter`, newest first, limited to `visible_team` when given.

@@ -200,6 +200,23 @@ fn ingest_encounter(
             ),
         )));
     }
+    // A document's first change names its encounter (see `EncounterDocument::create`): one filed
+    // under another id would make a copy of that encounter and block the real one.
+    let expected_message = format!("create encounter {id}");
+    if let Some(change) = upload
+        .changes
+        .iter()
+        .find(|c| c.deps().is_empty() && c.message() != Some(expected_message.as_str()))
+    {
+        return Ok(Err(reject(
+            id,
+            RejectReason::InvalidChange,
+            format!(
+                "change {} starts a document that is not encounter {id}",
+                change.hash()
+            ),
+        )));
+    }
     let existing_team = encounter_team(tx, id)?;
     let team = existing_team.clone().unwrap_or_else(|| device.team.clone());
     if !device.may_see_team(&team) {

@@ -414,3 +414,65 @@ fn a_change_sent_twice_in_one_request_is_stored_once() {
     sonora.store.apply_response(&response).unwrap();
     assert_eq!(sonora.view(id).pending_changes, 0);
 }
+
+#[test]
+fn a_change_filed_under_another_encounter_id_is_refused() {
+    let s = setup();
+    let before = stored_snapshot(&s.server.data_dir);
+    let mut sonora = s.sonora;
+    sonora.log(EXAMPLE_ENCOUNTER);
+    let mut request = sonora.store.sync_request().unwrap();
+    request.changes[0].encounter = EncounterId::random();
+    let (status, body) = post_bytes(
+        &s.server.url,
+        "/v1/sync",
+        Some(&sonora.enrolled.token),
+        &protocol::encode(&request),
+    );
+    assert_eq!(status, 200);
+    let response = protocol::decode_response(&body).unwrap();
+    assert_eq!(response.rejected[0].reason, RejectReason::InvalidChange);
+    assert!(response.accepted.is_empty());
+    assert_eq!(stored_snapshot(&s.server.data_dir), before);
+}
+
+#[test]
+fn unknown_routes_and_methods_answer_json_and_the_bearer_scheme_is_case_insensitive() {
+    let s = setup();
+    let (status, body) = get_json(&s.server.url, "/v1/nothing-here", None).unwrap();
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("/v1/nothing-here"));
+    let (status, response) = post_bytes(
+        &s.server.url,
+        "/v1/encounters",
+        Some(&s.sonora.enrolled.token),
+        b"",
+    );
+    assert_eq!(status, 405);
+    assert!(!error_text(&response).is_empty());
+
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = agent
+        .get(format!("{}/v1/whoami", s.server.url))
+        .header(
+            "Authorization",
+            &format!("bearer {}", s.sonora.enrolled.token),
+        )
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    for query in ["?service=teleport", "?status=deleted"] {
+        let (status, body) = get_json(
+            &s.server.url,
+            &format!("/v1/encounters{query}"),
+            Some(&s.sonora.enrolled.token),
+        )
+        .unwrap();
+        assert_eq!(status, 400, "{query}");
+        assert!(body["error"].is_string());
+    }
+}

@@ -315,6 +315,36 @@ fn errors_say_what_is_wrong_and_what_to_do() {
         Some(r#"{"servises":["rescue"]}"#),
     );
     assert!(err.contains("servises"), "{err}");
+    let two = "{\"counts\":{\"m\":{\"18-59\":1}}}\n{\"counts\":{\"f\":{\"18-59\":7}}}\n";
+    let err = fails(cwd, &["device", "--store", "p.db", "log", "-"], Some(two));
+    assert!(
+        err.contains("not one JSON object"),
+        "a second record is never dropped silently: {err}"
+    );
+    let err = fails(cwd, &["device", "--store", "p.db", "log", "-"], Some("[]"));
+    assert!(err.contains("one JSON object"), "{err}");
+    let output = run_auxilio(
+        cwd,
+        &["device", "--store", "p.db", "--json", "log", "-"],
+        Some("[]"),
+    );
+    let answer = json(&String::from_utf8(output.stdout).unwrap());
+    assert!(
+        answer["error"].is_string(),
+        "--json failures are JSON on stdout too"
+    );
+    let err = fails(
+        cwd,
+        &[
+            "device", "--store", "p.db", "edit", "nothing", "--set", "a=b",
+        ],
+        None,
+    );
+    assert_eq!(
+        err.matches("not a valid id").count(),
+        1,
+        "each cause is said once: {err}"
+    );
     let err = fails(
         cwd,
         &["device", "--store", "p.db", "log", "-"],

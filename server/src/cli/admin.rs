@@ -4,7 +4,7 @@ use anyhow::Context;
 use auxilio_core::DeviceId;
 use clap::{Args, Subcommand};
 
-use super::{DataDirArg, print_json};
+use super::{DataDirArg, print_json, print_line};
 use crate::database::Database;
 use crate::directory::{self, Role};
 
@@ -126,7 +126,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     if args.json {
         print_json(&json);
     } else if !text.is_empty() {
-        println!("{text}");
+        print_line(&text);
     }
     Ok(())
 }

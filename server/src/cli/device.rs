@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use auxilio_core::edit::FieldEdit;
-use auxilio_core::store::Enrolment;
+use auxilio_core::store::{Enrolment, StoreError};
 use auxilio_core::{DeviceStore, Encounter, EncounterId};
 use clap::{Args, Subcommand};
 
-use super::print_json;
+use super::{print_json, print_line};
 use crate::client;
 
 #[derive(Debug, Args)]
@@ -84,11 +84,31 @@ fn read_encounter(file: &str) -> anyhow::Result<Encounter> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
     };
-    let mut deserializer = serde_json::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    // One JSON object and nothing else: a second record or trailing text in the file would
+    // otherwise be dropped without a word.
+    let value: serde_json::Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
+        .with_context(|| format!("{file} is not one JSON object"))?;
+    if !value.is_object() {
+        bail!(
+            "{file} must hold one JSON object (an encounter), not {}",
+            json_kind(&value)
+        );
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         anyhow::anyhow!("{file}: field `{path}`: {}", err.into_inner())
     })
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Null => "null",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
@@ -101,6 +121,11 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             token,
             agent,
         } => {
+            if !(server.starts_with("http://") || server.starts_with("https://")) {
+                bail!(
+                    "the server address must start with http:// or https:// (e.g. http://{server})"
+                );
+            }
             let who = client::whoami(&server, &token)
                 .context("enrolment needs the server once, to check the token")?;
             let enrolment = Enrolment {
@@ -133,7 +158,7 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             if json {
                 print_json(&serde_json::json!({ "id": id }));
             } else {
-                println!("{id}");
+                print_line(&id.to_string());
             }
         }
         DeviceCommand::Edit { id, edits } => {
@@ -141,9 +166,11 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             if json {
                 print_json(&serde_json::json!({ "id": id, "changed": changed }));
             } else if changed {
-                println!("{id} updated");
+                print_line(&format!("{id} updated"));
             } else {
-                println!("{id} unchanged (the values were already set)");
+                print_line(&format!(
+                    "{id} unchanged (the record already had those values)"
+                ));
             }
         }
         DeviceCommand::List => {
@@ -172,18 +199,24 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                     if let Some(problem) = &e.problem {
                         line.push_str(&format!("  (unreadable: {problem})"));
                     }
-                    println!("{line}");
+                    print_line(&line);
                 }
             }
         }
-        DeviceCommand::Show { id } => {
-            let view = store.show(id)?;
-            if json {
-                print_json(&view);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&view)?);
+        DeviceCommand::Show { id } => match store.show(id) {
+            Ok(view) if json => print_json(&view),
+            Ok(view) => print_line(&serde_json::to_string_pretty(&view)?),
+            // A record the schema cannot read is still shown, as stored, so it can be repaired.
+            Err(StoreError::Document(err)) => {
+                print_json(
+                    &serde_json::json!({ "id": id, "unreadable": err.to_string(), "stored": store.raw(id)? }),
+                );
+                bail!(
+                    "encounter {id} cannot be read as an encounter ({err}); it is shown as stored: fix the named field with `edit`"
+                );
             }
-        }
+            Err(other) => return Err(other.into()),
+        },
         DeviceCommand::Sync { server } => {
             if let Some(server) = server {
                 store.set_server_url(&server)?;

@@ -78,7 +78,10 @@ struct DataDirArg {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AUXILIO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"))
+        // The HTTP client's own tracing dumps request headers, bearer tokens included: never.
+        .add_directive("ureq=warn".parse().expect("a valid directive"))
+        .add_directive("ureq_proto=warn".parse().expect("a valid directive"));
     // Colours only for a person at a terminal; files and pipes get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -92,7 +95,34 @@ fn init_logging(format: LogFormat) {
 
 /// Prints `value` as one JSON line on stdout.
 fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string(value).expect("serialisable"));
+    print_line(&serde_json::to_string(value).expect("serialisable"));
+}
+
+/// Prints one line on stdout. A reader that went away (`auxilio device list | head`) ends the
+/// command quietly instead of with a panic.
+fn print_line(text: &str) {
+    use std::io::Write;
+    if let Err(err) = writeln!(std::io::stdout().lock(), "{text}") {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        panic!("cannot write to standard output: {err}");
+    }
+}
+
+/// The error and its causes, each said once: several layers often repeat their cause's text.
+fn error_message(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 /// Parses the command line, runs the command, and turns an error into a message and exit code 1.
@@ -108,7 +138,12 @@ pub fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            let message = error_message(&err);
+            // `--json` promises one JSON object on stdout, failures included.
+            if std::env::args().any(|arg| arg == "--json") {
+                print_json(&serde_json::json!({ "error": message }));
+            }
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }

@@ -21,7 +21,13 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
         let token = header
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
+            // The scheme name is case-insensitive (RFC 9110).
+            .and_then(|value| {
+                value
+                    .split_once(' ')
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            })
+            .map(|(_, token)| token.trim())
             .ok_or(AuthError::Missing)?
             .to_string();
         let device = state

@@ -3,6 +3,7 @@
 
 use auxilio_core::EncounterId;
 use auxilio_core::document::Conflict;
+use auxilio_core::schema::{Service, Status};
 use auxilio_core::store::heads_hex;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -37,6 +38,20 @@ async fn list(
     let Query(mut filter) = filter.map_err(|e| AppError::BadRequest(e.body_text()))?;
     if let Some(from) = &filter.from {
         filter.from = Some(index::normalise_time("from", from).map_err(AppError::BadRequest)?);
+    }
+    if let Some(service) = &filter.service {
+        serde_json::from_value::<Service>(serde_json::Value::String(service.clone())).map_err(
+            |_| {
+                AppError::BadRequest(format!(
+                    "`service={service}` is not a service code (e.g. rescue, first_aid)"
+                ))
+            },
+        )?;
+    }
+    if let Some(status) = &filter.status {
+        serde_json::from_value::<Status>(serde_json::Value::String(status.clone())).map_err(
+            |_| AppError::BadRequest(format!("`status={status}` is not open or closed")),
+        )?;
     }
     if let Some(bbox) = &filter.bbox {
         index::parse_bbox(bbox).map_err(AppError::BadRequest)?;

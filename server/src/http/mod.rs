@@ -69,8 +69,18 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(sync::router(state.config.max_request_bytes))
         .merge(encounters::router())
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+async fn no_such_route(uri: axum::http::Uri) -> AppError {
+    AppError::NotFound(format!("no such endpoint: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> AppError {
+    AppError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` completes, then finishes open requests.
