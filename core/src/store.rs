@@ -845,6 +845,110 @@ mod tests {
         assert_eq!(store.cursor().unwrap(), 0);
     }
 
+    /// Two stores of one team holding one encounter, exchanging changes directly.
+    fn shared_encounter(dir: &tempfile::TempDir) -> (DeviceStore, DeviceStore, EncounterId) {
+        let mut a = enrolled(dir, "a.db");
+        let b = enrolled(dir, "b.db");
+        let id = a.log(example()).unwrap();
+        let (a, b) = exchange(a, b, id);
+        (a, b, id)
+    }
+
+    fn exchange(
+        mut a: DeviceStore,
+        mut b: DeviceStore,
+        id: EncounterId,
+    ) -> (DeviceStore, DeviceStore) {
+        let page = |from: &DeviceStore| SyncResponse {
+            protocol: PROTOCOL_VERSION,
+            accepted: vec![],
+            rejected: vec![],
+            changes: vec![EncounterChanges {
+                encounter: id,
+                changes: from
+                    .document(id)
+                    .map(|mut document| document.changes())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
+                    .collect(),
+            }],
+            cursor: 0,
+            cursor_check: ByteBuf::new(),
+            restarted: false,
+            more: false,
+        };
+        let (to_b, to_a) = (page(&a), page(&b));
+        b.apply_response(&to_b).unwrap();
+        a.apply_response(&to_a).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn a_rule_broken_by_a_merge_does_not_block_other_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, id) = shared_encounter(&dir);
+        a.edit(
+            id,
+            &[format!("notes={}", "a".repeat(1500)).parse().unwrap()],
+        )
+        .unwrap();
+        b.edit(
+            id,
+            &[format!("notes={}", "b".repeat(1500)).parse().unwrap()],
+        )
+        .unwrap();
+        let (mut a, _) = exchange(a, b, id);
+        let view = a.show(id).unwrap();
+        assert_eq!(
+            view.problems.len(),
+            1,
+            "the merged notes are too long, and shown as such"
+        );
+        assert!(a.edit(id, &["status=closed".parse().unwrap()]).unwrap());
+        let err = a
+            .edit(id, &["counts.injured=9".parse().unwrap()])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("counts.injured"),
+            "a new broken rule is still refused: {err}"
+        );
+    }
+
+    #[test]
+    fn a_record_with_a_value_the_schema_does_not_know_can_be_repaired_by_an_edit() {
+        use automerge::transaction::Transactable;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, b, id) = shared_encounter(&dir);
+        // Another app version writes a status this one does not know.
+        let mut document = b.document(id).unwrap();
+        let mut doc = automerge::AutoCommit::load(&document.save())
+            .unwrap()
+            .with_actor(ActorId::random());
+        doc.put(automerge::ROOT, "status", "archived").unwrap();
+        doc.commit();
+        let bad = doc.get_last_local_change().unwrap();
+        let response = SyncResponse {
+            protocol: PROTOCOL_VERSION,
+            accepted: vec![],
+            rejected: vec![],
+            changes: vec![EncounterChanges {
+                encounter: id,
+                changes: vec![ByteBuf::from(bad.raw_bytes().to_vec())],
+            }],
+            cursor: 0,
+            cursor_check: ByteBuf::new(),
+            restarted: false,
+            more: false,
+        };
+        a.apply_response(&response).unwrap();
+        assert!(matches!(a.show(id), Err(StoreError::Document(_))));
+        assert_eq!(a.raw(id).unwrap()["status"], "archived");
+        assert!(a.list().unwrap()[0].problem.is_some());
+        assert!(a.edit(id, &["status=closed".parse().unwrap()]).unwrap());
+        assert_eq!(a.show(id).unwrap().encounter.status, Status::Closed);
+    }
+
     #[test]
     fn logging_into_another_team_is_refused() {
         let dir = tempfile::tempdir().unwrap();

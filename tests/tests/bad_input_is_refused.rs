@@ -476,3 +476,54 @@ fn unknown_routes_and_methods_answer_json_and_the_bearer_scheme_is_case_insensit
         assert!(body["error"].is_string());
     }
 }
+
+#[test]
+fn a_value_the_schema_does_not_know_is_stored_flagged_and_still_on_the_list() {
+    use automerge::transaction::Transactable;
+    let s = setup();
+    // A change from another app version (or a buggy one), properly authored by the device.
+    let document = s.sonora.store.document(s.encounter).unwrap().save();
+    let mut doc = automerge::AutoCommit::load(&document)
+        .unwrap()
+        .with_actor(new_actor_id(s.sonora.enrolled.device_id));
+    doc.put(automerge::ROOT, "status", "archived").unwrap();
+    doc.commit();
+    let change = doc.get_last_local_change().unwrap();
+    let request = SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        cursor_check: None,
+        actor: None,
+        cursor: 0,
+        changes: vec![EncounterChanges {
+            encounter: s.encounter,
+            changes: vec![ByteBuf::from(change.raw_bytes().to_vec())],
+        }],
+    };
+    let (status, body) = post_bytes(
+        &s.server.url,
+        "/v1/sync",
+        Some(&s.sonora.enrolled.token),
+        &protocol::encode(&request),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(protocol::decode_response(&body).unwrap().accepted.len(), 1);
+
+    let token = Some(s.sonora.enrolled.token.as_str());
+    let (_, list) = get_json(&s.server.url, "/v1/encounters", token).unwrap();
+    let row = &list["encounters"][0];
+    assert_eq!(row["status"], "archived");
+    assert_eq!(row["people"], 3, "the counts still reach the index");
+    assert_eq!(row["services"], serde_json::json!(["first_aid", "rescue"]));
+    assert!(
+        !row["problems"].as_array().unwrap().is_empty(),
+        "and the record is flagged: {row}"
+    );
+    let (status, detail) = get_json(
+        &s.server.url,
+        &format!("/v1/encounters/{}", s.encounter),
+        token,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(detail["encounter"]["status"], "archived", "shown as stored");
+}
