@@ -460,18 +460,12 @@ impl Reconciler<'_> {
         self.map(obj, &members, path)
     }
 
-    /// Lists are entries appended over time (referrals, vitals). When only entries changed, each
-    /// is reconciled in place; when entries were added or removed, the unchanged ones stay where
-    /// they are and only the others are deleted or inserted, so a phone removing one referral
-    /// never rewrites the others (which would lose another phone's concurrent edit of them).
+    /// Lists are entries appended over time (referrals, vitals). Each new entry is matched to
+    /// the entry it came from: unchanged entries by equality (longest common subsequence), and
+    /// between those, changed entries to the old entry sharing the most fields. A matched entry is
+    /// reconciled in place, field by field, so another phone's concurrent edit of it survives;
+    /// only entries that went are deleted and only new ones inserted.
     fn list(&mut self, obj: &ObjId, items: &[Json], path: &str) -> Result<(), DocumentError> {
-        let existing = self.doc.length(obj);
-        if existing == items.len() {
-            for (index, item) in items.iter().enumerate() {
-                self.list_entry(obj, index, item, &child_path(path, &index.to_string()))?;
-            }
-            return Ok(());
-        }
         let old: Vec<Json> = self
             .doc
             .list_range(obj, ..)
@@ -480,21 +474,19 @@ impl Reconciler<'_> {
                 value_to_json(self.doc, &Value::from(entry.value), &id, 0)
             })
             .collect();
-        let kept = longest_common_subsequence(&old, items);
-        let kept_old: BTreeSet<usize> = kept.iter().map(|(o, _)| *o).collect();
-        let kept_new: BTreeSet<usize> = kept.iter().map(|(_, n)| *n).collect();
-        for index in (0..existing).rev().filter(|i| !kept_old.contains(i)) {
+        let pairs = match_entries(&old, items);
+        let kept_old: BTreeSet<usize> = pairs.iter().map(|(o, _)| *o).collect();
+        let kept_new: BTreeSet<usize> = pairs.iter().map(|(_, n)| *n).collect();
+        for index in (0..old.len()).rev().filter(|i| !kept_old.contains(i)) {
             self.doc.delete(obj, index)?;
         }
-        // The list now holds the kept entries in order; inserting the others at their final
-        // positions, in increasing order, yields exactly `items`.
-        for (index, item) in items
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !kept_new.contains(i))
-        {
+        // The list now holds the matched entries in order, each bound for a position j; walking
+        // j upwards and inserting the new entries in between puts every entry at its place.
+        for (index, item) in items.iter().enumerate() {
             let item_path = child_path(path, &index.to_string());
-            if let Json::Object(fields) = item {
+            if kept_new.contains(&index) {
+                self.list_entry(obj, index, item, &item_path)?;
+            } else if let Json::Object(fields) = item {
                 let child = self.doc.insert_object(obj, index, ObjType::Map)?;
                 self.map(&child, fields, &item_path)?;
             } else if let Some(new) = json_to_scalar(item) {
@@ -532,6 +524,43 @@ impl Reconciler<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+/// Order-preserving pairs (old, new) of list entries that are the same entry: equal ones (a
+/// longest common subsequence), then, in each gap between those, changed ones sharing at least
+/// one field with an old entry of the same gap.
+fn match_entries(old: &[Json], new: &[Json]) -> Vec<(usize, usize)> {
+    let anchors = longest_common_subsequence(old, new);
+    let mut pairs = Vec::new();
+    let (mut old_start, mut new_start) = (0, 0);
+    for (old_end, new_end) in anchors.iter().copied().chain([(old.len(), new.len())]) {
+        let mut next_old = old_start;
+        for j in new_start..new_end {
+            let best = (next_old..old_end)
+                .map(|i| (shared_fields(&old[i], &new[j]), i))
+                .filter(|(score, _)| *score > 0)
+                .max_by_key(|(score, i)| (*score, std::cmp::Reverse(*i)));
+            if let Some((_, i)) = best {
+                pairs.push((i, j));
+                next_old = i + 1;
+            }
+        }
+        if old_end < old.len() {
+            pairs.push((old_end, new_end));
+        }
+        (old_start, new_start) = (old_end + 1, new_end + 1);
+    }
+    pairs
+}
+
+/// How many fields two entries have in common (0 unless both are objects).
+fn shared_fields(a: &Json, b: &Json) -> usize {
+    match (a, b) {
+        (Json::Object(a), Json::Object(b)) => {
+            a.iter().filter(|(k, v)| b.get(*k) == Some(*v)).count()
+        }
+        _ => 0,
     }
 }
 
@@ -758,6 +787,63 @@ mod tests {
         assert_eq!(merged[0].organisation.as_deref(), Some("Casa Nazaret"));
         assert_eq!(merged[0].status, crate::schema::ReferralStatus::Accepted);
         assert_eq!(a.encounter().unwrap(), b.encounter().unwrap());
+    }
+
+    #[test]
+    fn changing_an_entry_while_appending_keeps_a_concurrent_edit_of_that_entry() {
+        let (mut a, mut b) = two_phones();
+        let vital = |pulse: u32| -> crate::schema::Vitals {
+            serde_json::from_value(
+                serde_json::json!({"at": "2026-11-28T10:00:00-07:00", "pulse": pulse, "spo2": 94}),
+            )
+            .unwrap()
+        };
+        let mut e = a.encounter().unwrap();
+        let mut casualty = Casualty::default();
+        casualty.vitals.push(vital(80));
+        e.casualties.insert("c1".into(), casualty);
+        a.update(&e, &BTreeSet::new(), 2).unwrap();
+        b.apply_changes(a.changes()).unwrap();
+
+        let mut ea = a.encounter().unwrap();
+        let vitals = &mut ea.casualties.get_mut("c1").unwrap().vitals;
+        vitals[0].pulse = Some(90);
+        vitals.push(vital(95));
+        a.update(&ea, &BTreeSet::new(), 3).unwrap();
+        let mut eb = b.encounter().unwrap();
+        eb.casualties.get_mut("c1").unwrap().vitals[0].spo2 = Some(88);
+        b.update(&eb, &BTreeSet::new(), 3).unwrap();
+        merge(&mut a, &mut b);
+
+        let merged = &a.encounter().unwrap().casualties["c1"].vitals;
+        assert_eq!(merged.len(), 2);
+        assert_eq!(
+            (merged[0].pulse, merged[0].spo2),
+            (Some(90), Some(88)),
+            "both phones' fields of the first reading"
+        );
+        assert_eq!(merged[1].pulse, Some(95));
+    }
+
+    #[test]
+    fn entries_match_by_equality_then_by_shared_fields() {
+        let j = |v: serde_json::Value| v;
+        let a = j(serde_json::json!({"to": "hospital", "status": "planned"}));
+        let a2 = j(serde_json::json!({"to": "hospital", "status": "made"}));
+        let b = j(serde_json::json!({"to": "shelter", "status": "planned"}));
+        let c = j(serde_json::json!({"to": "ngo"}));
+        assert_eq!(
+            match_entries(&[a.clone(), b.clone()], &[b.clone()]),
+            [(1, 0)]
+        );
+        assert_eq!(
+            match_entries(&[a.clone()], &[a2.clone(), c.clone()]),
+            [(0, 0)]
+        );
+        assert_eq!(
+            match_entries(&[a.clone(), b.clone()], &[a2, b, c]),
+            [(0, 0), (1, 1)]
+        );
     }
 
     #[test]
