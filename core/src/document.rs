@@ -536,9 +536,9 @@ fn match_entries(old: &[Json], new: &[Json]) -> Vec<(usize, usize)> {
     let (mut old_start, mut new_start) = (0, 0);
     for (old_end, new_end) in anchors.iter().copied().chain([(old.len(), new.len())]) {
         let mut next_old = old_start;
-        for j in new_start..new_end {
+        for (j, entry) in new.iter().enumerate().take(new_end).skip(new_start) {
             let best = (next_old..old_end)
-                .map(|i| (shared_fields(&old[i], &new[j]), i))
+                .map(|i| (shared_fields(&old[i], entry), i))
                 .filter(|(score, _)| *score > 0)
                 .max_by_key(|(score, i)| (*score, std::cmp::Reverse(*i)));
             if let Some((_, i)) = best {
@@ -827,17 +827,16 @@ mod tests {
 
     #[test]
     fn entries_match_by_equality_then_by_shared_fields() {
-        let j = |v: serde_json::Value| v;
-        let a = j(serde_json::json!({"to": "hospital", "status": "planned"}));
-        let a2 = j(serde_json::json!({"to": "hospital", "status": "made"}));
-        let b = j(serde_json::json!({"to": "shelter", "status": "planned"}));
-        let c = j(serde_json::json!({"to": "ngo"}));
+        let a = serde_json::json!({"to": "hospital", "status": "planned"});
+        let a2 = serde_json::json!({"to": "hospital", "status": "made"});
+        let b = serde_json::json!({"to": "shelter", "status": "planned"});
+        let c = serde_json::json!({"to": "ngo"});
         assert_eq!(
-            match_entries(&[a.clone(), b.clone()], &[b.clone()]),
+            match_entries(&[a.clone(), b.clone()], std::slice::from_ref(&b)),
             [(1, 0)]
         );
         assert_eq!(
-            match_entries(&[a.clone()], &[a2.clone(), c.clone()]),
+            match_entries(std::slice::from_ref(&a), &[a2.clone(), c.clone()]),
             [(0, 0)]
         );
         assert_eq!(

@@ -193,10 +193,14 @@ fn apply_one(root: &mut Json, edit: &FieldEdit, value: &Json) -> Result<(), Edit
             let index: usize = last
                 .parse()
                 .map_err(|_| path_error("a list is indexed by number".into()))?;
-            let slot = list
-                .get_mut(index)
-                .ok_or_else(|| path_error(format!("no entry {index}")))?;
-            apply_op(slot, edit.op, value).map_err(path_error)
+            if index >= list.len() {
+                return Err(path_error(format!("no entry {index}")));
+            }
+            if edit.op == EditOp::Set && value.is_null() {
+                list.remove(index);
+                return Ok(());
+            }
+            apply_op(&mut list[index], edit.op, value).map_err(path_error)
         }
         _ => Err(path_error("goes inside a plain value".into())),
     }
@@ -316,6 +320,9 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("casualties.ghost"), "{err}");
         let (without, _) = apply_edits(&with, &edits(&["casualties.a1=null"])).unwrap();
+        let (referred, _) = apply_edits(&with, &edits(&[r#"referrals+={"to":"ngo"}"#])).unwrap();
+        let (unreferred, _) = apply_edits(&referred, &edits(&["referrals.0=null"])).unwrap();
+        assert!(unreferred.referrals.is_empty());
         assert!(without.casualties.is_empty());
         let err = apply_edits(&with, &edits(&["hazards-=heat"])).unwrap_err();
         assert!(err.to_string().contains("holds no"), "{err}");

@@ -72,7 +72,15 @@ macro_rules! sixteen_byte_id {
                 let bytes = bs58::decode(text.trim())
                     .with_check(None)
                     .into_vec()
-                    .map_err(|e| IdError::NotBase58Check(e.to_string()))?;
+                    .map_err(|e| IdError::NotBase58Check(match e {
+                        bs58::decode::Error::InvalidChecksum { .. } => {
+                            "its checksum does not match (a typo?)".to_string()
+                        }
+                        bs58::decode::Error::InvalidCharacter { character, .. } => {
+                            format!("`{character}` is not a base58 character")
+                        }
+                        other => other.to_string(),
+                    }))?;
                 Self::from_slice(&bytes)
             }
         }

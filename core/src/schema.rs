@@ -505,28 +505,45 @@ pub mod set {
 /// list; each list entry gets a fresh random ref.
 mod casualties {
     use std::collections::BTreeMap;
+    use std::fmt;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::Deserializer;
+    use serde::de::{MapAccess, SeqAccess, Visitor};
 
     use super::Casualty;
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        Keyed(BTreeMap<String, Casualty>),
-        Listed(Vec<Casualty>),
+    struct CasualtiesVisitor;
+
+    // A visitor rather than an untagged enum, so an error inside a casualty names its field
+    // (`casualties.c1.triage.method`) instead of "did not match any variant".
+    impl<'de> Visitor<'de> for CasualtiesVisitor {
+        type Value = BTreeMap<String, Casualty>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("casualties keyed by person_ref, or a list of casualties")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, casualty)) = map.next_entry::<String, Casualty>()? {
+                out.insert(key, casualty);
+            }
+            Ok(out)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(casualty) = seq.next_element::<Casualty>()? {
+                out.insert(super::new_person_ref(), casualty);
+            }
+            Ok(out)
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<BTreeMap<String, Casualty>, D::Error> {
-        Ok(match Form::deserialize(deserializer)? {
-            Form::Keyed(map) => map,
-            Form::Listed(list) => list
-                .into_iter()
-                .map(|c| (super::new_person_ref(), c))
-                .collect(),
-        })
+        deserializer.deserialize_any(CasualtiesVisitor)
     }
 }
 
@@ -560,6 +577,16 @@ mod tests {
     fn unknown_fields_are_refused_so_typos_surface() {
         let err = serde_json::from_str::<Encounter>(r#"{"servises":["rescue"]}"#).unwrap_err();
         assert!(err.to_string().contains("servises"), "{err}");
+    }
+
+    #[test]
+    fn an_error_inside_a_casualty_names_its_field() {
+        let json = r#"{"casualties":{"c1":{"triage":{"method":"START","category":"red"}}}}"#;
+        let err = serde_path_to_error::deserialize::<_, Encounter>(
+            &mut serde_json::Deserializer::from_str(json),
+        )
+        .unwrap_err();
+        assert_eq!(err.path().to_string(), "casualties.c1.triage.method");
     }
 
     #[test]

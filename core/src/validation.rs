@@ -119,6 +119,13 @@ pub fn validate(encounter: &Encounter) -> Result<(), ValidationErrors> {
             ),
         );
     }
+    if encounter.started_at.is_none() {
+        // `log` fills it in from the device clock; without it the record has no place in time.
+        check.fail(
+            "started_at",
+            "is required (when the encounter began, RFC 3339 with offset)",
+        );
+    }
     let started = check.timestamp("started_at", encounter.started_at.as_deref());
     let ended = check.timestamp("ended_at", encounter.ended_at.as_deref());
     if let (Some(started), Some(ended)) = (started, ended)

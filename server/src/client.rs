@@ -21,7 +21,7 @@ const MAX_ROUND_TRIPS: u32 = 100_000;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "could not reach the server at {url}: {message}. Check the address, or sync again when there is signal; nothing was lost"
+        "could not reach the server at {url}: {message}. Check the address, or try again when there is signal; nothing on this device was lost"
     )]
     Unreachable { url: String, message: String },
     #[error("the server refused the token ({status}): {message}")]

@@ -24,6 +24,10 @@ pub enum DatabaseError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error(
+        "there is no Auxilio data directory at {path}: check --data (or start with `auxilio admin team add NAME`, which creates one)"
+    )]
+    Missing { path: PathBuf },
+    #[error(
         "the database at {path} has format {found}, newer than this build ({supported}); run a newer auxilio"
     )]
     TooNew {
@@ -117,6 +121,17 @@ fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
 }
 
 impl Database {
+    /// Opens the database of an existing data directory; a mistyped `--data` is an error here,
+    /// not a new empty database.
+    pub fn open_existing(data_dir: &Path) -> Result<Self, DatabaseError> {
+        if !data_dir.join(DATABASE_FILE).exists() {
+            return Err(DatabaseError::Missing {
+                path: data_dir.to_path_buf(),
+            });
+        }
+        Self::open(data_dir)
+    }
+
     /// Opens the database in `data_dir`, creating the directory and running migrations.
     pub fn open(data_dir: &Path) -> Result<Self, DatabaseError> {
         std::fs::create_dir_all(data_dir).map_err(|source| DatabaseError::DataDirectory {
@@ -142,6 +157,9 @@ impl Database {
         for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.execute_batch(migration)?;
             tx.pragma_update(None, "user_version", index as i64 + 1)?;
+            if index == 0 {
+                tracing::info!(path = %path.display(), "created a new database");
+            }
             tracing::info!(version = index + 1, "database migrated");
         }
         tx.commit()?;

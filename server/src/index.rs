@@ -202,18 +202,19 @@ pub fn parse_bbox(text: &str) -> Result<[f64; 4], String> {
     }
 }
 
-/// Normalises an RFC 3339 time to the stored form, or says which parameter is wrong.
-pub fn normalise_time(name: &str, text: &str) -> Result<String, String> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| {
-            t.with_timezone(&Utc)
-                .to_rfc3339_opts(SecondsFormat::Secs, true)
-        })
-        .map_err(|e| {
-            format!(
-                "`{name}` must be an RFC 3339 time such as 2026-11-28T00:00:00Z (write a + in an offset as %2B): {e}"
-            )
-        })
+/// Normalises an RFC 3339 time to the stored form (whole seconds, UTC), or says which parameter
+/// is wrong. Stored times are whole seconds, so a bound with a fraction is rounded outwards when
+/// `round_up` (for the exclusive `to`) and down otherwise: no encounter inside the asked range
+/// falls outside it.
+pub fn normalise_time(name: &str, text: &str, round_up: bool) -> Result<String, String> {
+    let parsed = DateTime::parse_from_rfc3339(text).map_err(|e| {
+        format!("`{name}` must be an RFC 3339 time such as 2026-11-28T00:00:00Z (write a + in an offset as %2B): {e}")
+    })?;
+    let mut time = parsed.with_timezone(&Utc);
+    if round_up && time.timestamp_subsec_nanos() > 0 {
+        time += Duration::seconds(1);
+    }
+    Ok(time.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
 /// Lists encounters matching `filter`, newest first, limited to `visible_team` when given.

@@ -275,6 +275,40 @@ fn errors_say_what_is_wrong_and_what_to_do() {
         None,
     );
     assert!(err.contains("auxilio admin team add nowhere"), "{err}");
+    let err = fails(cwd, &["admin", "--data", "typo", "device", "list"], None);
+    assert!(
+        err.contains("no Auxilio data directory"),
+        "a mistyped --data is not a new empty database: {err}"
+    );
+    assert!(!cwd.join("typo").exists());
+    let output = run_auxilio(
+        cwd,
+        &["admin", "--json", "device", "revoke", "not-an-id"],
+        None,
+    );
+    assert!(
+        json(&String::from_utf8(output.stdout).unwrap())["error"].is_string(),
+        "--json even for a bad command line"
+    );
+    let err = fails(
+        cwd,
+        &[
+            "device",
+            "--store",
+            "never.db",
+            "init",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token",
+            "t",
+        ],
+        None,
+    );
+    assert!(err.contains("could not reach"), "{err}");
+    assert!(
+        !cwd.join("never.db").exists(),
+        "a failed enrolment leaves no store behind"
+    );
     let err = fails(
         cwd,
         &["device", "--store", "new.db", "log", "-"],
@@ -405,7 +439,8 @@ fn errors_say_what_is_wrong_and_what_to_do() {
 
     let err = fails(cwd, &["device", "--store", "p.db", "sync"], None);
     assert!(
-        err.contains("could not reach the server") && err.contains("nothing was lost"),
+        err.contains("could not reach the server")
+            && err.contains("nothing on this device was lost"),
         "{err}"
     );
     let list = json(&ok(

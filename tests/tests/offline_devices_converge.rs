@@ -268,6 +268,18 @@ fn coordinator_list_filters_by_team_service_status_and_time() {
         set(&[closed, train])
     );
     assert_eq!(query("?team=chihuahua&service=first_aid"), set(&[train]));
+    // Bounds with fractions of a second never leave out an encounter inside them.
+    assert_eq!(
+        query("?from=2026-11-25T16:00:00Z&to=2026-11-25T16:00:00.5Z"),
+        set(&[train])
+    );
+    let (status, _) = get_json(
+        &server.url,
+        "/v1/encounters?from=2026-11-26T00:00:00Z&to=2026-11-01T00:00:00Z",
+        Some(&coordinator_token),
+    )
+    .unwrap();
+    assert_eq!(status, 400, "from after to");
 
     // A device clock in 1970 is accepted; the record is dated by the server and flagged.
     let (_, detail) = get_json(

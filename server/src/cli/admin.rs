@@ -72,7 +72,19 @@ enum DeviceCommand {
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let database = Database::open(&args.data.data).with_context(|| {
+    // Adding a team or enrolling a device may start a new data directory; anything else works
+    // on an existing one, so a mistyped --data is an error rather than an empty answer.
+    let creates = matches!(
+        args.command,
+        AdminCommand::Team(TeamCommand::Add { .. })
+            | AdminCommand::Device(DeviceCommand::Enroll { .. })
+    );
+    let open = if creates {
+        Database::open
+    } else {
+        Database::open_existing
+    };
+    let database = open(&args.data.data).with_context(|| {
         format!(
             "cannot open the data directory {}",
             args.data.data.display()

@@ -112,46 +112,21 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 }
 
 pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    // `init` checks the token with the server before the store file is touched, so a failed
+    // enrolment leaves nothing behind.
+    if let DeviceCommand::Init {
+        server,
+        token,
+        agent,
+    } = &args.command
+    {
+        return init(&args.store, server, token, agent, json);
+    }
     let mut store = DeviceStore::open(&args.store)
         .with_context(|| format!("cannot open the device store {}", args.store.display()))?;
-    let json = args.json;
     match args.command {
-        DeviceCommand::Init {
-            server,
-            token,
-            agent,
-        } => {
-            if !(server.starts_with("http://") || server.starts_with("https://")) {
-                bail!(
-                    "the server address must start with http:// or https:// (e.g. http://{server})"
-                );
-            }
-            let who = client::whoami(&server, &token)
-                .context("enrolment needs the server once, to check the token")?;
-            let enrolment = Enrolment {
-                server_url: server,
-                token,
-                device_id: who.device_id,
-                team: who.team,
-                role: who.role.to_string(),
-                agent,
-            };
-            store.enrol(&enrolment)?;
-            if json {
-                print_json(&serde_json::json!({
-                    "device_id": enrolment.device_id, "team": enrolment.team, "role": enrolment.role,
-                    "server": enrolment.server_url,
-                }));
-            } else {
-                println!(
-                    "store {} enrolled as device {} ({} of team {})",
-                    args.store.display(),
-                    enrolment.device_id,
-                    enrolment.role,
-                    enrolment.team
-                );
-            }
-        }
+        DeviceCommand::Init { .. } => unreachable!("handled above"),
         DeviceCommand::Log { file } => {
             let encounter = read_encounter(&file)?;
             let id = store.log(encounter)?;
@@ -245,6 +220,47 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `device init`: checks the token with the server, then records the enrolment in the store.
+fn init(
+    store_path: &std::path::Path,
+    server: &str,
+    token: &str,
+    agent: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        bail!("the server address must start with http:// or https:// (e.g. http://{server})");
+    }
+    let who = client::whoami(server, token)
+        .context("enrolment needs the server once, to check the token")?;
+    let enrolment = Enrolment {
+        server_url: server.to_string(),
+        token: token.to_string(),
+        device_id: who.device_id,
+        team: who.team,
+        role: who.role.to_string(),
+        agent: agent.to_string(),
+    };
+    let mut store = DeviceStore::open(store_path)
+        .with_context(|| format!("cannot open the device store {}", store_path.display()))?;
+    store.enrol(&enrolment)?;
+    if json {
+        print_json(&serde_json::json!({
+            "device_id": enrolment.device_id, "team": enrolment.team, "role": enrolment.role,
+            "server": enrolment.server_url,
+        }));
+    } else {
+        println!(
+            "store {} enrolled as device {} ({} of team {})",
+            store_path.display(),
+            enrolment.device_id,
+            enrolment.role,
+            enrolment.team
+        );
     }
     Ok(())
 }

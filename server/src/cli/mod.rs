@@ -127,7 +127,22 @@ fn error_message(err: &anyhow::Error) -> String {
 
 /// Parses the command line, runs the command, and turns an error into a message and exit code 1.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // `--json` promises one JSON object on stdout, even for a mistyped command line.
+            let is_help = matches!(
+                err.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            );
+            if !is_help && std::env::args().any(|arg| arg == "--json") {
+                print_json(
+                    &serde_json::json!({ "error": err.kind().to_string(), "usage": err.to_string() }),
+                );
+            }
+            err.exit();
+        }
+    };
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),

@@ -17,7 +17,7 @@ pub struct ReindexArgs {
 }
 
 pub fn run(args: ReindexArgs) -> anyhow::Result<()> {
-    let database = Database::open(&args.data.data).with_context(|| {
+    let database = Database::open_existing(&args.data.data).with_context(|| {
         format!(
             "cannot open the data directory {}",
             args.data.data.display()

@@ -35,9 +35,15 @@ async fn list(
     AuthenticatedDevice(device): AuthenticatedDevice,
     filter: Result<Query<ListFilter>, QueryRejection>,
 ) -> Result<Json<EncounterList>, AppError> {
-    let Query(mut filter) = filter.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let Query(mut filter) = filter.map_err(|e| {
+        AppError::BadRequest(format!(
+            "{}; the parameters are team, service, status, from, to, bbox, limit (0-1000) and offset",
+            e.body_text()
+        ))
+    })?;
     if let Some(from) = &filter.from {
-        filter.from = Some(index::normalise_time("from", from).map_err(AppError::BadRequest)?);
+        filter.from =
+            Some(index::normalise_time("from", from, false).map_err(AppError::BadRequest)?);
     }
     if let Some(service) = &filter.service {
         serde_json::from_value::<Service>(serde_json::Value::String(service.clone())).map_err(
@@ -57,7 +63,14 @@ async fn list(
         index::parse_bbox(bbox).map_err(AppError::BadRequest)?;
     }
     if let Some(to) = &filter.to {
-        filter.to = Some(index::normalise_time("to", to).map_err(AppError::BadRequest)?);
+        filter.to = Some(index::normalise_time("to", to, true).map_err(AppError::BadRequest)?);
+    }
+    if let (Some(from), Some(to)) = (&filter.from, &filter.to)
+        && from > to
+    {
+        return Err(AppError::BadRequest(format!(
+            "`from` ({from}) is after `to` ({to})"
+        )));
     }
     // A field device lists its own team only; a coordinator may list any.
     let visible_team = (device.role != Role::Coordinator).then(|| device.team.clone());
