@@ -846,6 +846,38 @@ mod tests {
     }
 
     #[test]
+    fn withdrawing_a_casualty_keeps_readings_another_phone_adds_at_the_same_time() {
+        let (mut a, mut b) = two_phones();
+        let mut e = a.encounter().unwrap();
+        e.casualties.insert("c1".into(), Casualty::default());
+        a.update(&e, &BTreeSet::new(), 2).unwrap();
+        b.apply_changes(a.changes()).unwrap();
+
+        let edit = |text: &str| -> crate::edit::FieldEdit { text.parse().unwrap() };
+        let (withdrawn, settled) =
+            crate::edit::apply_edits(&a.encounter().unwrap(), &[edit("casualties.c1=null")])
+                .unwrap();
+        a.update(&withdrawn, &settled, 3).unwrap();
+        let (measured, settled) = crate::edit::apply_edits(
+            &b.encounter().unwrap(),
+            &[edit(
+                r#"casualties.c1.vitals+={"at":"2026-11-28T10:00:00-07:00","pulse":140}"#,
+            )],
+        )
+        .unwrap();
+        b.update(&measured, &settled, 3).unwrap();
+        merge(&mut a, &mut b);
+
+        let casualty = &a.encounter().unwrap().casualties["c1"];
+        assert!(casualty.withdrawn_at.is_some());
+        assert_eq!(
+            casualty.vitals[0].pulse,
+            Some(140),
+            "the other phone's reading is kept"
+        );
+    }
+
+    #[test]
     fn concurrent_notes_interleave() {
         let (mut a, mut b) = two_phones();
         let mut ea = a.encounter().unwrap();

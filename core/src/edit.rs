@@ -183,6 +183,17 @@ fn apply_one(root: &mut Json, edit: &FieldEdit, value: &Json) -> Result<(), Edit
                     (last.clone(), edit.op)
                 };
             if op == EditOp::Set && value.is_null() {
+                // A casualty is withdrawn rather than deleted (see `Casualty::withdrawn_at`).
+                if parents.len() == 1 && parents[0] == "casualties" {
+                    let casualty = map
+                        .get_mut(&key)
+                        .and_then(Json::as_object_mut)
+                        .ok_or_else(|| path_error("no such casualty".into()))?;
+                    let now =
+                        chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
+                    casualty.insert("withdrawn_at".into(), Json::String(now));
+                    return Ok(());
+                }
                 map.remove(&key);
                 return Ok(());
             }
@@ -319,11 +330,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("casualties.ghost"), "{err}");
-        let (without, _) = apply_edits(&with, &edits(&["casualties.a1=null"])).unwrap();
+        let (withdrawn, _) = apply_edits(&with, &edits(&["casualties.a1=null"])).unwrap();
+        assert!(
+            withdrawn.casualties["a1"].withdrawn_at.is_some(),
+            "withdrawn, not deleted"
+        );
         let (referred, _) = apply_edits(&with, &edits(&[r#"referrals+={"to":"ngo"}"#])).unwrap();
         let (unreferred, _) = apply_edits(&referred, &edits(&["referrals.0=null"])).unwrap();
         assert!(unreferred.referrals.is_empty());
-        assert!(without.casualties.is_empty());
+        let (unlocated, _) = apply_edits(
+            &with,
+            &edits(&[r#"location={"lat":1,"lon":2}"#, "location=null"]),
+        )
+        .unwrap();
+        assert!(unlocated.location.is_none());
         let err = apply_edits(&with, &edits(&["hazards-=heat"])).unwrap_err();
         assert!(err.to_string().contains("holds no"), "{err}");
     }

@@ -376,6 +376,11 @@ pub struct Casualty {
     /// child-protection authority (PPNNA) and hand-over within 24 hours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uasc: Option<UascHandover>,
+    /// When the record was withdrawn (a duplicate, a mistake). Casualties are withdrawn, not
+    /// deleted: deleting one would silently drop readings another phone adds to it at the same
+    /// time. Erasing the data itself is a purge, with its own rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

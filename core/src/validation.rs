@@ -226,7 +226,7 @@ pub fn validate(encounter: &Encounter) -> Result<(), ValidationErrors> {
         .any(|s| encounter.services.contains(s));
     for (person_ref, casualty) in &encounter.casualties {
         let field = format!("casualties.{person_ref}");
-        if !allows_individuals && casualty.uasc.is_none() {
+        if !allows_individuals && casualty.uasc.is_none() && casualty.withdrawn_at.is_none() {
             check.fail(
                 &field,
                 "an individual record needs a rescue, first_aid or transfer service, or a UASC hand-over; otherwise record group counts only",
