@@ -87,6 +87,32 @@ fn valid_record() -> Encounter {
     record
 }
 
+/// Sends `body` as `token`, expects the changes refused for `reason` with nothing stored, and
+/// returns the response.
+fn expect_refusal(
+    s: &Setup,
+    token: &str,
+    body: &[u8],
+    reason: RejectReason,
+) -> auxilio_core::protocol::SyncResponse {
+    let before = stored_snapshot(&s.server.data_dir);
+    let (status, response) = post_bytes(&s.server.url, "/v1/sync", Some(token), body);
+    assert_eq!(status, 200);
+    let response = protocol::decode_response(&response).unwrap();
+    assert!(response.accepted.is_empty());
+    assert_eq!(
+        response.rejected[0].reason, reason,
+        "{:?}",
+        response.rejected[0]
+    );
+    assert_eq!(
+        stored_snapshot(&s.server.data_dir),
+        before,
+        "nothing stored"
+    );
+    response
+}
+
 #[test]
 fn missing_or_wrong_tokens_get_401_and_change_nothing() {
     let s = setup();
@@ -297,46 +323,30 @@ fn an_oversize_body_gets_413_and_changes_nothing() {
 #[test]
 fn changes_written_by_another_device_are_refused() {
     let s = setup();
-    let before = stored_snapshot(&s.server.data_dir);
     // The Chihuahua device uploads a change that claims to be written by the Sonora device.
-    let body = request_with_change(
-        new_actor_id(s.sonora.enrolled.device_id),
-        EncounterId::random(),
-        &valid_record(),
-    );
-    let (status, response) = post_bytes(&s.server.url, "/v1/sync", Some(&s.chihuahua.token), &body);
-    assert_eq!(status, 200);
-    let response = protocol::decode_response(&response).unwrap();
-    assert!(response.accepted.is_empty());
-    assert_eq!(response.rejected[0].reason, RejectReason::WrongAuthor);
-    assert_eq!(stored_snapshot(&s.server.data_dir), before);
+    let forged = new_actor_id(s.sonora.enrolled.device_id);
+    let body = request_with_change(forged, EncounterId::random(), &valid_record());
+    expect_refusal(&s, &s.chihuahua.token, &body, RejectReason::WrongAuthor);
 }
 
 #[test]
 fn writing_into_another_teams_encounter_is_refused() {
     let s = setup();
-    let before = stored_snapshot(&s.server.data_dir);
     let body = request_with_change(
         new_actor_id(s.chihuahua.device_id),
         s.encounter,
         &valid_record(),
     );
-    let (status, response) = post_bytes(&s.server.url, "/v1/sync", Some(&s.chihuahua.token), &body);
-    assert_eq!(status, 200);
-    let response = protocol::decode_response(&response).unwrap();
-    assert_eq!(response.rejected[0].reason, RejectReason::Forbidden);
-    assert!(response.accepted.is_empty());
+    let response = expect_refusal(&s, &s.chihuahua.token, &body, RejectReason::Forbidden);
     assert!(
         response.changes.is_empty(),
         "nothing of the other team leaks back"
     );
-    assert_eq!(stored_snapshot(&s.server.data_dir), before);
 }
 
 #[test]
 fn an_unknown_schema_version_is_refused_and_kept_by_the_device() {
     let s = setup();
-    let before = stored_snapshot(&s.server.data_dir);
     let mut record = valid_record();
     record.schema_version = SCHEMA_VERSION + 1;
     let body = request_with_change(
@@ -344,24 +354,17 @@ fn an_unknown_schema_version_is_refused_and_kept_by_the_device() {
         EncounterId::random(),
         &record,
     );
-    let (status, response) = post_bytes(
-        &s.server.url,
-        "/v1/sync",
-        Some(&s.sonora.enrolled.token),
+    let response = expect_refusal(
+        &s,
+        &s.sonora.enrolled.token,
         &body,
-    );
-    assert_eq!(status, 200);
-    let response = protocol::decode_response(&response).unwrap();
-    assert_eq!(
-        response.rejected[0].reason,
-        RejectReason::UnknownSchemaVersion
+        RejectReason::UnknownSchemaVersion,
     );
     assert!(
         response.rejected[0].message.contains("schema version 2"),
         "{}",
         response.rejected[0].message
     );
-    assert_eq!(stored_snapshot(&s.server.data_dir), before);
 
     // The device applying such a refusal keeps its changes for a later, upgraded server, says
     // why they were refused, and sends them again.
@@ -417,23 +420,17 @@ fn a_change_sent_twice_in_one_request_is_stored_once() {
 
 #[test]
 fn a_change_filed_under_another_encounter_id_is_refused() {
-    let s = setup();
-    let before = stored_snapshot(&s.server.data_dir);
-    let mut sonora = s.sonora;
-    sonora.log(EXAMPLE_ENCOUNTER);
-    let mut request = sonora.store.sync_request().unwrap();
+    let mut s = setup();
+    s.sonora.log(EXAMPLE_ENCOUNTER);
+    let mut request = s.sonora.store.sync_request().unwrap();
     request.changes[0].encounter = EncounterId::random();
-    let (status, body) = post_bytes(
-        &s.server.url,
-        "/v1/sync",
-        Some(&sonora.enrolled.token),
+    let token = s.sonora.enrolled.token.clone();
+    expect_refusal(
+        &s,
+        &token,
         &protocol::encode(&request),
+        RejectReason::InvalidChange,
     );
-    assert_eq!(status, 200);
-    let response = protocol::decode_response(&body).unwrap();
-    assert_eq!(response.rejected[0].reason, RejectReason::InvalidChange);
-    assert!(response.accepted.is_empty());
-    assert_eq!(stored_snapshot(&s.server.data_dir), before);
 }
 
 #[test]
