@@ -94,7 +94,7 @@ fn expect_refusal(
     token: &str,
     body: &[u8],
     reason: RejectReason,
-) -> auxilio_core::protocol::SyncResponse {
+) -> protocol::SyncResponse {
     let before = stored_snapshot(&s.server.data_dir);
     let (status, response) = post_bytes(&s.server.url, "/v1/sync", Some(token), body);
     assert_eq!(status, 200);
