@@ -12,6 +12,10 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo is not installed; install Rust $required or newer (https://rustup.rs) and run this again" >&2
     exit 1
 fi
+if ! command -v cc >/dev/null 2>&1; then
+    echo "error: no C compiler (cc); SQLite is compiled into the workspace: install gcc (e.g. apt-get install gcc) and run this again" >&2
+    exit 1
+fi
 have=$(rustc --version | awk '{print $2}')
 if [ "$(printf '%s\n%s\n' "$required" "$have" | sort -V | head -n1)" != "$required" ]; then
     echo "error: rustc $have is older than the $required this workspace needs; run 'rustup update' and try again" >&2

@@ -192,6 +192,7 @@ fn cursor(conn: &Connection) -> Result<u64, StoreError> {
 fn cursor_check(conn: &Connection) -> Result<Option<ByteBuf>, StoreError> {
     Ok(setting(conn, "cursor_check")?
         .and_then(|text| bs58::decode(text).into_vec().ok())
+        .filter(|hash| !hash.is_empty())
         .map(ByteBuf::from))
 }
 

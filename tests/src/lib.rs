@@ -354,13 +354,20 @@ pub fn post_bytes(base: &str, path: &str, token: Option<&str>, body: &[u8]) -> (
     )
 }
 
-/// Everything the server stores, as one comparable value: every change hash in log order and
-/// every merged document's heads. Equal snapshots mean nothing was added, lost or altered.
+/// What the server stores, as one comparable value: every change hash, every merged document,
+/// every device's revocation state and every audit row. Equal snapshots mean a request added,
+/// lost or altered none of them.
 pub fn stored_snapshot(data_dir: &Path) -> Vec<(String, Vec<u8>, Vec<u8>)> {
     let conn =
         rusqlite::Connection::open(data_dir.join(auxilio_server::database::DATABASE_FILE)).unwrap();
     let mut statement = conn
-        .prepare("SELECT 'change', hash, x'' FROM changes UNION ALL SELECT 'encounter', id, document FROM encounters ORDER BY 1, 2")
+        .prepare(
+            "SELECT 'change', hash, x'' FROM changes
+             UNION ALL SELECT 'encounter', id, document FROM encounters
+             UNION ALL SELECT 'device', id, CAST(coalesce(revoked_at, '') AS BLOB) FROM devices
+             UNION ALL SELECT 'audit', CAST(seq AS BLOB), CAST(action || detail AS BLOB) FROM audit_log
+             ORDER BY 1, 2",
+        )
         .unwrap();
     statement
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))

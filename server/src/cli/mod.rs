@@ -94,8 +94,13 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Prints `value` as one JSON line on stdout.
+/// Whether a JSON object was printed on stdout, so that a failure after it (sync with refused
+/// changes, say) does not print a second one.
+static PRINTED_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn print_json(value: &impl serde::Serialize) {
     print_line(&serde_json::to_string(value).expect("serialisable"));
+    PRINTED_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Prints one line on stdout. A reader that went away (`auxilio device list | head`) ends the
@@ -155,7 +160,9 @@ pub fn run() -> ExitCode {
         Err(err) => {
             let message = error_message(&err);
             // `--json` promises one JSON object on stdout, failures included.
-            if std::env::args().any(|arg| arg == "--json") {
+            if std::env::args().any(|arg| arg == "--json")
+                && !PRINTED_JSON.load(std::sync::atomic::Ordering::Relaxed)
+            {
                 print_json(&serde_json::json!({ "error": message }));
             }
             eprintln!("error: {message}");
