@@ -62,13 +62,8 @@ fn error_text(body: &[u8]) -> String {
         .to_string()
 }
 
-/// A sync request body holding one change of a fresh document written by `actor`.
-fn request_with_change(
-    actor: automerge::ActorId,
-    encounter: EncounterId,
-    record: &Encounter,
-) -> Vec<u8> {
-    let (_, change) = EncounterDocument::create(actor, encounter, record, 0).unwrap();
+/// A sync request body carrying `change` (raw bytes) for `encounter`.
+fn request_body(encounter: EncounterId, change: Vec<u8>) -> Vec<u8> {
     protocol::encode(&SyncRequest {
         protocol: PROTOCOL_VERSION,
         cursor_check: None,
@@ -76,9 +71,19 @@ fn request_with_change(
         cursor: 0,
         changes: vec![EncounterChanges {
             encounter,
-            changes: vec![ByteBuf::from(change.raw_bytes().to_vec())],
+            changes: vec![ByteBuf::from(change)],
         }],
     })
+}
+
+/// A sync request body holding the first change of a fresh document written by `actor`.
+fn request_with_change(
+    actor: automerge::ActorId,
+    encounter: EncounterId,
+    record: &Encounter,
+) -> Vec<u8> {
+    let (_, change) = EncounterDocument::create(actor, encounter, record, 0).unwrap();
+    request_body(encounter, change.raw_bytes().to_vec())
 }
 
 fn valid_record() -> Encounter {
@@ -281,20 +286,11 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
 fn compressed_change_request(device: auxilio_core::DeviceId) -> Vec<u8> {
     let mut record = valid_record();
     record.notes = "a long note that makes the change worth compressing ".repeat(20);
-    let (_, mut change) =
-        EncounterDocument::create(new_actor_id(device), EncounterId::random(), &record, 0).unwrap();
+    let id = EncounterId::random();
+    let (_, mut change) = EncounterDocument::create(new_actor_id(device), id, &record, 0).unwrap();
     let compressed = change.bytes().to_vec();
     assert_eq!(compressed[8], 2, "automerge compressed the change chunk");
-    protocol::encode(&SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        cursor_check: None,
-        actor: None,
-        cursor: 0,
-        changes: vec![EncounterChanges {
-            encounter: EncounterId::random(),
-            changes: vec![ByteBuf::from(compressed)],
-        }],
-    })
+    request_body(id, compressed)
 }
 
 fn truncated_id_request() -> Vec<u8> {
@@ -486,24 +482,18 @@ fn a_value_the_schema_does_not_know_is_stored_flagged_and_still_on_the_list() {
     doc.put(automerge::ROOT, "status", "archived").unwrap();
     doc.commit();
     let change = doc.get_last_local_change().unwrap();
-    let request = SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        cursor_check: None,
-        actor: None,
-        cursor: 0,
-        changes: vec![EncounterChanges {
-            encounter: s.encounter,
-            changes: vec![ByteBuf::from(change.raw_bytes().to_vec())],
-        }],
-    };
-    let (status, body) = post_bytes(
+    let body = request_body(s.encounter, change.raw_bytes().to_vec());
+    let (status, response) = post_bytes(
         &s.server.url,
         "/v1/sync",
         Some(&s.sonora.enrolled.token),
-        &protocol::encode(&request),
+        &body,
     );
     assert_eq!(status, 200);
-    assert_eq!(protocol::decode_response(&body).unwrap().accepted.len(), 1);
+    assert_eq!(
+        protocol::decode_response(&response).unwrap().accepted.len(),
+        1
+    );
 
     let token = Some(s.sonora.enrolled.token.as_str());
     let (_, list) = get_json(&s.server.url, "/v1/encounters", token).unwrap();
