@@ -137,6 +137,19 @@ impl EncounterDocument {
         Ok(())
     }
 
+    /// The document's state as JSON without the changes `leave_out` (and so as it was before
+    /// them, when they are the newest): the base an edit was made against.
+    pub fn json_without(&mut self, leave_out: &[ChangeHash]) -> Result<Json, DocumentError> {
+        let kept: Vec<Change> = self
+            .changes()
+            .into_iter()
+            .filter(|c| !leave_out.contains(&c.hash()))
+            .collect();
+        let mut base = Self::empty();
+        base.apply_changes(kept)?;
+        Ok(base.to_json())
+    }
+
     /// Hashes of changes this document has heard of but does not have.
     pub fn missing_dependencies(&mut self) -> Vec<ChangeHash> {
         self.doc.get_missing_deps(&[])

@@ -123,6 +123,45 @@ pub fn apply_edits_to_json(
     }
 }
 
+/// The edits that turn `base` into `edited`, field by field (leaves and whole lists and texts),
+/// so that they can be made again on top of another version of the record.
+pub fn edits_between(base: &Json, edited: &Json) -> Vec<FieldEdit> {
+    fn walk(base: &Json, edited: &Json, path: &mut Vec<String>, out: &mut Vec<FieldEdit>) {
+        match (base, edited) {
+            (Json::Object(old), Json::Object(new)) => {
+                for (key, value) in new {
+                    path.push(key.clone());
+                    walk(old.get(key).unwrap_or(&Json::Null), value, path, out);
+                    path.pop();
+                }
+                for key in old.keys().filter(|k| !new.contains_key(*k)) {
+                    path.push(key.clone());
+                    out.push(FieldEdit {
+                        path: path.clone(),
+                        op: EditOp::Set,
+                        value: Json::Null,
+                        text: String::new(),
+                    });
+                    path.pop();
+                }
+            }
+            (old, new) if old == new => {}
+            (_, new) => out.push(FieldEdit {
+                path: path.clone(),
+                op: EditOp::Set,
+                value: new.clone(),
+                text: new
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| new.to_string()),
+            }),
+        }
+    }
+    let mut out = Vec::new();
+    walk(base, edited, &mut Vec::new(), &mut out);
+    out
+}
+
 /// [`apply_edits_to_json`] on a typed record.
 pub fn apply_edits(
     encounter: &Encounter,

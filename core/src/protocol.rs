@@ -69,8 +69,12 @@ pub enum RejectReason {
     /// The document declares a schema version the server does not understand yet.
     UnknownSchemaVersion,
     /// The changes cannot be merged into what the server holds for the encounter (for example
-    /// they reuse a sequence number of their actor, or belong to another encounter).
+    /// they belong to another encounter).
     InvalidChange,
+    /// The changes reuse sequence numbers their actor already used in changes the server holds:
+    /// the store was copied, or restored from a backup, and both copies wrote. The device gives
+    /// itself a new actor and makes its edits again on top of the server's document.
+    ActorReused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

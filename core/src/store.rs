@@ -7,7 +7,7 @@
 //! Changes downloaded before their dependencies are held in `held_changes` and re-applied when
 //! the rest arrives, so nothing received is dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use automerge::{ActorId, Change, ChangeHash};
@@ -17,9 +17,11 @@ use serde_bytes::ByteBuf;
 use serde_json::Value as Json;
 
 use crate::document::{Conflict, DocumentError, EncounterDocument};
-use crate::edit::{EditError, FieldEdit, apply_edits_to_json};
+use crate::edit::{EditError, EditOp, FieldEdit, apply_edits_to_json, edits_between};
 use crate::id::{DeviceId, EncounterId, new_actor_id};
-use crate::protocol::{EncounterChanges, PROTOCOL_VERSION, Rejection, SyncRequest, SyncResponse};
+use crate::protocol::{
+    EncounterChanges, PROTOCOL_VERSION, RejectReason, Rejection, SyncRequest, SyncResponse,
+};
 use crate::schema::{Encounter, SCHEMA_VERSION, Status};
 use crate::validation::{FieldError, ValidationErrors, validate};
 
@@ -118,6 +120,11 @@ pub struct SyncApplied {
     pub acknowledged: u64,
     pub downloaded: u64,
     pub rejected: Vec<Rejection>,
+    /// The store found its actor reused (a copied or restored store), took a new one and will
+    /// make its refused edits again: sync on.
+    pub actor_renewed: bool,
+    /// Encounters whose refused edits were made again as new changes, waiting to be sent.
+    pub rebased: u64,
 }
 
 /// Hex form of change hashes, as shown to people.
@@ -140,6 +147,12 @@ const MIGRATIONS: &[&str] = &[r"
         hash BLOB NOT NULL UNIQUE,
         change BLOB NOT NULL,
         rejected TEXT
+    );
+    -- Edits to make again, on a new actor, once the server's version of the encounter has
+    -- arrived (see `RejectReason::ActorReused`).
+    CREATE TABLE rebases (
+        encounter BLOB PRIMARY KEY,
+        edits TEXT NOT NULL
     );
     CREATE TABLE held_changes (
         hash BLOB PRIMARY KEY,
@@ -289,6 +302,107 @@ fn refusal_for(conn: &Connection, id: EncounterId) -> Result<Option<String>, Sto
             |row| row.get(0),
         )
         .optional()?)
+}
+
+/// A copy of this store (a restored backup) wrote with the same actor, so the server refused
+/// `reused` encounters' changes. The store takes a new actor; for each of those encounters it
+/// keeps the edits it made (its pending changes, as field edits against the state before them),
+/// drops its copy of the document, and starts the download again, so the server's version
+/// arrives whole; [`make_edits_again`] then re-makes the edits on top of it.
+fn renew_actor(conn: &Connection, reused: &BTreeSet<EncounterId>) -> Result<(), StoreError> {
+    let enrolled = enrolment(conn)?.ok_or(StoreError::NotEnrolled)?;
+    put_setting(
+        conn,
+        "actor",
+        &new_actor_id(enrolled.device_id).to_hex_string(),
+    )?;
+    for id in reused {
+        if let Some(mut document) = load_document(conn, *id, None)? {
+            let pending: Vec<ChangeHash> = conn
+                .prepare("SELECT hash FROM pending_changes WHERE encounter = ?1")?
+                .query_map([id.as_bytes()], |row| row.get::<_, Vec<u8>>(0))?
+                .filter_map(|hash| {
+                    hash.ok()
+                        .and_then(|h| ChangeHash::try_from(h.as_slice()).ok())
+                })
+                .collect();
+            let base = document.json_without(&pending)?;
+            let edits: Vec<(Vec<String>, Json)> = edits_between(&base, &document.to_json())
+                .into_iter()
+                .map(|edit| (edit.path, edit.value))
+                .collect();
+            conn.execute(
+                "INSERT INTO rebases (encounter, edits) VALUES (?1, ?2)
+                 ON CONFLICT (encounter) DO UPDATE SET edits = excluded.edits",
+                params![
+                    id.as_bytes(),
+                    serde_json::to_string(&edits).expect("serialisable")
+                ],
+            )?;
+        }
+        for table in [
+            "encounters WHERE id",
+            "pending_changes WHERE encounter",
+            "held_changes WHERE encounter",
+        ] {
+            conn.execute(&format!("DELETE FROM {table} = ?1"), [id.as_bytes()])?;
+        }
+    }
+    conn.execute(
+        "DELETE FROM settings WHERE key IN ('cursor', 'cursor_check')",
+        [],
+    )?;
+    tracing::warn!(
+        encounters = reused.len(),
+        "this store's actor was used by a copy of it; took a new one"
+    );
+    Ok(())
+}
+
+/// Re-makes the edits [`renew_actor`] kept, on the documents now downloaded again, as new changes
+/// of the new actor. Edits that no longer apply (the field is gone) are skipped.
+fn make_edits_again(conn: &Connection) -> Result<u64, StoreError> {
+    let waiting: Vec<(Vec<u8>, String)> = conn
+        .prepare("SELECT encounter, edits FROM rebases")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut rebased = 0;
+    for (id, edits) in waiting {
+        let id = EncounterId::from_slice(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let Some(mut document) = load_document(conn, id, Some(actor(conn)?))? else {
+            continue;
+        };
+        let edits: Vec<(Vec<String>, Json)> =
+            serde_json::from_str(&edits).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut json = document.to_json();
+        let mut settled = BTreeSet::new();
+        for (path, value) in edits {
+            let text = value
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| value.to_string());
+            let edit = FieldEdit {
+                path,
+                op: EditOp::Set,
+                value,
+                text,
+            };
+            if let Ok((record, _)) = apply_edits_to_json(json.clone(), std::slice::from_ref(&edit))
+            {
+                json = serde_json::to_value(record).expect("serialisable");
+                settled.insert(edit.dotted_path());
+            }
+        }
+        let record: Encounter =
+            serde_json::from_value(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Some(change) = document.update(&record, &settled, now())? {
+            save_document(conn, id, &mut document)?;
+            add_pending(conn, id, &change)?;
+        }
+        conn.execute("DELETE FROM rebases WHERE encounter = ?1", [id.as_bytes()])?;
+        rebased += 1;
+    }
+    Ok(rebased)
 }
 
 fn pending_for(conn: &Connection, id: EncounterId) -> Result<u64, StoreError> {
@@ -651,7 +765,16 @@ impl DeviceStore {
         if response.restarted {
             requeue_own_changes(&tx)?;
         }
-        if response.restarted || response.cursor >= cursor(&tx)? {
+        let reused: BTreeSet<EncounterId> = response
+            .rejected
+            .iter()
+            .filter(|r| r.reason == RejectReason::ActorReused)
+            .map(|r| r.encounter)
+            .collect();
+        let actor_renewed = !reused.is_empty();
+        if actor_renewed {
+            renew_actor(&tx, &reused)?;
+        } else if response.restarted || response.cursor >= cursor(&tx)? {
             put_setting(&tx, "cursor", &response.cursor.to_string())?;
             put_setting(
                 &tx,
@@ -659,11 +782,18 @@ impl DeviceStore {
                 &bs58::encode(&response.cursor_check).into_string(),
             )?;
         }
+        let rebased = if response.more || actor_renewed {
+            0
+        } else {
+            make_edits_again(&tx)?
+        };
         tx.commit()?;
         Ok(SyncApplied {
             acknowledged,
             downloaded,
             rejected: response.rejected.clone(),
+            actor_renewed,
+            rebased,
         })
     }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use auxilio_core::DeviceStore;
-use auxilio_core::protocol::{self, MEDIA_TYPE, ProtocolError, Rejection};
+use auxilio_core::protocol::{self, MEDIA_TYPE, ProtocolError, RejectReason, Rejection};
 use auxilio_core::store::StoreError;
 use serde::{Deserialize, Serialize};
 
@@ -187,7 +187,12 @@ pub fn sync_with(
         report.round_trips += 1;
         report.uploaded += applied.acknowledged;
         report.downloaded += applied.downloaded;
-        for rejection in applied.rejected {
+        // A reused actor is mended by the store itself (it re-makes its edits), not a refusal to report.
+        for rejection in applied
+            .rejected
+            .into_iter()
+            .filter(|r| r.reason != RejectReason::ActorReused)
+        {
             if !report
                 .rejected
                 .iter()
@@ -200,7 +205,8 @@ pub fn sync_with(
         progress(&report);
         // A restarted response made the store offer its own changes again: one more round
         // sends them.
-        if !response.more && !page.more && !response.restarted {
+        let store_asks_again = applied.actor_renewed || applied.rebased > 0;
+        if !response.more && !page.more && !response.restarted && !store_asks_again {
             return Ok(report);
         }
         if report.round_trips >= MAX_ROUND_TRIPS {

@@ -8,8 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::Change;
-use auxilio_core::document::EncounterDocument;
+use automerge::{AutomergeError, Change};
+use auxilio_core::document::{DocumentError, EncounterDocument};
 use auxilio_core::id::device_of_actor;
 use auxilio_core::protocol::{
     EncounterChanges, PROTOCOL_VERSION, RejectReason, Rejection, SyncRequest, SyncResponse,
@@ -263,9 +263,15 @@ fn ingest_encounter(
     let mut document = load_document(tx, id)?.unwrap_or_else(EncounterDocument::empty);
     if let Err(err) = document.apply_changes(fresh.clone()) {
         // Refused for this encounter only: the device's other encounters still get through.
+        let reason = match err {
+            DocumentError::Automerge(AutomergeError::DuplicateSeqNumber(..)) => {
+                RejectReason::ActorReused
+            }
+            _ => RejectReason::InvalidChange,
+        };
         return Ok(Err(reject(
             id,
-            RejectReason::InvalidChange,
+            reason,
             format!("the changes cannot be merged into the stored document: {err}"),
         )));
     }

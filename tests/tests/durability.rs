@@ -217,3 +217,49 @@ fn after_a_restore_from_backup_devices_still_receive_everything_new() {
     assert_eq!(reader.ids(), writer.ids(), "both hold all 9 encounters");
     assert_eq!(reader.ids().len(), 9);
 }
+
+#[test]
+fn a_store_restored_from_a_phone_backup_makes_its_edits_again_under_a_new_actor() {
+    let team = auxilio_tests::TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
+    let enrolled = enroll(team.data.path(), "sonora", Role::Field);
+    let mut phone = Device::new(team.devices.path(), "phone", &team.server.url, &enrolled);
+    let id = phone.log(EXAMPLE_ENCOUNTER);
+    phone.sync().unwrap();
+
+    // The phone's store is backed up, the phone goes on working, then the backup is restored
+    // beside it (same device, same actor) and used too.
+    drop(phone);
+    let original = team.devices.path().join("phone.db");
+    std::fs::copy(&original, team.devices.path().join("restored.db")).unwrap();
+    let open = |name: &str| Device {
+        store: auxilio_core::DeviceStore::open(team.devices.path().join(name)).unwrap(),
+        enrolled: enrolled.clone(),
+    };
+    let mut phone = open("phone.db");
+    let mut restored = open("restored.db");
+    phone.edit(id, &["items.rations=5"]);
+    restored.edit(id, &["items.water_litres=10"]);
+
+    phone.sync().unwrap();
+    let report = restored.sync().unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(
+        report.pending, 0,
+        "the restored store's edit was made again and stored"
+    );
+    phone.sync().unwrap();
+
+    let (_, detail) = get_json(
+        &team.server.url,
+        &format!("/v1/encounters/{id}"),
+        Some(&enrolled.token),
+    )
+    .unwrap();
+    assert_eq!(detail["encounter"]["items"]["rations"], 5);
+    assert_eq!(detail["encounter"]["items"]["water_litres"], 10.0);
+    assert_eq!(phone.view(id).heads, restored.view(id).heads);
+    assert_eq!(
+        detail["heads"],
+        serde_json::to_value(phone.view(id).heads).unwrap()
+    );
+}
