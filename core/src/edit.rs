@@ -41,6 +41,19 @@ pub struct FieldEdit {
 }
 
 impl FieldEdit {
+    /// `PATH=VALUE`, built rather than parsed.
+    pub fn set(path: Vec<String>, value: Json) -> Self {
+        let text = value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_string);
+        Self {
+            path,
+            op: EditOp::Set,
+            value,
+            text,
+        }
+    }
+
     pub fn dotted_path(&self) -> String {
         self.path.join(".")
     }
@@ -136,25 +149,12 @@ pub fn edits_between(base: &Json, edited: &Json) -> Vec<FieldEdit> {
                 }
                 for key in old.keys().filter(|k| !new.contains_key(*k)) {
                     path.push(key.clone());
-                    out.push(FieldEdit {
-                        path: path.clone(),
-                        op: EditOp::Set,
-                        value: Json::Null,
-                        text: String::new(),
-                    });
+                    out.push(FieldEdit::set(path.clone(), Json::Null));
                     path.pop();
                 }
             }
             (old, new) if old == new => {}
-            (_, new) => out.push(FieldEdit {
-                path: path.clone(),
-                op: EditOp::Set,
-                value: new.clone(),
-                text: new
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| new.to_string()),
-            }),
+            (_, new) => out.push(FieldEdit::set(path.clone(), new.clone())),
         }
     }
     let mut out = Vec::new();

@@ -17,7 +17,7 @@ use serde_bytes::ByteBuf;
 use serde_json::Value as Json;
 
 use crate::document::{Conflict, DocumentError, EncounterDocument};
-use crate::edit::{EditError, EditOp, FieldEdit, apply_edits_to_json, edits_between};
+use crate::edit::{EditError, FieldEdit, apply_edits_to_json, edits_between};
 use crate::id::{DeviceId, EncounterId, new_actor_id};
 use crate::protocol::{
     EncounterChanges, PROTOCOL_VERSION, RejectReason, Rejection, SyncRequest, SyncResponse,
@@ -209,6 +209,17 @@ fn cursor_check(conn: &Connection) -> Result<Option<ByteBuf>, StoreError> {
         .map(ByteBuf::from))
 }
 
+fn encounter_ids(conn: &Connection) -> Result<Vec<EncounterId>, StoreError> {
+    let mut statement = conn.prepare("SELECT id FROM encounters ORDER BY id")?;
+    let ids = statement.query_map([], |row| row.get::<_, Vec<u8>>(0))?;
+    ids.map(|bytes| stored_id(&bytes?)).collect()
+}
+
+/// An encounter id read from a column; anything else means the store is damaged.
+fn stored_id(bytes: &[u8]) -> Result<EncounterId, StoreError> {
+    EncounterId::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<u64, StoreError> {
     let n: i64 = conn.query_row(sql, params, |row| row.get(0))?;
     Ok(n.unsigned_abs())
@@ -271,13 +282,8 @@ fn held_changes(conn: &Connection, id: EncounterId) -> Result<Vec<Change>, Store
 /// acknowledged; offering them again costs one upload, and the server stores only those it lacks.
 fn requeue_own_changes(conn: &Connection) -> Result<u64, StoreError> {
     let own = actor(conn)?;
-    let ids: Vec<Vec<u8>> = conn
-        .prepare("SELECT id FROM encounters ORDER BY updated_at")?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
     let mut requeued = 0;
-    for id in ids {
-        let id = EncounterId::from_slice(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    for id in encounter_ids(conn)? {
         let Some(mut document) = load_document(conn, id, None)? else {
             continue;
         };
@@ -368,7 +374,7 @@ fn make_edits_again(conn: &Connection) -> Result<u64, StoreError> {
         .collect::<Result<_, _>>()?;
     let mut rebased = 0;
     for (id, edits) in waiting {
-        let id = EncounterId::from_slice(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = stored_id(&id)?;
         let Some(mut document) = load_document(conn, id, Some(actor(conn)?))? else {
             continue;
         };
@@ -377,16 +383,7 @@ fn make_edits_again(conn: &Connection) -> Result<u64, StoreError> {
         let mut json = document.to_json();
         let mut settled = BTreeSet::new();
         for (path, value) in edits {
-            let text = value
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| value.to_string());
-            let edit = FieldEdit {
-                path,
-                op: EditOp::Set,
-                value,
-                text,
-            };
+            let edit = FieldEdit::set(path, value);
             if let Ok((record, _)) = apply_edits_to_json(json.clone(), std::slice::from_ref(&edit))
             {
                 json = serde_json::to_value(record).expect("serialisable");
@@ -591,14 +588,7 @@ impl DeviceStore {
 
     /// Every encounter id in the store.
     pub fn encounter_ids(&self) -> Result<Vec<EncounterId>, StoreError> {
-        let mut statement = self.conn.prepare("SELECT id FROM encounters ORDER BY id")?;
-        let ids = statement
-            .query_map([], |row| row.get::<_, Vec<u8>>(0))?
-            .map(|bytes| {
-                EncounterId::from_slice(&bytes?).map_err(|e| StoreError::Corrupt(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ids)
+        encounter_ids(&self.conn)
     }
 
     /// A line per encounter. One that cannot be read (a teammate on a newer app version, say)
@@ -687,8 +677,7 @@ impl DeviceStore {
             }
             bytes += change.len();
             last = row.get::<_, i64>(0)?.unsigned_abs();
-            let encounter = EncounterId::from_slice(&row.get::<_, Vec<u8>>(1)?)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let encounter = stored_id(&row.get::<_, Vec<u8>>(1)?)?;
             let index = *group_of.entry(encounter).or_insert_with(|| {
                 grouped.push(EncounterChanges {
                     encounter,

@@ -210,11 +210,6 @@ impl Database {
         }
         result
     }
-
-    /// Moves the WAL's content into the main file (used before copying or inspecting the file).
-    pub fn checkpoint(&self) -> Result<(), rusqlite::Error> {
-        self.write(|conn| conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);"))
-    }
 }
 
 /// Current time as stored in the database: UTC RFC 3339 with seconds, so text order is time order.

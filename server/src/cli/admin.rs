@@ -1,11 +1,9 @@
 //! `auxilio admin`: teams and devices, straight on the data directory's database.
 
-use anyhow::Context;
 use auxilio_core::DeviceId;
 use clap::{Args, Subcommand};
 
 use super::{DataDirArg, print_json, print_line};
-use crate::database::Database;
 use crate::directory::{self, Role};
 
 #[derive(Debug, Args)]
@@ -79,17 +77,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Team(TeamCommand::Add { .. })
             | AdminCommand::Device(DeviceCommand::Enroll { .. })
     );
-    let open = if creates {
-        Database::open
-    } else {
-        Database::open_existing
-    };
-    let database = open(&args.data.data).with_context(|| {
-        format!(
-            "cannot open the data directory {}",
-            args.data.data.display()
-        )
-    })?;
+    let database = args.data.open(creates)?;
     // The change and its audit row commit together, and nothing is printed (a token above all)
     // before they have.
     let (json, text) = database.write(|conn| -> anyhow::Result<(serde_json::Value, String)> {

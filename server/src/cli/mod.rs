@@ -9,7 +9,10 @@ mod serve;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+use crate::database::Database;
 
 /// Default data directory of the server (and of `admin`).
 pub const DEFAULT_DATA_DIR: &str = "./auxilio-data";
@@ -74,6 +77,20 @@ struct DataDirArg {
     /// Data directory (holds auxilio.sqlite).
     #[arg(long = "data", default_value = DEFAULT_DATA_DIR, env = "AUXILIO_DATA")]
     data: PathBuf,
+}
+
+impl DataDirArg {
+    /// Opens the database, creating the data directory when `may_create`; otherwise a directory
+    /// that does not exist is an error (a mistyped `--data` is not a new, empty database).
+    fn open(&self, may_create: bool) -> anyhow::Result<Database> {
+        let open = if may_create {
+            Database::open
+        } else {
+            Database::open_existing
+        };
+        open(&self.data)
+            .with_context(|| format!("cannot open the data directory {}", self.data.display()))
+    }
 }
 
 fn init_logging(format: LogFormat) {

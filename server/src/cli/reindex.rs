@@ -4,7 +4,6 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{DataDirArg, print_json};
-use crate::database::Database;
 use crate::ledger;
 
 #[derive(Debug, Args)]
@@ -17,12 +16,7 @@ pub struct ReindexArgs {
 }
 
 pub fn run(args: ReindexArgs) -> anyhow::Result<()> {
-    let database = Database::open_existing(&args.data.data).with_context(|| {
-        format!(
-            "cannot open the data directory {}",
-            args.data.data.display()
-        )
-    })?;
+    let database = args.data.open(false)?;
     let report = database
         .write(|conn| {
             ledger::rebuild(conn, 500, |done, total| {

@@ -6,7 +6,6 @@ use anyhow::Context;
 use clap::Args;
 
 use super::DataDirArg;
-use crate::database::Database;
 use crate::http::{AppState, ServerConfig, serve};
 
 #[derive(Debug, Args)]
@@ -22,12 +21,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let database = Database::open(&args.data.data).with_context(|| {
-        format!(
-            "cannot open the data directory {}",
-            args.data.data.display()
-        )
-    })?;
+    let database = args.data.open(true)?;
     let config = ServerConfig {
         max_request_bytes: args.max_request_bytes,
         ..ServerConfig::default()
