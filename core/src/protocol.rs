@@ -1,14 +1,22 @@
-//! Sync protocol v1: the messages a device and the server exchange, and their binary form.
+//! Sync protocol v2: the messages a device and the server exchange, and their binary form.
 //!
-//! One request carries every change the device has not had acknowledged, for any number of
-//! encounters, and the cursor up to which it already holds what the server has; the response
-//! says which changes are now durably stored (or why some were refused) and carries the changes
-//! the device may see and lacks, in pages. Bodies are CBOR (RFC 8949); the layout is documented in
-//! ARCHITECTURE.md. Every message starts with its protocol version so that a peer speaking
-//! another version gets a clear refusal instead of a misreading.
+//! A request carries a page of the changes the device has not had acknowledged, for any number
+//! of encounters, and the cursor up to which it already holds what the server has; the response
+//! says which changes are now durably stored (or why some were refused) and carries a page of the
+//! changes the device may see and lacks. One request/response per page, never one per document.
+//! Bodies are CBOR (RFC 8949); the layout is documented in ARCHITECTURE.md. Every message starts
+//! with its protocol version so that a peer speaking another version gets a clear refusal instead
+//! of a misreading.
+//!
+//! The response is a CBOR sequence (RFC 8742): a head, then one frame per run of one encounter's
+//! changes, each frame naming the log position it reaches. A response cut off mid-way on a
+//! dropping link still yields every frame that arrived whole ([`read_response`]), so the device
+//! stores those and its next request resumes after them instead of fetching the page again.
 //!
 //! Retrying is harmless by construction: changes are content-addressed, so a change sent twice is
 //! stored once and acknowledged both times, and applying a page twice changes nothing.
+
+use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -16,20 +24,67 @@ use serde_bytes::ByteBuf;
 use crate::id::EncounterId;
 
 /// The version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The HTTP media type of sync bodies (the server is the only part that knows HTTP; it is here so
 /// both sides name it the same way).
 pub const MEDIA_TYPE: &str = "application/vnd.auxilio.sync+cbor";
+
+/// The HTTP content coding of compressed sync bodies: zlib-wrapped DEFLATE (RFC 1950), which
+/// HTTP calls `deflate`. Changes of many encounters share keys, values and actor ids, so a page
+/// compresses well; a device asks for it with `Accept-Encoding` and sends it with
+/// `Content-Encoding`.
+pub const CONTENT_ENCODING: &str = "deflate";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
     #[error("the body is not a valid sync v{PROTOCOL_VERSION} message: {0}")]
     Malformed(String),
     #[error(
-        "sync protocol version {found} is not supported; this build speaks version {PROTOCOL_VERSION}"
+        "sync protocol version {found} is not supported; this build speaks version {PROTOCOL_VERSION}: update the app or the server so both speak the same version"
     )]
     UnsupportedVersion { found: u32 },
+    /// The response stopped before its head was whole: nothing in it can be used, and whether
+    /// the server stored the request's changes is unknown.
+    #[error("the response was cut off before its first part arrived")]
+    CutBeforeHead,
+    #[error("the body inflates to more than {limit} bytes")]
+    InflatesTooLarge { limit: usize },
+}
+
+/// Compresses a body for [`CONTENT_ENCODING`].
+pub fn compress(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::ZlibEncoder::new(
+        Vec::with_capacity(bytes.len() / 3),
+        flate2::Compression::default(),
+    );
+    encoder
+        .write_all(bytes)
+        .expect("compressing into memory cannot fail");
+    encoder
+        .finish()
+        .expect("compressing into memory cannot fail")
+}
+
+/// A reader of a [`CONTENT_ENCODING`] body; it yields what it could inflate before the
+/// compressed bytes ended or failed, so a cut response keeps its whole frames.
+pub fn decompressing(reader: impl Read) -> impl Read {
+    flate2::read::ZlibDecoder::new(reader)
+}
+
+/// Inflates a whole compressed body, refusing one that would grow past `limit` bytes (a small
+/// hostile body must not become gigabytes in memory).
+pub fn decompress(bytes: &[u8], limit: usize) -> Result<Vec<u8>, ProtocolError> {
+    let mut out = Vec::new();
+    decompressing(bytes)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ProtocolError::Malformed(format!("the compressed body is damaged: {e}")))?;
+    if out.len() > limit {
+        return Err(ProtocolError::InflatesTooLarge { limit });
+    }
+    Ok(out)
 }
 
 /// Changes of one encounter, as raw Automerge change bytes.
@@ -48,13 +103,23 @@ pub struct SyncRequest {
     /// no longer names the same change, and the device is sent everything again instead of
     /// silently skipping what it never had.
     pub cursor_check: Option<ByteBuf>,
-    /// The Automerge actor id this store writes with: the server leaves the store's own changes
-    /// out of downloads (it has them), even when they were uploaded in an earlier page.
+    /// The Automerge actor id this store writes with: the server leaves out of downloads the
+    /// changes this store wrote or uploaded (it has them), even from earlier pages.
     pub actor: Option<ByteBuf>,
     /// The device holds every change it may see up to this position of the server's log.
     pub cursor: u64,
-    /// Every change the device has not had acknowledged, grouped by encounter, in causal order.
+    /// A page of the changes the device has not had acknowledged, grouped by encounter, in
+    /// causal order.
     pub changes: Vec<EncounterChanges>,
+    /// Hashes of changes sent in a request whose response never arrived: the server may or may
+    /// not have stored them. It lists those it holds in `accepted`, so the device re-sends only
+    /// the others instead of the whole page.
+    #[serde(default)]
+    pub probe: Vec<ByteBuf>,
+    /// How many bytes of changes the device wants in the response at most (the server clamps it
+    /// to its own bounds); a device on a link that keeps dropping asks for less.
+    #[serde(default)]
+    pub max_response_bytes: Option<u64>,
 }
 
 /// Why the server refused the changes of one encounter. The device keeps refused changes: a
@@ -64,7 +129,8 @@ pub struct SyncRequest {
 pub enum RejectReason {
     /// The encounter belongs to a team this device may not write to.
     Forbidden,
-    /// A change was written by an actor that is not this device.
+    /// A change was written by an actor that is neither this device nor an active device of its
+    /// team (changes relayed from a teammate's phone are accepted).
     WrongAuthor,
     /// The document declares a schema version the server does not understand yet.
     UnknownSchemaVersion,
@@ -84,30 +150,89 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// Server → device.
+/// Changes the server holds changes depending on, but not the changes themselves: a device that
+/// has them sends them in its next request, even if they were acknowledged long ago.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WantedChanges {
+    pub encounter: EncounterId,
+    pub hashes: Vec<ByteBuf>,
+}
+
+/// One run of one encounter's changes in a response; `through` is the log position of the last
+/// of them, where the device's cursor may move once the frame is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub encounter: EncounterId,
+    pub changes: Vec<ByteBuf>,
+    pub through: u64,
+}
+
+/// Server → device.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncResponse {
     pub protocol: u32,
-    /// Hashes of uploaded changes that are now durably stored (including ones stored before).
+    /// Hashes of uploaded (or probed) changes that are durably stored, including ones stored
+    /// before.
     pub accepted: Vec<ByteBuf>,
     pub rejected: Vec<Rejection>,
+    /// Changes the server lacks and would like from the device.
+    pub wanted: Vec<WantedChanges>,
     /// Changes the device may see and lacks, in the server's log order.
-    pub changes: Vec<EncounterChanges>,
-    /// The device's new cursor: it now holds everything it may see up to here.
+    pub changes: Vec<ResponseFrame>,
+    /// The device's new cursor once every frame is stored: it then holds everything it may see
+    /// up to here.
     pub cursor: u64,
     /// The hash of the change at `cursor` (empty when the log is empty), to send back.
     pub cursor_check: ByteBuf,
     /// The request's cursor did not match this server's history, so this response starts from
-    /// the beginning: the device must take `cursor` even if it is lower than its own.
+    /// the beginning: the device must take the new cursor even if it is lower than its own.
     pub restarted: bool,
     /// More changes wait after `cursor`: send another request.
     pub more: bool,
+    /// Every frame arrived. Not on the wire: a response read from a cut connection has only the
+    /// frames that arrived whole, and the device's cursor moves only as far as they reach.
+    pub complete: bool,
 }
 
-/// The binary form of a message.
+/// The first item of a response body; `frames` frames follow it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ResponseHead {
+    protocol: u32,
+    accepted: Vec<ByteBuf>,
+    rejected: Vec<Rejection>,
+    #[serde(default)]
+    wanted: Vec<WantedChanges>,
+    cursor: u64,
+    cursor_check: ByteBuf,
+    restarted: bool,
+    more: bool,
+    frames: u64,
+}
+
+/// The binary form of a request (or of any single-item message).
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::into_writer(message, &mut out).expect("writing CBOR into memory cannot fail");
+    out
+}
+
+/// The binary form of a response: its head, then its frames, as one CBOR sequence.
+pub fn encode_response(response: &SyncResponse) -> Vec<u8> {
+    let head = ResponseHead {
+        protocol: response.protocol,
+        accepted: response.accepted.clone(),
+        rejected: response.rejected.clone(),
+        wanted: response.wanted.clone(),
+        cursor: response.cursor,
+        cursor_check: response.cursor_check.clone(),
+        restarted: response.restarted,
+        more: response.more,
+        frames: response.changes.len() as u64,
+    };
+    let mut out = encode(&head);
+    for frame in &response.changes {
+        ciborium::into_writer(frame, &mut out).expect("writing CBOR into memory cannot fail");
+    }
     out
 }
 
@@ -117,7 +242,7 @@ struct VersionOnly {
 }
 
 /// Says what is wrong with a body in words, not in the CBOR reader's internal terms.
-fn malformed(err: ciborium::de::Error<std::io::Error>) -> ProtocolError {
+fn malformed<E: std::fmt::Debug>(err: ciborium::de::Error<E>) -> ProtocolError {
     ProtocolError::Malformed(match err {
         ciborium::de::Error::Io(_) => "the body ends too early (truncated or empty)".to_string(),
         ciborium::de::Error::Syntax(offset) => format!("not CBOR (invalid at byte {offset})"),
@@ -129,9 +254,9 @@ fn malformed(err: ciborium::de::Error<std::io::Error>) -> ProtocolError {
     })
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ProtocolError> {
-    // The version is read first, alone, so a message of another version is named as such even
-    // when the rest of its layout differs.
+/// Reads one message whose first field is `protocol`, checking the version first, alone, so a
+/// message of another version is named as such even when the rest of its layout differs.
+fn decode_versioned<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ProtocolError> {
     let version: VersionOnly = ciborium::from_reader(bytes).map_err(malformed)?;
     if version.protocol != PROTOCOL_VERSION {
         return Err(ProtocolError::UnsupportedVersion {
@@ -142,11 +267,69 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ProtocolError
 }
 
 pub fn decode_request(bytes: &[u8]) -> Result<SyncRequest, ProtocolError> {
-    decode(bytes)
+    decode_versioned(bytes)
 }
 
+/// Reads a whole response; a response missing frames is an error here (see [`read_response`]
+/// for reading from a connection that may be cut).
 pub fn decode_response(bytes: &[u8]) -> Result<SyncResponse, ProtocolError> {
-    decode(bytes)
+    let response = read_response(bytes)?;
+    if !response.complete {
+        return Err(ProtocolError::Malformed(format!(
+            "the response ends after {} of its frames",
+            response.changes.len()
+        )));
+    }
+    Ok(response)
+}
+
+/// Reads a response from `reader` frame by frame. If the reader fails or ends after the head,
+/// the frames that arrived whole are returned with `complete: false`; a body that is not a
+/// response at all is an error.
+pub fn read_response(reader: impl Read) -> Result<SyncResponse, ProtocolError> {
+    let mut reader = std::io::BufReader::new(reader);
+    // The head is read as a generic value first so that a head of another version is named as
+    // such even when the rest of its layout differs.
+    let head: ciborium::Value = match ciborium::from_reader(&mut reader) {
+        Ok(head) => head,
+        Err(ciborium::de::Error::Io(_)) => return Err(ProtocolError::CutBeforeHead),
+        Err(other) => return Err(malformed(other)),
+    };
+    let version: VersionOnly = head
+        .deserialized()
+        .map_err(|e| ProtocolError::Malformed(format!("not a sync response: {e}")))?;
+    if version.protocol != PROTOCOL_VERSION {
+        return Err(ProtocolError::UnsupportedVersion {
+            found: version.protocol,
+        });
+    }
+    let head: ResponseHead = head
+        .deserialized()
+        .map_err(|e| ProtocolError::Malformed(format!("not a sync response: {e}")))?;
+    let mut changes = Vec::new();
+    let mut complete = true;
+    for _ in 0..head.frames {
+        match ciborium::from_reader::<ResponseFrame, _>(&mut reader) {
+            Ok(frame) => changes.push(frame),
+            Err(ciborium::de::Error::Io(_)) => {
+                complete = false;
+                break;
+            }
+            Err(other) => return Err(malformed(other)),
+        }
+    }
+    Ok(SyncResponse {
+        protocol: head.protocol,
+        accepted: head.accepted,
+        rejected: head.rejected,
+        wanted: head.wanted,
+        changes,
+        cursor: head.cursor,
+        cursor_check: head.cursor_check,
+        restarted: head.restarted,
+        more: head.more,
+        complete,
+    })
 }
 
 #[cfg(test)]
@@ -163,6 +346,29 @@ mod tests {
                 encounter: EncounterId::random(),
                 changes: vec![ByteBuf::from(vec![1, 2, 3])],
             }],
+            probe: vec![ByteBuf::from(vec![4; 32])],
+            max_response_bytes: Some(4096),
+        }
+    }
+
+    fn response(frames: usize) -> SyncResponse {
+        SyncResponse {
+            protocol: PROTOCOL_VERSION,
+            accepted: vec![ByteBuf::from(vec![1; 32])],
+            rejected: vec![],
+            wanted: vec![],
+            changes: (0..frames)
+                .map(|n| ResponseFrame {
+                    encounter: EncounterId::random(),
+                    changes: vec![ByteBuf::from(vec![n as u8; 50]); 2],
+                    through: 10 + n as u64,
+                })
+                .collect(),
+            cursor: 40,
+            cursor_check: ByteBuf::from(vec![2; 32]),
+            restarted: false,
+            more: true,
+            complete: true,
         }
     }
 
@@ -173,6 +379,62 @@ mod tests {
     }
 
     #[test]
+    fn a_response_round_trips() {
+        let response = response(3);
+        assert_eq!(
+            decode_response(&encode_response(&response)).unwrap(),
+            response
+        );
+    }
+
+    #[test]
+    fn a_response_cut_at_any_byte_yields_the_frames_that_arrived_whole() {
+        let whole = response(4);
+        let bytes = encode_response(&whole);
+        let head_len = bytes.len() - whole.changes.iter().map(|f| encode(f).len()).sum::<usize>();
+        let mut frames_seen = 0;
+        for cut in 0..bytes.len() {
+            match read_response(&bytes[..cut]) {
+                Err(ProtocolError::CutBeforeHead) => assert!(cut < head_len, "cut at {cut}"),
+                Ok(partial) => {
+                    assert!(cut >= head_len);
+                    assert!(!partial.complete, "cut at {cut} is not complete");
+                    assert_eq!(partial.changes[..], whole.changes[..partial.changes.len()]);
+                    assert!(
+                        partial.changes.len() >= frames_seen,
+                        "never fewer frames for more bytes"
+                    );
+                    frames_seen = partial.changes.len();
+                }
+                Err(other) => panic!("cut at {cut}: {other}"),
+            }
+        }
+        assert_eq!(frames_seen, 3, "the last frame needs every byte");
+        assert!(decode_response(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn compressed_bodies_round_trip_and_bombs_are_refused() {
+        let body = encode_response(&response(20));
+        let small = compress(&body);
+        assert!(small.len() < body.len());
+        assert_eq!(decompress(&small, body.len()).unwrap(), body);
+        assert_eq!(
+            decompress(&small, body.len() - 1),
+            Err(ProtocolError::InflatesTooLarge {
+                limit: body.len() - 1
+            })
+        );
+        assert!(matches!(
+            decompress(b"not deflate", 1000),
+            Err(ProtocolError::Malformed(_))
+        ));
+        let cut = &small[..small.len() * 2 / 3];
+        let partial = read_response(decompressing(cut)).unwrap();
+        assert!(!partial.complete && !partial.changes.is_empty());
+    }
+
+    #[test]
     fn another_version_is_named() {
         let mut request = request();
         request.protocol = 9;
@@ -180,15 +442,24 @@ mod tests {
             decode_request(&encode(&request)),
             Err(ProtocolError::UnsupportedVersion { found: 9 })
         );
+        let old_response = encode(&serde_json::json!({"protocol": 1, "accepted": []}));
+        assert_eq!(
+            read_response(&old_response[..]),
+            Err(ProtocolError::UnsupportedVersion { found: 1 })
+        );
     }
 
     #[test]
     fn garbage_is_malformed() {
-        for bytes in [&b""[..], b"{\"protocol\":1}", &[0xff, 0x00, 0x13]] {
+        for bytes in [&b""[..], b"{\"protocol\":2}", &[0xff, 0x00, 0x13]] {
             assert!(matches!(
                 decode_request(bytes),
                 Err(ProtocolError::Malformed(_))
             ));
         }
+        assert!(matches!(
+            read_response(&[0xff, 0x00, 0x13][..]),
+            Err(ProtocolError::Malformed(_))
+        ));
     }
 }

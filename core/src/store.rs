@@ -21,6 +21,7 @@ use crate::edit::{EditError, FieldEdit, apply_edits_to_json, edits_between};
 use crate::id::{DeviceId, EncounterId, new_actor_id};
 use crate::protocol::{
     EncounterChanges, PROTOCOL_VERSION, RejectReason, Rejection, SyncRequest, SyncResponse,
+    WantedChanges,
 };
 use crate::schema::{Encounter, SCHEMA_VERSION, Status};
 use crate::validation::{FieldError, ValidationErrors, validate};
@@ -110,6 +111,9 @@ pub struct UploadPage {
     pub request: SyncRequest,
     /// Position of the last change included: pass it as `after` for the next page.
     pub last: u64,
+    /// Position and hash of every change in the page, so a page whose response never arrived
+    /// can be probed (see [`SyncRequest::probe`]) rather than sent again.
+    pub sent: Vec<(u64, ByteBuf)>,
     /// More unacknowledged changes wait after this page.
     pub more: bool,
 }
@@ -661,7 +665,7 @@ impl DeviceStore {
         max_change_bytes: usize,
     ) -> Result<UploadPage, StoreError> {
         let mut statement = self.conn.prepare(
-            "SELECT seq, encounter, change FROM pending_changes WHERE seq > ?1 ORDER BY seq",
+            "SELECT seq, encounter, hash, change FROM pending_changes WHERE seq > ?1 ORDER BY seq",
         )?;
         let mut grouped: Vec<EncounterChanges> = Vec::new();
         let mut group_of: HashMap<EncounterId, usize> = HashMap::new();
@@ -669,14 +673,16 @@ impl DeviceStore {
         let mut bytes = 0usize;
         let mut last = after;
         let mut more = false;
+        let mut sent = Vec::new();
         while let Some(row) = rows.next()? {
-            let change: Vec<u8> = row.get(2)?;
+            let change: Vec<u8> = row.get(3)?;
             if bytes > 0 && bytes.saturating_add(change.len()) > max_change_bytes {
                 more = true;
                 break;
             }
             bytes += change.len();
             last = row.get::<_, i64>(0)?.unsigned_abs();
+            sent.push((last, ByteBuf::from(row.get::<_, Vec<u8>>(2)?)));
             let encounter = stored_id(&row.get::<_, Vec<u8>>(1)?)?;
             let index = *group_of.entry(encounter).or_insert_with(|| {
                 grouped.push(EncounterChanges {
@@ -693,10 +699,13 @@ impl DeviceStore {
             actor: Some(ByteBuf::from(actor(&self.conn)?.to_bytes().to_vec())),
             cursor: cursor(&self.conn)?,
             changes: grouped,
+            probe: Vec::new(),
+            max_response_bytes: None,
         };
         Ok(UploadPage {
             request,
             last,
+            sent,
             more,
         })
     }
@@ -705,16 +714,31 @@ impl DeviceStore {
     /// the pending list, downloaded changes are merged, the cursor moves forward (never back, so
     /// a late, stale response is harmless, unless the server says it restarted from the
     /// beginning because the cursor no longer matched its history).
+    ///
+    /// A response cut off mid-way (`complete: false`) is applied as far as it arrived: its
+    /// frames are stored and the cursor moves to the last of them, so the next request resumes
+    /// there.
     pub fn apply_response(&mut self, response: &SyncResponse) -> Result<SyncApplied, StoreError> {
         let mut downloads: BTreeMap<EncounterId, Vec<Change>> = BTreeMap::new();
         let mut downloaded = 0u64;
-        for group in &response.changes {
-            for bytes in &group.changes {
+        let mut last_change = None;
+        for frame in &response.changes {
+            for bytes in &frame.changes {
                 let change = Change::from_bytes(bytes.to_vec()).map_err(DocumentError::from)?;
-                downloads.entry(group.encounter).or_default().push(change);
+                last_change = Some(change.hash());
+                downloads.entry(frame.encounter).or_default().push(change);
                 downloaded += 1;
             }
         }
+        let reached: Option<(u64, Vec<u8>)> = if response.complete {
+            Some((response.cursor, response.cursor_check.to_vec()))
+        } else if let (Some(frame), Some(hash)) = (response.changes.last(), last_change) {
+            Some((frame.through, hash.0.to_vec()))
+        } else if response.restarted {
+            Some((0, Vec::new()))
+        } else {
+            None
+        };
 
         let tx = self.write()?;
         let mut acknowledged = 0u64;
@@ -763,15 +787,13 @@ impl DeviceStore {
         let actor_renewed = !reused.is_empty();
         if actor_renewed {
             renew_actor(&tx, &reused)?;
-        } else if response.restarted || response.cursor >= cursor(&tx)? {
-            put_setting(&tx, "cursor", &response.cursor.to_string())?;
-            put_setting(
-                &tx,
-                "cursor_check",
-                &bs58::encode(&response.cursor_check).into_string(),
-            )?;
+        } else if let Some((position, check)) = reached
+            && (response.restarted || position >= cursor(&tx)?)
+        {
+            put_setting(&tx, "cursor", &position.to_string())?;
+            put_setting(&tx, "cursor_check", &bs58::encode(check).into_string())?;
         }
-        let rebased = if response.more || actor_renewed {
+        let rebased = if response.more || !response.complete || actor_renewed {
             0
         } else {
             make_edits_again(&tx)?
@@ -784,6 +806,34 @@ impl DeviceStore {
             actor_renewed,
             rebased,
         })
+    }
+
+    /// The changes among `wanted` that this store holds (acknowledged long ago or not), grouped
+    /// by encounter in causal order, to send to a server that lacks them.
+    pub fn wanted_changes(
+        &self,
+        wanted: &[WantedChanges],
+    ) -> Result<Vec<EncounterChanges>, StoreError> {
+        let mut out = Vec::new();
+        for group in wanted {
+            let Some(mut document) = load_document(&self.conn, group.encounter, None)? else {
+                continue;
+            };
+            let hashes: BTreeSet<&[u8]> = group.hashes.iter().map(|h| h.as_slice()).collect();
+            let changes: Vec<ByteBuf> = document
+                .changes()
+                .iter()
+                .filter(|change| hashes.contains(change.hash().0.as_slice()))
+                .map(|change| ByteBuf::from(change.raw_bytes().to_vec()))
+                .collect();
+            if !changes.is_empty() {
+                out.push(EncounterChanges {
+                    encounter: group.encounter,
+                    changes,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Changes received but waiting for their dependencies.
@@ -799,6 +849,7 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ResponseFrame;
 
     fn enrolled(dir: &tempfile::TempDir, name: &str) -> DeviceStore {
         let mut store = DeviceStore::open(dir.path().join(name)).unwrap();
@@ -983,7 +1034,8 @@ mod tests {
             protocol: PROTOCOL_VERSION,
             accepted: vec![],
             rejected: vec![],
-            changes: vec![EncounterChanges {
+            changes: vec![ResponseFrame {
+                through: 0,
                 encounter: id,
                 changes: from
                     .document(id)
@@ -997,6 +1049,8 @@ mod tests {
             cursor_check: ByteBuf::new(),
             restarted: false,
             more: false,
+            wanted: vec![],
+            complete: true,
         };
         let (to_b, to_a) = (page(&a), page(&b));
         b.apply_response(&to_b).unwrap();
@@ -1052,7 +1106,8 @@ mod tests {
             protocol: PROTOCOL_VERSION,
             accepted: vec![],
             rejected: vec![],
-            changes: vec![EncounterChanges {
+            changes: vec![ResponseFrame {
+                through: 0,
                 encounter: id,
                 changes: vec![ByteBuf::from(bad.raw_bytes().to_vec())],
             }],
@@ -1060,6 +1115,8 @@ mod tests {
             cursor_check: ByteBuf::new(),
             restarted: false,
             more: false,
+            wanted: vec![],
+            complete: true,
         };
         a.apply_response(&response).unwrap();
         assert!(matches!(a.show(id), Err(StoreError::Document(_))));
@@ -1097,6 +1154,8 @@ mod tests {
             changes: vec![],
             cursor,
             more: false,
+            wanted: vec![],
+            complete: true,
         };
         assert_eq!(store.apply_response(&response(10)).unwrap().acknowledged, 1);
         assert_eq!(store.pending_count().unwrap(), 0);
@@ -1119,12 +1178,15 @@ mod tests {
             restarted: false,
             accepted: vec![],
             rejected: vec![],
-            changes: vec![EncounterChanges {
+            changes: vec![ResponseFrame {
+                through: 0,
                 encounter: id,
                 changes,
             }],
             cursor,
             more: false,
+            wanted: vec![],
+            complete: true,
         };
 
         let mut reader = enrolled(&dir, "b.db");

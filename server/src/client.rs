@@ -1,4 +1,4 @@
-//! The device side of the HTTP transport: runs sync protocol v1 rounds between a
+//! The device side of the HTTP transport: runs sync protocol v2 rounds between a
 //! [`DeviceStore`] and a server, and asks the server who a token belongs to.
 //!
 //! Core builds and applies the messages; this module only moves bytes, so the phone app can swap
@@ -7,9 +7,17 @@
 use std::time::Duration;
 
 use auxilio_core::DeviceStore;
-use auxilio_core::protocol::{self, MEDIA_TYPE, ProtocolError, RejectReason, Rejection};
+use std::collections::HashSet;
+use std::io::Read;
+
+use automerge::Change;
+use auxilio_core::protocol::{
+    self, CONTENT_ENCODING, EncounterChanges, MEDIA_TYPE, ProtocolError, RejectReason, Rejection,
+    SyncResponse,
+};
 use auxilio_core::store::StoreError;
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 
 use crate::directory::Role;
 
@@ -43,7 +51,11 @@ pub struct SyncReport {
     pub uploaded: u64,
     /// Changes received from the server.
     pub downloaded: u64,
+    /// Requests sent, including those cut off on the way.
     pub round_trips: u32,
+    /// Requests cut off (or refused) on the way and retried.
+    pub retries: u32,
+    /// Body bytes sent and received (compressed, as they crossed the link).
     pub bytes_up: u64,
     pub bytes_down: u64,
     /// Changes still waiting for acknowledgement (refused ones stay here, never deleted).
@@ -54,17 +66,41 @@ pub struct SyncReport {
 /// How a sync behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncOptions {
-    /// Change bytes sent per request.
-    pub max_upload_change_bytes: usize,
+    /// The largest page, in bytes of changes, each way: what one request uploads and what it
+    /// asks the server to send back.
+    pub max_page_bytes: usize,
+    /// After a cut the page halves, down to this; each whole exchange doubles it again, up to
+    /// `max_page_bytes`. A link that drops every few seconds still moves small pages whole.
+    pub min_page_bytes: usize,
+    /// Compress bodies both ways (deflate).
+    pub compress: bool,
+    /// Give up after this many failed attempts in a row (each waits twice as long as the one
+    /// before, from `first_retry_delay` up to 8 s).
+    pub max_failed_attempts: u32,
+    pub first_retry_delay: Duration,
 }
 
 impl Default for SyncOptions {
-    /// 256 KiB per request: a page a 2G link moves in about a minute, and far under the
-    /// server's default body limit (16 MiB), so a phone back from days offline never builds a
-    /// request the server must refuse.
+    /// 128 KiB pages: under a minute on a 2G link, and far under the server's default body
+    /// limit (16 MiB), so a phone back from days offline never builds a request the server must
+    /// refuse. Ten failed attempts in a row span about 40 s of waiting.
     fn default() -> Self {
         Self {
-            max_upload_change_bytes: 256 * 1024,
+            max_page_bytes: 128 * 1024,
+            min_page_bytes: 4 * 1024,
+            compress: true,
+            max_failed_attempts: 10,
+            first_retry_delay: Duration::from_millis(250),
+        }
+    }
+}
+
+impl SyncOptions {
+    /// Large pages for a fast, reliable link: a whole deployment in one or two round trips.
+    pub fn for_lan() -> Self {
+        Self {
+            max_page_bytes: 16 * 1024 * 1024,
+            ..Self::default()
         }
     }
 }
@@ -156,8 +192,98 @@ pub fn sync(
     sync_with(store, SyncOptions::default(), progress)
 }
 
-/// [`sync`] with explicit options: uploads go in pages of at most
-/// `options.max_upload_change_bytes`, downloads in the server's pages.
+/// How one request ended.
+enum Exchange {
+    /// The server answered with a response, whole or cut after its head: it committed the
+    /// request, and says what it stored.
+    Answered(SyncResponse),
+    /// No usable answer (the connection failed or was cut before the head, or the server failed):
+    /// the request's changes may or may not be stored.
+    InDoubt(String),
+}
+
+/// Counts the bytes that cross the link while a response streams in.
+struct CountingReader<'a, R> {
+    inner: R,
+    count: &'a mut u64,
+}
+
+impl<R: Read> Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        *self.count += n as u64;
+        Ok(n)
+    }
+}
+
+fn exchange(
+    agent: &ureq::Agent,
+    url: &str,
+    token: &str,
+    body: &[u8],
+    compressed: bool,
+    bytes_down: &mut u64,
+) -> Result<Exchange, ClientError> {
+    let mut request = agent
+        .post(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", MEDIA_TYPE);
+    if compressed {
+        request = request
+            .header("Content-Encoding", CONTENT_ENCODING)
+            .header("Accept-Encoding", CONTENT_ENCODING);
+    }
+    let mut response = match request.send(body) {
+        Ok(response) => response,
+        Err(err) => return Ok(Exchange::InDoubt(err.to_string())),
+    };
+    let status = response.status().as_u16();
+    let deflated = response
+        .headers()
+        .get("Content-Encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(CONTENT_ENCODING));
+    let reader = CountingReader {
+        inner: response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .reader(),
+        count: bytes_down,
+    };
+    if status != 200 {
+        let mut text = Vec::new();
+        let _ = reader.take(64 * 1024).read_to_end(&mut text);
+        let message = error_message(&text);
+        return match status {
+            401 | 403 => Err(ClientError::Unauthorized { status, message }),
+            // The server failed, or is restarting behind a proxy: worth another try.
+            500..=599 => Ok(Exchange::InDoubt(format!(
+                "the server answered {status}: {message}"
+            ))),
+            _ => Err(ClientError::Server { status, message }),
+        };
+    }
+    let read = if deflated {
+        protocol::read_response(protocol::decompressing(reader))
+    } else {
+        protocol::read_response(reader)
+    };
+    match read {
+        Ok(response) => Ok(Exchange::Answered(response)),
+        Err(ProtocolError::CutBeforeHead) => Ok(Exchange::InDoubt(
+            "the response was cut off before its first part arrived".into(),
+        )),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// [`sync`] with explicit options.
+///
+/// Each request commits on the server before its response is sent, so a sync cut at any byte
+/// resumes where it left off: frames of a response that arrived whole are stored, and changes
+/// whose response never came are probed by hash in the next request rather than sent again.
+/// After a cut the page size halves, and it grows again with each whole exchange.
 pub fn sync_with(
     store: &mut DeviceStore,
     options: SyncOptions,
@@ -166,27 +292,69 @@ pub fn sync_with(
     let enrolment = store.enrolment()?.ok_or(StoreError::NotEnrolled)?;
     let url = endpoint(&enrolment.server_url, "/v1/sync");
     let agent = agent();
+    let max_page = options.max_page_bytes.max(1);
+    let min_page = options.min_page_bytes.clamp(1, max_page);
+    let mut page_bytes = max_page;
     let mut report = SyncReport::default();
     let mut uploaded_up_to = 0;
+    // Changes sent in requests whose response never came, with their pending-list positions.
+    let mut in_doubt: Vec<(u64, ByteBuf)> = Vec::new();
+    // Changes the server asked for that this store has already sent in this sync.
+    let mut wanted_sent: HashSet<ByteBuf> = HashSet::new();
+    let mut wanted: Vec<EncounterChanges> = Vec::new();
+    let mut failed_in_a_row = 0u32;
     loop {
-        let page = store.upload_page(uploaded_up_to, options.max_upload_change_bytes)?;
-        uploaded_up_to = page.last;
-        let request = protocol::encode(&page.request);
-        report.bytes_up += request.len() as u64;
-        let body = finish(
-            &url,
-            agent
-                .post(&url)
-                .header("Authorization", &format!("Bearer {}", enrolment.token))
-                .header("Content-Type", MEDIA_TYPE)
-                .send(&request[..]),
-        )?;
-        report.bytes_down += body.len() as u64;
-        let response = protocol::decode_response(&body)?;
-        let applied = store.apply_response(&response)?;
+        let mut page = store.upload_page(uploaded_up_to, page_bytes)?;
+        page.request.probe = in_doubt.iter().map(|(_, hash)| hash.clone()).collect();
+        page.request.max_response_bytes = Some(page_bytes as u64);
+        page.request.changes.extend(wanted.iter().cloned());
+        let mut body = protocol::encode(&page.request);
+        if options.compress {
+            body = protocol::compress(&body);
+        }
+        report.bytes_up += body.len() as u64;
         report.round_trips += 1;
+        let outcome = exchange(
+            &agent,
+            &url,
+            &enrolment.token,
+            &body,
+            options.compress,
+            &mut report.bytes_down,
+        )?;
+        let response = match outcome {
+            Exchange::Answered(response) => response,
+            Exchange::InDoubt(message) => {
+                failed_in_a_row += 1;
+                report.retries += 1;
+                tracing::info!(%message, attempt = failed_in_a_row, page_bytes, "sync request cut off; retrying");
+                if failed_in_a_row >= options.max_failed_attempts {
+                    return Err(ClientError::Unreachable { url, message });
+                }
+                // `wanted` is kept: it goes again with the next request.
+                in_doubt.extend(page.sent);
+                uploaded_up_to = page.last;
+                page_bytes = (page_bytes / 2).max(min_page);
+                let delay = options
+                    .first_retry_delay
+                    .saturating_mul(1 << (failed_in_a_row - 1).min(5))
+                    .min(Duration::from_secs(8));
+                std::thread::sleep(delay);
+                progress(&report);
+                continue;
+            }
+        };
+        let applied = store.apply_response(&response)?;
         report.uploaded += applied.acknowledged;
         report.downloaded += applied.downloaded;
+        // Probed changes the server does not hold go again, from the earliest of them.
+        let accepted: HashSet<&ByteBuf> = response.accepted.iter().collect();
+        uploaded_up_to = in_doubt
+            .iter()
+            .filter(|(_, hash)| !accepted.contains(hash))
+            .map(|(position, _)| position.saturating_sub(1))
+            .fold(page.last, u64::min);
+        in_doubt.clear();
         // A reused actor is mended by the store itself (it re-makes its edits), not a refusal to report.
         for rejection in applied
             .rejected
@@ -201,12 +369,55 @@ pub fn sync_with(
                 report.rejected.push(rejection);
             }
         }
+        let hash_of = |bytes: &ByteBuf| {
+            Change::from_bytes(bytes.to_vec())
+                .map(|change| ByteBuf::from(change.hash().0.to_vec()))
+                .ok()
+        };
+        for group in wanted.drain(..) {
+            wanted_sent.extend(group.changes.iter().filter_map(hash_of));
+        }
+        // Each wanted change is sent once per sync: if the server still lacks it afterwards, it
+        // could not use it, and sending it again would loop.
+        wanted = store.wanted_changes(&response.wanted)?;
+        for group in &mut wanted {
+            group
+                .changes
+                .retain(|change| hash_of(change).is_some_and(|hash| !wanted_sent.contains(&hash)));
+        }
+        wanted.retain(|group| !group.changes.is_empty());
         report.pending = store.pending_count()?;
         progress(&report);
+        if response.complete {
+            failed_in_a_row = 0;
+            page_bytes = page_bytes.saturating_mul(2).min(max_page);
+        } else {
+            // Cut after the head: what arrived whole is stored; smaller pages get through more often.
+            report.retries += 1;
+            page_bytes = (page_bytes / 2).max(min_page);
+            if response.changes.is_empty() {
+                failed_in_a_row += 1;
+                if failed_in_a_row >= options.max_failed_attempts {
+                    return Err(ClientError::Unreachable {
+                        url,
+                        message: "every response was cut off".into(),
+                    });
+                }
+            } else {
+                failed_in_a_row = 0;
+            }
+        }
         // A restarted response made the store offer its own changes again: one more round
         // sends them.
         let store_asks_again = applied.actor_renewed || applied.rebased > 0;
-        if !response.more && !page.more && !response.restarted && !store_asks_again {
+        if response.complete
+            && !response.more
+            && !page.more
+            && !response.restarted
+            && !store_asks_again
+            && wanted.is_empty()
+            && uploaded_up_to >= page.last
+        {
             return Ok(report);
         }
         if report.round_trips >= MAX_ROUND_TRIPS {

@@ -37,7 +37,8 @@ pub enum DatabaseError {
     },
 }
 
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
     CREATE TABLE teams (
         name TEXT PRIMARY KEY,
         created_at TEXT NOT NULL
@@ -102,7 +103,17 @@ const MIGRATIONS: &[&str] = &[r"
         action TEXT NOT NULL,
         detail TEXT NOT NULL
     );
-"];
+",
+    r"
+    -- Changes relayed phone-to-phone are uploaded by another device than their author:
+    -- `device` is the author (from the change's actor), `uploader` the device that sent it, and
+    -- `uploader_actor` the store that sent it (left out of that store's downloads).
+    ALTER TABLE changes ADD COLUMN uploader BLOB;
+    ALTER TABLE changes ADD COLUMN uploader_actor BLOB;
+    UPDATE changes SET uploader = device, uploader_actor = actor;
+    CREATE INDEX encounters_incomplete ON encounters (id) WHERE complete = 0;
+",
+];
 
 const READER_POOL: usize = 4;
 

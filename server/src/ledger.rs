@@ -12,7 +12,8 @@ use automerge::{AutomergeError, Change};
 use auxilio_core::document::{DocumentError, EncounterDocument};
 use auxilio_core::id::device_of_actor;
 use auxilio_core::protocol::{
-    EncounterChanges, PROTOCOL_VERSION, RejectReason, Rejection, SyncRequest, SyncResponse,
+    PROTOCOL_VERSION, RejectReason, Rejection, ResponseFrame, SyncRequest, SyncResponse,
+    WantedChanges,
 };
 use auxilio_core::{EncounterId, SCHEMA_VERSION};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -33,20 +34,50 @@ pub enum LedgerError {
     Corrupt(String),
 }
 
-/// Limits on what one response carries.
+/// Limits on what one response carries. A response stops adding changes past its limit (at
+/// least one change is always sent, so a page always makes progress).
 #[derive(Debug, Clone, Copy)]
 pub struct PageLimits {
-    /// Stop adding changes to a response past this many bytes of change data (at least one
-    /// change is always sent, so a page always makes progress).
+    /// Bytes of change data per response when the device does not say what it wants.
+    pub default_response_change_bytes: usize,
+    /// The most a device may ask for (a phone on a LAN asks for large pages).
     pub max_response_change_bytes: usize,
 }
 
+/// The least a device may ask for: smaller pages cost more in headers than they save.
+pub const MIN_RESPONSE_CHANGE_BYTES: usize = 4 * 1024;
+
+/// At most this many missing changes are asked for in one response.
+const MAX_WANTED: usize = 256;
+
 impl Default for PageLimits {
-    /// 256 KiB of changes per response: about a minute on a 2G link, so a page completes
-    /// between cuts more often than not.
+    /// 128 KiB of changes per response unless the device asks otherwise: under a minute on a
+    /// 2G link. Frames that arrive before a cut are kept, so a larger page costs little.
     fn default() -> Self {
         Self {
-            max_response_change_bytes: 256 * 1024,
+            default_response_change_bytes: 128 * 1024,
+            max_response_change_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl PageLimits {
+    /// Only `max_response_change_bytes` per response, whatever the device asks for.
+    pub fn at_most(bytes: usize) -> Self {
+        Self {
+            default_response_change_bytes: bytes,
+            max_response_change_bytes: bytes,
+        }
+    }
+
+    /// The response size for a request asking for `wanted` bytes.
+    fn for_request(&self, wanted: Option<u64>) -> usize {
+        let ceiling = self.max_response_change_bytes;
+        match wanted {
+            None => self.default_response_change_bytes.min(ceiling),
+            Some(bytes) => usize::try_from(bytes)
+                .unwrap_or(usize::MAX)
+                .clamp(MIN_RESPONSE_CHANGE_BYTES.min(ceiling), ceiling),
         }
     }
 }
@@ -178,27 +209,56 @@ fn reject(encounter: EncounterId, reason: RejectReason, message: String) -> Reje
     }
 }
 
+/// A device uploads changes it wrote, and changes relayed to it by a teammate's phone: their
+/// author must be an active device of the uploader's team. Returns why not, if not.
+fn check_author(
+    tx: &Connection,
+    uploader: &Device,
+    change: &Change,
+) -> Result<Result<(), String>, LedgerError> {
+    let Some(author) = device_of_actor(change.actor_id()) else {
+        return Ok(Err(format!(
+            "change {} was written by actor {}, which is not an Auxilio device's",
+            change.hash(),
+            change.actor_id()
+        )));
+    };
+    if author == uploader.id {
+        return Ok(Ok(()));
+    }
+    let author_row: Option<(String, Option<String>)> = tx
+        .query_row(
+            "SELECT team, revoked_at FROM devices WHERE id = ?1",
+            [author.as_bytes()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    Ok(match author_row {
+        Some((team, None)) if team == uploader.team => Ok(()),
+        Some((_, Some(_))) => Err(format!(
+            "change {} was written by device {author}, which has been revoked",
+            change.hash()
+        )),
+        _ => Err(format!(
+            "change {} was written by device {author}, which is not a device of team `{}`",
+            change.hash(),
+            uploader.team
+        )),
+    })
+}
+
 /// Stores one encounter's uploaded changes; returns the hashes now durably stored, or why not.
 fn ingest_encounter(
     tx: &Transaction<'_>,
     device: &Device,
+    uploader_actor: Option<&[u8]>,
     upload: Upload,
 ) -> Result<Result<Vec<ByteBuf>, Rejection>, LedgerError> {
     let id = upload.encounter;
-    if let Some(change) = upload
-        .changes
-        .iter()
-        .find(|c| device_of_actor(c.actor_id()) != Some(device.id))
-    {
-        return Ok(Err(reject(
-            id,
-            RejectReason::WrongAuthor,
-            format!(
-                "change {} was written by actor {}, not by this device",
-                change.hash(),
-                change.actor_id()
-            ),
-        )));
+    for change in &upload.changes {
+        if let Err(message) = check_author(tx, device, change)? {
+            return Ok(Err(reject(id, RejectReason::WrongAuthor, message)));
+        }
     }
     // A document's first change names its encounter (see `EncounterDocument::create`): one filed
     // under another id would make a copy of that encounter and block the real one.
@@ -287,17 +347,21 @@ fn ingest_encounter(
 
     let received_at = now_text();
     for change in &fresh {
+        let author = device_of_actor(change.actor_id()).unwrap_or(device.id);
         tx.execute(
-            "INSERT INTO changes (encounter, team, hash, change, device, actor, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO changes (encounter, team, hash, change, device, actor, received_at,
+                                  uploader, uploader_actor)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 id.as_bytes(),
                 team,
                 change.hash().0.as_slice(),
                 change.raw_bytes(),
-                device.id.as_bytes(),
+                author.as_bytes(),
                 change.actor_id().to_bytes(),
-                received_at
+                received_at,
+                device.id.as_bytes(),
+                uploader_actor,
             ],
         )?;
     }
@@ -346,8 +410,14 @@ pub fn sync_decoded(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
+    let touched: Vec<EncounterId> = uploads.iter().map(|u| u.encounter).collect();
     for upload in uploads {
-        match ingest_encounter(&tx, device, upload)? {
+        match ingest_encounter(
+            &tx,
+            device,
+            request.actor.as_deref().map(Vec::as_slice),
+            upload,
+        )? {
             Ok(hashes) => accepted.extend(hashes),
             Err(rejection) => rejected.push(rejection),
         }
@@ -364,13 +434,15 @@ pub fn sync_decoded(
     if !matches {
         tracing::warn!(device = %device.id, cursor = request.cursor, "cursor does not match this server's history; sending everything again");
     }
+    accepted.extend(probed_and_stored(&tx, device, &request.probe)?);
+    let wanted = wanted_changes(&tx, device, &touched)?;
     let (changes, cursor, more) = page(
         &tx,
         device,
         request.actor.as_deref().map(Vec::as_slice),
         cursor,
         &uploaded,
-        limits,
+        limits.for_request(request.max_response_bytes),
     )?;
     let cursor_check = ByteBuf::from(hash_at(&tx, cursor)?);
     tx.commit()?;
@@ -378,24 +450,106 @@ pub fn sync_decoded(
         protocol: PROTOCOL_VERSION,
         accepted,
         rejected,
+        wanted,
         changes,
         cursor_check,
         cursor,
         more,
         restarted: !matches,
+        complete: true,
     })
 }
 
-/// The changes after `cursor` that `device` may see, skipping those its store wrote itself
-/// (`own_actor`) and those it has just sent.
+/// The probed hashes this server holds, among changes `device` may see (a device cannot learn
+/// whether another team's change exists by probing for it).
+fn probed_and_stored(
+    tx: &Connection,
+    device: &Device,
+    probe: &[ByteBuf],
+) -> Result<Vec<ByteBuf>, LedgerError> {
+    let mut statement = tx.prepare("SELECT team FROM changes WHERE hash = ?1")?;
+    let mut held = Vec::new();
+    for hash in probe {
+        let team: Option<String> = statement
+            .query_row([hash.as_slice()], |row| row.get(0))
+            .optional()?;
+        if team.is_some_and(|team| device.may_see_team(&team)) {
+            held.push(hash.clone());
+        }
+    }
+    Ok(held)
+}
+
+/// Changes the server lacks that stored changes depend on, in the encounters this request
+/// touched first and then in any other incomplete encounter `device` may see: a device holding
+/// them (even long acknowledged) sends them next, so a change stored before its dependencies
+/// (relayed, or re-sent after a server restore) does not wait forever.
+fn wanted_changes(
+    tx: &Connection,
+    device: &Device,
+    touched: &[EncounterId],
+) -> Result<Vec<WantedChanges>, LedgerError> {
+    let mut candidates: Vec<EncounterId> = touched.to_vec();
+    let mut statement =
+        tx.prepare("SELECT id, team FROM encounters WHERE complete = 0 ORDER BY id LIMIT 64")?;
+    let incomplete = statement.query_map([], |row| {
+        Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?))
+    })?;
+    for row in incomplete {
+        let (id, team) = row?;
+        if device.may_see_team(&team)
+            && let Ok(id) = EncounterId::from_slice(&id)
+            && !candidates.contains(&id)
+        {
+            candidates.push(id);
+        }
+    }
+    let mut wanted = Vec::new();
+    let mut count = 0;
+    for id in candidates {
+        if count >= MAX_WANTED {
+            break;
+        }
+        let complete: Option<bool> = tx
+            .query_row(
+                "SELECT complete FROM encounters WHERE id = ?1",
+                [id.as_bytes()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if complete != Some(false) {
+            continue;
+        }
+        let Some(mut document) = load_document(tx, id)? else {
+            continue;
+        };
+        let hashes: Vec<ByteBuf> = document
+            .missing_dependencies()
+            .into_iter()
+            .take(MAX_WANTED - count)
+            .map(|hash| ByteBuf::from(hash.0.to_vec()))
+            .collect();
+        count += hashes.len();
+        if !hashes.is_empty() {
+            wanted.push(WantedChanges {
+                encounter: id,
+                hashes,
+            });
+        }
+    }
+    Ok(wanted)
+}
+
+/// The changes after `cursor` that `device` may see, skipping those its store wrote or uploaded
+/// itself (`own_actor`) and those it has just sent, up to about `max_bytes` of change data.
 fn page(
     tx: &Connection,
     device: &Device,
     own_actor: Option<&[u8]>,
     cursor: u64,
     skip: &HashSet<Vec<u8>>,
-    limits: PageLimits,
-) -> Result<(Vec<EncounterChanges>, u64, bool), LedgerError> {
+    max_bytes: usize,
+) -> Result<(Vec<ResponseFrame>, u64, bool), LedgerError> {
     let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
     let last_seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |row| {
         row.get(0)
@@ -403,19 +557,23 @@ fn page(
     let (sql, team_filter) = if device.may_see_team("") {
         (
             "SELECT seq, encounter, hash, change FROM changes
-             WHERE seq > ?1 AND ?2 IS NULL AND (?3 IS NULL OR actor != ?3) ORDER BY seq",
+             WHERE seq > ?1 AND ?2 IS NULL
+               AND (?3 IS NULL OR (actor != ?3 AND coalesce(uploader_actor, x'') != ?3))
+             ORDER BY seq",
             None,
         )
     } else {
         (
             "SELECT seq, encounter, hash, change FROM changes
-             WHERE seq > ?1 AND team = ?2 AND (?3 IS NULL OR actor != ?3) ORDER BY seq",
+             WHERE seq > ?1 AND team = ?2
+               AND (?3 IS NULL OR (actor != ?3 AND coalesce(uploader_actor, x'') != ?3))
+             ORDER BY seq",
             Some(device.team.as_str()),
         )
     };
     let mut statement = tx.prepare(sql)?;
     let mut rows = statement.query(params![cursor, team_filter, own_actor])?;
-    let mut groups: Vec<EncounterChanges> = Vec::new();
+    let mut frames: Vec<ResponseFrame> = Vec::new();
     let mut bytes = 0usize;
     let mut reached = cursor;
     let mut more = false;
@@ -427,7 +585,7 @@ fn page(
             continue;
         }
         let change: Vec<u8> = row.get(3)?;
-        if bytes > 0 && bytes + change.len() > limits.max_response_change_bytes {
+        if bytes > 0 && bytes + change.len() > max_bytes {
             more = true;
             break;
         }
@@ -435,19 +593,22 @@ fn page(
         bytes += change.len();
         let encounter = EncounterId::from_slice(&row.get::<_, Vec<u8>>(1)?)
             .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-        match groups.last_mut() {
-            Some(group) if group.encounter == encounter => {
-                group.changes.push(ByteBuf::from(change))
+        let through = u64::try_from(seq).unwrap_or(0);
+        match frames.last_mut() {
+            Some(frame) if frame.encounter == encounter => {
+                frame.changes.push(ByteBuf::from(change));
+                frame.through = through;
             }
-            _ => groups.push(EncounterChanges {
+            _ => frames.push(ResponseFrame {
                 encounter,
                 changes: vec![ByteBuf::from(change)],
+                through,
             }),
         }
     }
     let new_cursor = if more { reached } else { last_seq };
     Ok((
-        groups,
+        frames,
         u64::try_from(new_cursor.max(cursor)).unwrap_or(0),
         more,
     ))

@@ -118,9 +118,7 @@ fn wait_until_healthy(url: &str) {
 /// small test backlog takes many round trips.
 pub fn small_pages(bytes: usize) -> ServerConfig {
     ServerConfig {
-        pages: auxilio_server::ledger::PageLimits {
-            max_response_change_bytes: bytes,
-        },
+        pages: auxilio_server::ledger::PageLimits::at_most(bytes),
         ..ServerConfig::default()
     }
 }

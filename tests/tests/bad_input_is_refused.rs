@@ -73,6 +73,8 @@ fn request_body(encounter: EncounterId, change: Vec<u8>) -> Vec<u8> {
             encounter,
             changes: vec![ByteBuf::from(change)],
         }],
+        probe: vec![],
+        max_response_bytes: None,
     })
 }
 
@@ -204,6 +206,8 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
             encounter: s.encounter,
             changes: vec![ByteBuf::from(b"not automerge".to_vec())],
         }],
+        probe: vec![],
+        max_response_bytes: None,
     };
     let other_version = SyncRequest {
         protocol: 99,
@@ -211,6 +215,8 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
         actor: None,
         cursor: 0,
         changes: vec![],
+        probe: vec![],
+        max_response_bytes: None,
     };
     let fixtures: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty body", vec![], "not a valid sync"),
@@ -226,7 +232,7 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
         ),
         (
             "CBOR of another shape",
-            protocol::encode(&serde_json::json!({"protocol": 1, "changes": "all"})),
+            protocol::encode(&serde_json::json!({"protocol": PROTOCOL_VERSION, "changes": "all"})),
             "not a valid sync",
         ),
         (
@@ -295,7 +301,7 @@ fn compressed_change_request(device: auxilio_core::DeviceId) -> Vec<u8> {
 
 fn truncated_id_request() -> Vec<u8> {
     protocol::encode(&serde_json::json!({
-        "protocol": 1,
+        "protocol": PROTOCOL_VERSION,
         "cursor": 0,
         "changes": [{"encounter": serde_bytes::Bytes::new(&[1, 2, 3]), "changes": []}],
     }))

@@ -17,7 +17,8 @@ fn a_backlog_syncs_in_bounded_pages_with_every_change_once() {
         writer.edit(*id, &["status=closed"]);
     }
     let options = SyncOptions {
-        max_upload_change_bytes: 8 * 1024,
+        max_page_bytes: 8 * 1024,
+        ..SyncOptions::default()
     };
     let mut requests = Vec::new();
     let report = client::sync_with(&mut writer.store, options, |so_far| {
@@ -74,7 +75,8 @@ fn a_device_uploading_a_backlog_never_downloads_its_own_changes_back() {
     // Upload pages and download pages interleave; the phone's earlier upload pages are in the
     // log by the time later download pages are built.
     let options = SyncOptions {
-        max_upload_change_bytes: 4 * 1024,
+        max_page_bytes: 4 * 1024,
+        ..SyncOptions::default()
     };
     let report = client::sync_with(&mut phone.store, options, |_| {}).unwrap();
     assert_eq!(report.uploaded, 30);

@@ -143,9 +143,7 @@ impl World {
             in_flight: Vec::new(),
             responses: Vec::new(),
             made: BTreeSet::new(),
-            limits: PageLimits {
-                max_response_change_bytes: 400,
-            },
+            limits: PageLimits::at_most(400),
         }
     }
 

@@ -1,10 +1,14 @@
-//! `POST /v1/sync` (sync protocol v1, CBOR bodies) and `GET /v1/whoami`.
+//! `POST /v1/sync` (sync protocol v2, CBOR bodies, optionally deflate-compressed both ways) and
+//! `GET /v1/whoami`.
 
-use auxilio_core::protocol::{self, MEDIA_TYPE};
+use auxilio_core::protocol::{self, CONTENT_ENCODING, MEDIA_TYPE};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderMap;
+use axum::http::header::{
+    ACCEPT_ENCODING, CONTENT_ENCODING as CONTENT_ENCODING_HEADER, CONTENT_TYPE,
+};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -29,6 +33,7 @@ async fn whoami(AuthenticatedDevice(device): AuthenticatedDevice) -> Json<serde_
 async fn sync(
     State(state): State<AppState>,
     AuthenticatedDevice(device): AuthenticatedDevice,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
     let body = body.map_err(|rejection| match rejection {
@@ -41,6 +46,30 @@ async fn sync(
         }
         other => AppError::BadRequest(format!("could not read the request body: {other}")),
     })?;
+    let limit = state.config.max_request_bytes;
+    let body = match headers.get(CONTENT_ENCODING_HEADER).map(|v| v.to_str()) {
+        None => body.to_vec(),
+        Some(Ok(coding)) if coding.trim().eq_ignore_ascii_case(CONTENT_ENCODING) => {
+            protocol::decompress(&body, limit).map_err(|e| match e {
+                protocol::ProtocolError::InflatesTooLarge { .. } => {
+                    AppError::PayloadTooLarge { limit }
+                }
+                other => AppError::BadRequest(other.to_string()),
+            })?
+        }
+        Some(other) => {
+            return Err(AppError::BadRequest(format!(
+                "content encoding {:?} is not supported; send the body as is or as `{CONTENT_ENCODING}`",
+                other.unwrap_or("(not text)")
+            )));
+        }
+    };
+    let compress = headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.split(';').next().unwrap_or("").trim() == CONTENT_ENCODING);
     let request =
         protocol::decode_request(&body).map_err(|e| AppError::BadRequest(e.to_string()))?;
     drop(body);
@@ -71,5 +100,17 @@ async fn sync(
         more = response.more,
         "sync"
     );
-    Ok(([(CONTENT_TYPE, MEDIA_TYPE)], protocol::encode(&response)).into_response())
+    let body = protocol::encode_response(&response);
+    Ok(if compress {
+        (
+            [
+                (CONTENT_TYPE, MEDIA_TYPE),
+                (CONTENT_ENCODING_HEADER, CONTENT_ENCODING),
+            ],
+            protocol::compress(&body),
+        )
+            .into_response()
+    } else {
+        ([(CONTENT_TYPE, MEDIA_TYPE)], body).into_response()
+    })
 }
