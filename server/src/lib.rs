@@ -3,7 +3,9 @@
 //! The server authenticates devices ([`directory`]), takes their changes in sync requests,
 //! stores every change durably and merges it into the encounter's document ([`ledger`]),
 //! keeps query indexes ([`index`]) and answers over HTTP ([`http`]). [`client`] is the device
-//! side of the HTTP transport, used by `auxilio device` and the tests. Only this crate knows HTTP.
+//! side of the HTTP transport, used by `auxilio device` and the tests. [`link_simulator`] is a
+//! flaky-link TCP proxy that puts a slow, dropping 2G link between a device and the server, for
+//! the tests and simulations. Only this crate knows HTTP.
 
 pub mod audit;
 pub mod cli;
@@ -14,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod index;
 pub mod ledger;
+pub mod link_simulator;
 
 pub use database::Database;
 pub use http::{AppState, ServerConfig, app, serve};
