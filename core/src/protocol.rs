@@ -23,6 +23,11 @@ use serde_bytes::ByteBuf;
 
 use crate::id::EncounterId;
 
+/// The longest request id a server accepts.
+pub const MAX_REQUEST_ID_BYTES: usize = 32;
+/// The most earlier requests one request may ask about.
+pub const MAX_RESUMED: usize = 64;
+
 /// The version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 2;
 
@@ -111,11 +116,16 @@ pub struct SyncRequest {
     /// A page of the changes the device has not had acknowledged, grouped by encounter, in
     /// causal order.
     pub changes: Vec<EncounterChanges>,
-    /// Hashes of changes sent in a request whose response never arrived: the server may or may
-    /// not have stored them. It lists those it holds in `accepted`, so the device re-sends only
-    /// the others instead of the whole page.
+    /// A random id (at most [`MAX_REQUEST_ID_BYTES`]) for a request that uploads changes: if
+    /// its response never arrives, the next request names it in `resume`.
     #[serde(default)]
-    pub probe: Vec<ByteBuf>,
+    pub request_id: Option<ByteBuf>,
+    /// Ids of earlier requests whose responses never arrived (at most [`MAX_RESUMED`]). For
+    /// each that the server committed, it adds what it stored and refused to this response and
+    /// lists the id in `resumed`; the device re-sends only the pages of the others. A few bytes
+    /// instead of a page again.
+    #[serde(default)]
+    pub resume: Vec<ByteBuf>,
     /// How many bytes of changes the device wants in the response at most (the server clamps it
     /// to its own bounds); a device on a link that keeps dropping asks for less.
     #[serde(default)]
@@ -171,12 +181,15 @@ pub struct ResponseFrame {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncResponse {
     pub protocol: u32,
-    /// Hashes of uploaded (or probed) changes that are durably stored, including ones stored
-    /// before.
+    /// Hashes of uploaded changes (in this request or a resumed one) that are durably stored,
+    /// including ones stored before.
     pub accepted: Vec<ByteBuf>,
     pub rejected: Vec<Rejection>,
     /// Changes the server lacks and would like from the device.
     pub wanted: Vec<WantedChanges>,
+    /// The ids of the request's `resume` that the server had committed; their outcomes are in
+    /// `accepted` and `rejected`.
+    pub resumed: Vec<ByteBuf>,
     /// Changes the device may see and lacks, in the server's log order.
     pub changes: Vec<ResponseFrame>,
     /// The device's new cursor once every frame is stored: it then holds everything it may see
@@ -202,6 +215,8 @@ struct ResponseHead {
     rejected: Vec<Rejection>,
     #[serde(default)]
     wanted: Vec<WantedChanges>,
+    #[serde(default)]
+    resumed: Vec<ByteBuf>,
     cursor: u64,
     cursor_check: ByteBuf,
     restarted: bool,
@@ -223,6 +238,7 @@ pub fn encode_response(response: &SyncResponse) -> Vec<u8> {
         accepted: response.accepted.clone(),
         rejected: response.rejected.clone(),
         wanted: response.wanted.clone(),
+        resumed: response.resumed.clone(),
         cursor: response.cursor,
         cursor_check: response.cursor_check.clone(),
         restarted: response.restarted,
@@ -323,6 +339,7 @@ pub fn read_response(reader: impl Read) -> Result<SyncResponse, ProtocolError> {
         accepted: head.accepted,
         rejected: head.rejected,
         wanted: head.wanted,
+        resumed: head.resumed,
         changes,
         cursor: head.cursor,
         cursor_check: head.cursor_check,
@@ -346,7 +363,8 @@ mod tests {
                 encounter: EncounterId::random(),
                 changes: vec![ByteBuf::from(vec![1, 2, 3])],
             }],
-            probe: vec![ByteBuf::from(vec![4; 32])],
+            request_id: Some(ByteBuf::from(vec![4; 16])),
+            resume: vec![ByteBuf::from(vec![5; 16])],
             max_response_bytes: Some(4096),
         }
     }
@@ -357,6 +375,7 @@ mod tests {
             accepted: vec![ByteBuf::from(vec![1; 32])],
             rejected: vec![],
             wanted: vec![],
+            resumed: vec![ByteBuf::from(vec![5; 16])],
             changes: (0..frames)
                 .map(|n| ResponseFrame {
                     encounter: EncounterId::random(),

@@ -111,8 +111,8 @@ pub struct UploadPage {
     pub request: SyncRequest,
     /// Position of the last change included: pass it as `after` for the next page.
     pub last: u64,
-    /// Position and hash of every change in the page, so a page whose response never arrived
-    /// can be probed (see [`SyncRequest::probe`]) rather than sent again.
+    /// Position and hash of every change in the page, so a page whose request never reached the
+    /// server (see [`SyncRequest::resume`]) can be sent again from its first change.
     pub sent: Vec<(u64, ByteBuf)>,
     /// More unacknowledged changes wait after this page.
     pub more: bool,
@@ -699,7 +699,8 @@ impl DeviceStore {
             actor: Some(ByteBuf::from(actor(&self.conn)?.to_bytes().to_vec())),
             cursor: cursor(&self.conn)?,
             changes: grouped,
-            probe: Vec::new(),
+            request_id: None,
+            resume: Vec::new(),
             max_response_bytes: None,
         };
         Ok(UploadPage {
@@ -1050,6 +1051,7 @@ mod tests {
             restarted: false,
             more: false,
             wanted: vec![],
+            resumed: vec![],
             complete: true,
         };
         let (to_b, to_a) = (page(&a), page(&b));
@@ -1116,6 +1118,7 @@ mod tests {
             restarted: false,
             more: false,
             wanted: vec![],
+            resumed: vec![],
             complete: true,
         };
         a.apply_response(&response).unwrap();
@@ -1155,6 +1158,7 @@ mod tests {
             cursor,
             more: false,
             wanted: vec![],
+            resumed: vec![],
             complete: true,
         };
         assert_eq!(store.apply_response(&response(10)).unwrap().acknowledged, 1);
@@ -1186,6 +1190,7 @@ mod tests {
             cursor,
             more: false,
             wanted: vec![],
+            resumed: vec![],
             complete: true,
         };
 

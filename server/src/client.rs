@@ -192,6 +192,13 @@ pub fn sync(
     sync_with(store, SyncOptions::default(), progress)
 }
 
+/// 16 random bytes naming one request (see [`protocol::SyncRequest::request_id`]).
+fn random_request_id() -> Vec<u8> {
+    let mut id = vec![0; 16];
+    getrandom::fill(&mut id).expect("the operating system provides random bytes");
+    id
+}
+
 /// How one request ended.
 enum Exchange {
     /// The server answered with a response, whole or cut after its head: it committed the
@@ -281,8 +288,9 @@ fn exchange(
 /// [`sync`] with explicit options.
 ///
 /// Each request commits on the server before its response is sent, so a sync cut at any byte
-/// resumes where it left off: frames of a response that arrived whole are stored, and changes
-/// whose response never came are probed by hash in the next request rather than sent again.
+/// resumes where it left off: frames of a response that arrived whole are stored, and the next
+/// request asks by id what became of a request whose response never came, so only a page that
+/// never reached the server is sent again.
 /// After a cut the page size halves, and it grows again with each whole exchange.
 pub fn sync_with(
     store: &mut DeviceStore,
@@ -297,15 +305,18 @@ pub fn sync_with(
     let mut page_bytes = max_page;
     let mut report = SyncReport::default();
     let mut uploaded_up_to = 0;
-    // Changes sent in requests whose response never came, with their pending-list positions.
-    let mut in_doubt: Vec<(u64, ByteBuf)> = Vec::new();
+    // Requests whose response never came: their ids, and the position and hash of each change
+    // they carried.
+    let mut in_doubt: Vec<(ByteBuf, Vec<(u64, ByteBuf)>)> = Vec::new();
     // Changes the server asked for that this store has already sent in this sync.
     let mut wanted_sent: HashSet<ByteBuf> = HashSet::new();
     let mut wanted: Vec<EncounterChanges> = Vec::new();
     let mut failed_in_a_row = 0u32;
     loop {
         let mut page = store.upload_page(uploaded_up_to, page_bytes)?;
-        page.request.probe = in_doubt.iter().map(|(_, hash)| hash.clone()).collect();
+        let request_id = ByteBuf::from(random_request_id());
+        page.request.request_id = Some(request_id.clone());
+        page.request.resume = in_doubt.iter().map(|(id, _)| id.clone()).collect();
         page.request.max_response_bytes = Some(page_bytes as u64);
         page.request.changes.extend(wanted.iter().cloned());
         let mut body = protocol::encode(&page.request);
@@ -332,7 +343,16 @@ pub fn sync_with(
                     return Err(ClientError::Unreachable { url, message });
                 }
                 // `wanted` is kept: it goes again with the next request.
-                in_doubt.extend(page.sent);
+                if !page.sent.is_empty() {
+                    in_doubt.push((request_id, page.sent));
+                }
+                if in_doubt.len() > protocol::MAX_RESUMED {
+                    // Too many to ask about: the oldest page goes again instead.
+                    let (_, oldest) = in_doubt.remove(0);
+                    if let Some((position, _)) = oldest.first() {
+                        page.last = page.last.min(position.saturating_sub(1));
+                    }
+                }
                 uploaded_up_to = page.last;
                 page_bytes = (page_bytes / 2).max(min_page);
                 let delay = options
@@ -347,11 +367,11 @@ pub fn sync_with(
         let applied = store.apply_response(&response)?;
         report.uploaded += applied.acknowledged;
         report.downloaded += applied.downloaded;
-        // Probed changes the server does not hold go again, from the earliest of them.
-        let accepted: HashSet<&ByteBuf> = response.accepted.iter().collect();
+        // Pages of requests that never reached the server go again, from the earliest of them.
         uploaded_up_to = in_doubt
             .iter()
-            .filter(|(_, hash)| !accepted.contains(hash))
+            .filter(|(id, _)| !response.resumed.contains(id))
+            .filter_map(|(_, sent)| sent.first())
             .map(|(position, _)| position.saturating_sub(1))
             .fold(page.last, u64::min);
         in_doubt.clear();

@@ -112,6 +112,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE changes ADD COLUMN uploader_actor BLOB;
     UPDATE changes SET uploader = device, uploader_actor = actor;
     CREATE INDEX encounters_incomplete ON encounters (id) WHERE complete = 0;
+    -- What each of a device's last uploads stored and refused, committed with its changes, so a
+    -- device whose response was lost asks by request id instead of uploading the page again.
+    CREATE TABLE request_outcomes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        device BLOB NOT NULL,
+        request_id BLOB NOT NULL,
+        outcome BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX request_outcomes_by_device ON request_outcomes (device, request_id);
 ",
 ];
 

@@ -12,8 +12,8 @@ use automerge::{AutomergeError, Change};
 use auxilio_core::document::{DocumentError, EncounterDocument};
 use auxilio_core::id::device_of_actor;
 use auxilio_core::protocol::{
-    PROTOCOL_VERSION, RejectReason, Rejection, ResponseFrame, SyncRequest, SyncResponse,
-    WantedChanges,
+    MAX_REQUEST_ID_BYTES, MAX_RESUMED, PROTOCOL_VERSION, RejectReason, Rejection, ResponseFrame,
+    SyncRequest, SyncResponse, WantedChanges,
 };
 use auxilio_core::{EncounterId, SCHEMA_VERSION};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -107,6 +107,21 @@ const COMPRESSED_CHANGE_CHUNK: u8 = 2;
 /// is written. Groups naming the same encounter are joined and repeated changes dropped, so a
 /// clumsy client's request is still stored exactly once.
 pub fn decode(request: SyncRequest) -> Result<DecodedRequest, LedgerError> {
+    if request
+        .request_id
+        .as_ref()
+        .is_some_and(|id| id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES)
+    {
+        return Err(LedgerError::BadRequest(format!(
+            "request_id must be 1 to {MAX_REQUEST_ID_BYTES} bytes"
+        )));
+    }
+    if request.resume.len() > MAX_RESUMED {
+        return Err(LedgerError::BadRequest(format!(
+            "resume names {} requests; at most {MAX_RESUMED} are answered",
+            request.resume.len()
+        )));
+    }
     let mut uploads: Vec<Upload> = Vec::new();
     let mut position_of: HashMap<EncounterId, usize> = HashMap::new();
     let mut seen = HashSet::new();
@@ -434,7 +449,12 @@ pub fn sync_decoded(
     if !matches {
         tracing::warn!(device = %device.id, cursor = request.cursor, "cursor does not match this server's history; sending everything again");
     }
-    accepted.extend(probed_and_stored(&tx, device, &request.probe)?);
+    let resumed = resume_requests(&tx, device, &request.resume, &mut accepted, &mut rejected)?;
+    if let Some(request_id) = &request.request_id
+        && !touched.is_empty()
+    {
+        record_outcome(&tx, device, request_id, &accepted, &rejected)?;
+    }
     let wanted = wanted_changes(&tx, device, &touched)?;
     let (changes, cursor, more) = page(
         &tx,
@@ -451,6 +471,7 @@ pub fn sync_decoded(
         accepted,
         rejected,
         wanted,
+        resumed,
         changes,
         cursor_check,
         cursor,
@@ -460,24 +481,75 @@ pub fn sync_decoded(
     })
 }
 
-/// The probed hashes this server holds, among changes `device` may see (a device cannot learn
-/// whether another team's change exists by probing for it).
-fn probed_and_stored(
+/// Earlier requests' outcomes a device keeps: it has at most one request in flight, and a few
+/// more cover a run of cut retries.
+const OUTCOMES_KEPT_PER_DEVICE: i64 = 16;
+
+/// What one upload stored and refused, kept in `request_outcomes`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Outcome {
+    accepted: Vec<ByteBuf>,
+    rejected: Vec<Rejection>,
+}
+
+/// Remembers what request `request_id` of `device` stored and refused, in the transaction
+/// that stores its changes, and forgets the device's older outcomes.
+fn record_outcome(
     tx: &Connection,
     device: &Device,
-    probe: &[ByteBuf],
+    request_id: &[u8],
+    accepted: &[ByteBuf],
+    rejected: &[Rejection],
+) -> Result<(), LedgerError> {
+    let outcome = Outcome {
+        accepted: accepted.to_vec(),
+        rejected: rejected.to_vec(),
+    };
+    tx.execute(
+        "INSERT OR REPLACE INTO request_outcomes (device, request_id, outcome) VALUES (?1, ?2, ?3)",
+        params![
+            device.id.as_bytes(),
+            request_id,
+            auxilio_core::protocol::encode(&outcome)
+        ],
+    )?;
+    tx.execute(
+        "DELETE FROM request_outcomes WHERE device = ?1 AND seq <= (
+             SELECT seq FROM request_outcomes WHERE device = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+        params![device.id.as_bytes(), OUTCOMES_KEPT_PER_DEVICE],
+    )?;
+    Ok(())
+}
+
+/// Adds the outcomes of the earlier requests named in `resume` to this response; returns the
+/// ids found. A request not found never committed, and its device sends its page again.
+fn resume_requests(
+    tx: &Connection,
+    device: &Device,
+    resume: &[ByteBuf],
+    accepted: &mut Vec<ByteBuf>,
+    rejected: &mut Vec<Rejection>,
 ) -> Result<Vec<ByteBuf>, LedgerError> {
-    let mut statement = tx.prepare("SELECT team FROM changes WHERE hash = ?1")?;
-    let mut held = Vec::new();
-    for hash in probe {
-        let team: Option<String> = statement
-            .query_row([hash.as_slice()], |row| row.get(0))
+    let mut statement =
+        tx.prepare("SELECT outcome FROM request_outcomes WHERE device = ?1 AND request_id = ?2")?;
+    let mut resumed = Vec::new();
+    for request_id in resume {
+        let outcome: Option<Vec<u8>> = statement
+            .query_row(
+                params![device.id.as_bytes(), request_id.as_slice()],
+                |row| row.get(0),
+            )
             .optional()?;
-        if team.is_some_and(|team| device.may_see_team(&team)) {
-            held.push(hash.clone());
-        }
+        let Some(outcome) = outcome else {
+            continue;
+        };
+        let outcome: Outcome = ciborium::from_reader(outcome.as_slice())
+            .map_err(|e| LedgerError::Corrupt(format!("a stored request outcome: {e}")))?;
+        accepted.extend(outcome.accepted);
+        rejected.extend(outcome.rejected);
+        resumed.push(request_id.clone());
     }
-    Ok(held)
+    Ok(resumed)
 }
 
 /// Changes the server lacks that stored changes depend on, in the encounters this request

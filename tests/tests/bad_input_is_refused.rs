@@ -73,7 +73,8 @@ fn request_body(encounter: EncounterId, change: Vec<u8>) -> Vec<u8> {
             encounter,
             changes: vec![ByteBuf::from(change)],
         }],
-        probe: vec![],
+        request_id: None,
+        resume: vec![],
         max_response_bytes: None,
     })
 }
@@ -206,7 +207,8 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
             encounter: s.encounter,
             changes: vec![ByteBuf::from(b"not automerge".to_vec())],
         }],
-        probe: vec![],
+        request_id: None,
+        resume: vec![],
         max_response_bytes: None,
     };
     let other_version = SyncRequest {
@@ -215,7 +217,8 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
         actor: None,
         cursor: 0,
         changes: vec![],
-        probe: vec![],
+        request_id: None,
+        resume: vec![],
         max_response_bytes: None,
     };
     let fixtures: Vec<(&str, Vec<u8>, &str)> = vec![
