@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use auxilio_server::client;
 use auxilio_server::directory::Role;
-use auxilio_tests::{Device, ServerProcess, add_team, enroll, get_json};
+use auxilio_tests::{Device, ServerProcess, add_team, benchmark_encounter_json, enroll, get_json};
 
 const DEVICES: usize = 10;
 
@@ -37,16 +37,6 @@ fn latencies(mut samples: Vec<Duration>) -> (f64, f64) {
     (percentile(&samples, 0.5), percentile(&samples, 0.95))
 }
 
-fn encounter_json(i: usize) -> String {
-    let lat = 31.0 + (i % 100) as f64 * 0.01;
-    let lon = -110.0 + (i % 37) as f64 * 0.05;
-    format!(
-        r#"{{"services":["rescue","first_aid"],"location":{{"lat":{lat},"lon":{lon},"accuracy_m":15}},"terrain":"desert","hazards":["heat"],"counts":{{"f":{{"18-59":{}}},"m":{{"18-59":{}}},"injured":1}},"nationality_counts":{{"HND":1}},"notes":"group found near marker {i}"}}"#,
-        1 + i % 3,
-        1 + i % 4
-    )
-}
-
 fn run(encounters: usize) -> serde_json::Value {
     let data = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -66,7 +56,7 @@ fn run(encounters: usize) -> serde_json::Value {
         .collect();
     let started = Instant::now();
     for i in 0..encounters {
-        let id = devices[i % DEVICES].log(&encounter_json(i));
+        let id = devices[i % DEVICES].log(&benchmark_encounter_json(i));
         devices[i % DEVICES].edit(id, &["status=closed"]);
     }
     let log_seconds = started.elapsed().as_secs_f64();

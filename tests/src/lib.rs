@@ -1,6 +1,9 @@
 //! The shared harness of the end-to-end tests: servers on `127.0.0.1:0` with temporary data
 //! directories (in process, or as a real `auxilio` process that can be SIGKILLed), simulated
-//! devices with real store files, and small HTTP helpers.
+//! devices with real store files, and small HTTP helpers. [`baseline`] is the per-document
+//! Automerge sync that the benchmark compares Auxilio's protocol with.
+
+pub mod baseline;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -385,6 +388,18 @@ pub fn stored_change_hashes(data_dir: &Path) -> Vec<Vec<u8>> {
 
 /// The issue's example encounter, verbatim.
 pub const EXAMPLE_ENCOUNTER: &str = r#"{"services":["rescue","first_aid"],"location":{"lat":31.69,"lon":-106.42,"accuracy_m":15},"terrain":"desert","counts":{"f":{"18-59":1},"m":{"18-59":2}},"nationality_counts":{"HND":3},"status":"open"}"#;
+
+/// The benchmarks' encounter number `i`: a realistic record (services, location, counts, notes)
+/// that differs a little from one number to the next, so the benchmarks' workloads are the same.
+pub fn benchmark_encounter_json(i: usize) -> String {
+    let lat = 31.0 + (i % 100) as f64 * 0.01;
+    let lon = -110.0 + (i % 37) as f64 * 0.05;
+    format!(
+        r#"{{"services":["rescue","first_aid"],"location":{{"lat":{lat},"lon":{lon},"accuracy_m":15}},"terrain":"desert","hazards":["heat"],"counts":{{"f":{{"18-59":{}}},"m":{{"18-59":{}}},"injured":1}},"nationality_counts":{{"HND":1}},"notes":"group found near marker {i}"}}"#,
+        1 + i % 3,
+        1 + i % 4
+    )
+}
 
 /// Hashes of the changes a store still waits to have acknowledged.
 pub fn pending_hashes(store: &DeviceStore) -> std::collections::BTreeSet<Vec<u8>> {
