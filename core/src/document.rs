@@ -128,6 +128,12 @@ impl EncounterDocument {
         self.doc.get_changes(&[])
     }
 
+    /// The changes that are not ancestors of `heads` (what a peer at `heads` lacks), in causal
+    /// order. Every hash in `heads` must be a change of this document.
+    pub fn changes_after(&mut self, heads: &[ChangeHash]) -> Vec<Change> {
+        self.doc.get_changes(heads)
+    }
+
     /// Applies changes from elsewhere. Applying a change twice is a no-op; a change whose
     /// dependencies are missing waits inside the document until they arrive (see
     /// [`EncounterDocument::missing_dependencies`]), and is not part of [`EncounterDocument::save`]
@@ -161,6 +167,17 @@ impl EncounterDocument {
             Some((Value::Scalar(s), _)) => match s.as_ref() {
                 ScalarValue::Int(n) => u64::try_from(*n).ok(),
                 ScalarValue::Uint(n) => Some(*n),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The team written in the document, if it names one.
+    pub fn team(&self) -> Option<String> {
+        match self.doc.get(ROOT, "team").ok().flatten() {
+            Some((Value::Scalar(s), _)) => match s.as_ref() {
+                ScalarValue::Str(team) => Some(team.to_string()),
                 _ => None,
             },
             _ => None,

@@ -258,8 +258,8 @@ struct VersionOnly {
 }
 
 /// Says what is wrong with a body in words, not in the CBOR reader's internal terms.
-fn malformed<E: std::fmt::Debug>(err: ciborium::de::Error<E>) -> ProtocolError {
-    ProtocolError::Malformed(match err {
+pub(crate) fn describe_cbor_error<E: std::fmt::Debug>(err: ciborium::de::Error<E>) -> String {
+    match err {
         ciborium::de::Error::Io(_) => "the body ends too early (truncated or empty)".to_string(),
         ciborium::de::Error::Syntax(offset) => format!("not CBOR (invalid at byte {offset})"),
         ciborium::de::Error::Semantic(offset, message) => match offset {
@@ -267,7 +267,21 @@ fn malformed<E: std::fmt::Debug>(err: ciborium::de::Error<E>) -> ProtocolError {
             None => message,
         },
         ciborium::de::Error::RecursionLimitExceeded => "nested too deeply".to_string(),
-    })
+    }
+}
+
+fn malformed<E: std::fmt::Debug>(err: ciborium::de::Error<E>) -> ProtocolError {
+    ProtocolError::Malformed(describe_cbor_error(err))
+}
+
+/// Byte 8 of an Automerge chunk is its type; 2 is a deflate-compressed change.
+const COMPRESSED_CHANGE_CHUNK: u8 = 2;
+
+/// Whether `bytes` is a compressed Automerge change. Devices exchange changes uncompressed, and
+/// whoever receives one (the server, a phone in a relay) refuses compressed ones: a small message
+/// could otherwise inflate into gigabytes inside the receiver.
+pub fn is_compressed_change(bytes: &[u8]) -> bool {
+    bytes.get(8) == Some(&COMPRESSED_CHANGE_CHUNK)
 }
 
 /// Reads one message whose first field is `protocol`, checking the version first, alone, so a

@@ -188,13 +188,13 @@ fn put_setting(conn: &Connection, key: &str, value: &str) -> Result<(), StoreErr
     Ok(())
 }
 
-fn enrolment(conn: &Connection) -> Result<Option<Enrolment>, StoreError> {
+pub(crate) fn enrolment(conn: &Connection) -> Result<Option<Enrolment>, StoreError> {
     setting(conn, "enrolment")?
         .map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string())))
         .transpose()
 }
 
-fn actor(conn: &Connection) -> Result<ActorId, StoreError> {
+pub(crate) fn actor(conn: &Connection) -> Result<ActorId, StoreError> {
     let hex = setting(conn, "actor")?.ok_or(StoreError::NotEnrolled)?;
     ActorId::try_from(hex.as_str()).map_err(|e| StoreError::Corrupt(format!("actor id: {e}")))
 }
@@ -213,14 +213,14 @@ fn cursor_check(conn: &Connection) -> Result<Option<ByteBuf>, StoreError> {
         .map(ByteBuf::from))
 }
 
-fn encounter_ids(conn: &Connection) -> Result<Vec<EncounterId>, StoreError> {
+pub(crate) fn encounter_ids(conn: &Connection) -> Result<Vec<EncounterId>, StoreError> {
     let mut statement = conn.prepare("SELECT id FROM encounters ORDER BY id")?;
     let ids = statement.query_map([], |row| row.get::<_, Vec<u8>>(0))?;
     ids.map(|bytes| stored_id(&bytes?)).collect()
 }
 
 /// An encounter id read from a column; anything else means the store is damaged.
-fn stored_id(bytes: &[u8]) -> Result<EncounterId, StoreError> {
+pub(crate) fn stored_id(bytes: &[u8]) -> Result<EncounterId, StoreError> {
     EncounterId::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -229,7 +229,7 @@ fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<
     Ok(n.unsigned_abs())
 }
 
-fn load_document(
+pub(crate) fn load_document(
     conn: &Connection,
     id: EncounterId,
     actor: Option<ActorId>,
@@ -246,7 +246,7 @@ fn load_document(
         .transpose()
 }
 
-fn save_document(
+pub(crate) fn save_document(
     conn: &Connection,
     id: EncounterId,
     document: &mut EncounterDocument,
@@ -259,7 +259,11 @@ fn save_document(
     Ok(())
 }
 
-fn add_pending(conn: &Connection, id: EncounterId, change: &Change) -> Result<(), StoreError> {
+pub(crate) fn add_pending(
+    conn: &Connection,
+    id: EncounterId,
+    change: &Change,
+) -> Result<(), StoreError> {
     conn.execute(
         "INSERT OR IGNORE INTO pending_changes (encounter, hash, change) VALUES (?1, ?2, ?3)",
         params![
@@ -271,7 +275,7 @@ fn add_pending(conn: &Connection, id: EncounterId, change: &Change) -> Result<()
     Ok(())
 }
 
-fn held_changes(conn: &Connection, id: EncounterId) -> Result<Vec<Change>, StoreError> {
+pub(crate) fn held_changes(conn: &Connection, id: EncounterId) -> Result<Vec<Change>, StoreError> {
     let mut statement = conn.prepare("SELECT change FROM held_changes WHERE encounter = ?1")?;
     let rows = statement.query_map([id.as_bytes()], |row| row.get::<_, Vec<u8>>(0))?;
     let mut out = Vec::new();
@@ -279,6 +283,50 @@ fn held_changes(conn: &Connection, id: EncounterId) -> Result<Vec<Change>, Store
         out.push(Change::from_bytes(bytes?).map_err(DocumentError::from)?);
     }
     Ok(out)
+}
+
+/// Merges `received` into `document` (encounter `id`'s, or a new empty one) together with the
+/// changes held for the encounter, and returns every change it tried: [`save_merged`] holds the
+/// ones whose dependencies are still missing.
+pub(crate) fn merge_with_held(
+    conn: &Connection,
+    id: EncounterId,
+    document: &mut EncounterDocument,
+    received: Vec<Change>,
+) -> Result<Vec<Change>, StoreError> {
+    let mut candidates = held_changes(conn, id)?;
+    candidates.extend(received);
+    document.apply_changes(candidates.clone())?;
+    Ok(candidates)
+}
+
+/// Saves a document [`merge_with_held`] merged, and holds the candidates it could not apply
+/// yet, so that nothing received is dropped.
+pub(crate) fn save_merged(
+    conn: &Connection,
+    id: EncounterId,
+    document: &mut EncounterDocument,
+    candidates: &[Change],
+) -> Result<(), StoreError> {
+    save_document(conn, id, document)?;
+    conn.execute(
+        "DELETE FROM held_changes WHERE encounter = ?1",
+        [id.as_bytes()],
+    )?;
+    for change in candidates
+        .iter()
+        .filter(|c| !document.has_change(&c.hash()))
+    {
+        conn.execute(
+            "INSERT OR IGNORE INTO held_changes (hash, encounter, change) VALUES (?1, ?2, ?3)",
+            params![
+                change.hash().0.as_slice(),
+                id.as_bytes(),
+                change.raw_bytes()
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// Puts every change this store wrote back on the pending list. A server that had to restart the
@@ -443,7 +491,7 @@ impl DeviceStore {
     /// A write transaction that takes SQLite's write lock at once, so that what a change is
     /// computed from (the saved document) cannot change under it: two writers on one store (the
     /// app's sync thread and its UI) then take turns instead of overwriting each other.
-    fn write(&mut self) -> Result<Transaction<'_>, StoreError> {
+    pub(crate) fn write(&mut self) -> Result<Transaction<'_>, StoreError> {
         Ok(self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?)
@@ -484,6 +532,11 @@ impl DeviceStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The store's connection, for reads by other modules of this crate.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     pub fn enrolment(&self) -> Result<Option<Enrolment>, StoreError> {
@@ -758,23 +811,8 @@ impl DeviceStore {
         for (id, changes) in downloads {
             let mut document =
                 load_document(&tx, id, None)?.unwrap_or_else(EncounterDocument::empty);
-            let mut candidates = held_changes(&tx, id)?;
-            candidates.extend(changes);
-            document.apply_changes(candidates.clone())?;
-            save_document(&tx, id, &mut document)?;
-            tx.execute(
-                "DELETE FROM held_changes WHERE encounter = ?1",
-                [id.as_bytes()],
-            )?;
-            for change in candidates
-                .iter()
-                .filter(|c| !document.has_change(&c.hash()))
-            {
-                tx.execute(
-                    "INSERT OR IGNORE INTO held_changes (hash, encounter, change) VALUES (?1, ?2, ?3)",
-                    params![change.hash().0.as_slice(), id.as_bytes(), change.raw_bytes()],
-                )?;
-            }
+            let candidates = merge_with_held(&tx, id, &mut document, changes)?;
+            save_merged(&tx, id, &mut document, &candidates)?;
         }
         if response.restarted {
             requeue_own_changes(&tx)?;

@@ -12,8 +12,8 @@ use automerge::{AutomergeError, Change};
 use auxilio_core::document::{DocumentError, EncounterDocument};
 use auxilio_core::id::device_of_actor;
 use auxilio_core::protocol::{
-    MAX_REQUEST_ID_BYTES, MAX_RESUMED, PROTOCOL_VERSION, RejectReason, Rejection, ResponseFrame,
-    SyncRequest, SyncResponse, WantedChanges,
+    self, MAX_REQUEST_ID_BYTES, MAX_RESUMED, PROTOCOL_VERSION, RejectReason, Rejection,
+    ResponseFrame, SyncRequest, SyncResponse, WantedChanges,
 };
 use auxilio_core::{EncounterId, SCHEMA_VERSION};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -98,11 +98,6 @@ pub struct DecodedRequest {
     uploads: Vec<Upload>,
 }
 
-/// Byte 8 of an Automerge chunk is its type; 2 is a deflate-compressed change. Devices send
-/// changes uncompressed, and accepting compressed ones would let a small body inflate into
-/// gigabytes inside the server.
-const COMPRESSED_CHANGE_CHUNK: u8 = 2;
-
 /// Decodes every change of the request, so a malformed request is refused whole before anything
 /// is written. Groups naming the same encounter are joined and repeated changes dropped, so a
 /// clumsy client's request is still stored exactly once.
@@ -133,7 +128,7 @@ pub fn decode(request: SyncRequest) -> Result<DecodedRequest, LedgerError> {
                     group.encounter
                 ))
             };
-            if bytes.get(8) == Some(&COMPRESSED_CHANGE_CHUNK) {
+            if protocol::is_compressed_change(bytes) {
                 return Err(bad(
                     "compressed changes are not accepted; send them uncompressed".into(),
                 ));

@@ -48,6 +48,7 @@ fn every_command_has_help_with_an_example() {
         &["device", "--store", "x.db", "list"],
         &["device", "--store", "x.db", "show"],
         &["device", "--store", "x.db", "sync"],
+        &["device", "--store", "x.db", "relay"],
     ];
     for command in commands {
         let mut args = command.to_vec();

@@ -1,11 +1,14 @@
 //! `auxilio device`: behaves like the phone app, on a store file. Everything but `init` and
-//! `sync` works with no network.
+//! `sync` works with no network; `relay` needs only a link to a teammate's device.
 
 use std::io::Read;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use auxilio_core::edit::FieldEdit;
+use auxilio_core::relay::{RelayReport, RelayRole, relay_over};
 use auxilio_core::store::{Enrolment, StoreError};
 use auxilio_core::{DeviceStore, Encounter, EncounterId};
 use clap::{Args, Subcommand};
@@ -72,6 +75,86 @@ enum DeviceCommand {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Exchange encounters directly with a teammate's device, no server needed: each gets what
+    /// the other lacks, and uploads the other's unsynced changes when it next syncs.
+    #[command(
+        after_help = "Example (start the listening device first):\n  auxilio device --store phone2.db relay --listen 0.0.0.0:7070\n  auxilio device --store phone1.db relay --connect 192.168.49.1:7070 --json"
+    )]
+    Relay {
+        /// Wait on this address for one device to connect, relay with it, and exit.
+        #[arg(
+            long,
+            value_name = "ADDR",
+            conflicts_with = "connect",
+            required_unless_present = "connect"
+        )]
+        listen: Option<String>,
+        /// Connect to a device waiting with `relay --listen` at this address.
+        #[arg(long, value_name = "ADDR")]
+        connect: Option<String>,
+    },
+}
+
+/// How long connecting, or waiting for the other device mid-exchange, may take: a phone-to-phone
+/// link is slow at worst, never silent for minutes.
+const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const RELAY_IO_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Opens the relay's connection: accepts one on `listen`, or makes one to `connect`.
+fn relay_stream(
+    listen: Option<String>,
+    connect: Option<String>,
+) -> anyhow::Result<(TcpStream, RelayRole)> {
+    let (stream, role) = match (listen, connect) {
+        (Some(address), _) => {
+            let listener = TcpListener::bind(&address)
+                .with_context(|| format!("cannot listen on {address}"))?;
+            eprintln!(
+                "waiting for one device to connect on {} (run `relay --connect` on it)",
+                listener.local_addr()?
+            );
+            let (stream, peer) = listener
+                .accept()
+                .context("no device could connect to relay")?;
+            eprintln!("relaying with {peer}");
+            (stream, RelayRole::Responder)
+        }
+        (None, Some(address)) => {
+            let target = address
+                .to_socket_addrs()
+                .with_context(|| format!("`{address}` is not an address (HOST:PORT)"))?
+                .next()
+                .with_context(|| format!("`{address}` names no address"))?;
+            let stream = TcpStream::connect_timeout(&target, RELAY_CONNECT_TIMEOUT)
+                .with_context(|| {
+                    format!(
+                        "could not connect to {address}; start `relay --listen` on the other device first"
+                    )
+                })?;
+            eprintln!("relaying with {target}");
+            (stream, RelayRole::Initiator)
+        }
+        (None, None) => bail!("say where to relay: --listen ADDR or --connect ADDR"),
+    };
+    stream.set_read_timeout(Some(RELAY_IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(RELAY_IO_TIMEOUT))?;
+    Ok((stream, role))
+}
+
+fn print_relay_report(report: &RelayReport, json: bool) {
+    if json {
+        print_json(report);
+        return;
+    }
+    print_line(&format!(
+        "relayed with device {}: sent {} changes, received {} new ({} to upload from here at the next sync)",
+        report.peer, report.sent, report.received, report.queued_for_upload
+    ));
+    for id in &report.refused_encounters {
+        print_line(&format!(
+            "refused encounter {id}: its changes do not make a record of this team"
+        ));
+    }
 }
 
 fn read_encounter(file: &str) -> anyhow::Result<Encounter> {
@@ -217,6 +300,19 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                         .map(|r| format!("{}: {}", r.encounter, r.message))
                         .collect::<Vec<_>>()
                         .join("; ")
+                );
+            }
+        }
+        DeviceCommand::Relay { listen, connect } => {
+            // Refused before anyone waits on a connection that could not be used.
+            store.enrolment()?.ok_or(StoreError::NotEnrolled)?;
+            let (mut stream, role) = relay_stream(listen, connect)?;
+            let report = relay_over(&mut store, &mut stream, role)?;
+            print_relay_report(&report, json);
+            if !report.refused_encounters.is_empty() {
+                bail!(
+                    "refused {} encounter(s) from the other device (not records of this team); the rest is stored",
+                    report.refused_encounters.len()
                 );
             }
         }

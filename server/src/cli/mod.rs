@@ -64,9 +64,9 @@ enum Command {
         after_help = "Examples:\n  auxilio reindex\n  auxilio reindex --data /var/lib/auxilio --json"
     )]
     Reindex(reindex::ReindexArgs),
-    /// Act as a field device: log and edit encounters offline, then sync.
+    /// Act as a field device: log and edit encounters offline, relay with a teammate, then sync.
     #[command(
-        after_help = "Examples:\n  auxilio device --store phone.db init --server http://127.0.0.1:8080 --token auxilio_...\n  auxilio device --store phone.db log encounter.json\n  auxilio device --store phone.db edit ID --set status=closed --set counts.m.18-59=3\n  auxilio device --store phone.db sync"
+        after_help = "Examples:\n  auxilio device --store phone.db init --server http://127.0.0.1:8080 --token auxilio_...\n  auxilio device --store phone.db log encounter.json\n  auxilio device --store phone.db edit ID --set status=closed --set counts.m.18-59=3\n  auxilio device --store phone.db relay --connect 192.168.49.1:7070\n  auxilio device --store phone.db sync"
     )]
     Device(device::DeviceArgs),
 }
