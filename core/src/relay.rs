@@ -713,6 +713,7 @@ mod tests {
                 accepted,
                 rejected: vec![],
                 wanted: vec![],
+                resumed: vec![],
                 changes: vec![],
                 cursor: 0,
                 cursor_check: ByteBuf::new(),

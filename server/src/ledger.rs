@@ -502,11 +502,7 @@ fn record_outcome(
     };
     tx.execute(
         "INSERT OR REPLACE INTO request_outcomes (device, request_id, outcome) VALUES (?1, ?2, ?3)",
-        params![
-            device.id.as_bytes(),
-            request_id,
-            auxilio_core::protocol::encode(&outcome)
-        ],
+        params![device.id.as_bytes(), request_id, protocol::encode(&outcome)],
     )?;
     tx.execute(
         "DELETE FROM request_outcomes WHERE device = ?1 AND seq <= (

@@ -5,7 +5,8 @@
 //! keeps query indexes ([`index`]) and answers over HTTP ([`http`]). [`client`] is the device
 //! side of the HTTP transport, used by `auxilio device` and the tests. [`link_simulator`] is a
 //! flaky-link TCP proxy that puts a slow, dropping 2G link between a device and the server, for
-//! the tests and simulations. Only this crate knows HTTP.
+//! the tests and simulations; [`simulation`] runs a whole simulated deployment through it
+//! (`auxilio sim`, `auxilio demo`). Only this crate knows HTTP.
 
 pub mod audit;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod index;
 pub mod ledger;
 pub mod link_simulator;
+pub mod simulation;
 
 pub use database::Database;
 pub use http::{AppState, ServerConfig, app, serve};

@@ -78,13 +78,14 @@ impl LinkProfile {
     pub const NAMES: &[&str] = &["lan", "3g", "2g", "2g-dropping"];
 
     /// `lan`: no shaping. `3g`: 50 ms, 200,000 B/s. `2g`: 150 ms, 20,000 B/s. `2g-dropping`:
-    /// like `2g`, and 3 connections in 10 are cut within their first 40,000 bytes.
+    /// like `2g`, and 3 connections in 10 are cut within their first 6,000 bytes (a few seconds
+    /// of transfer).
     pub fn named(name: &str) -> Option<LinkProfile> {
         let (latency_ms, bytes_per_second, cut_probability, cut_within_bytes) = match name {
             "lan" => (0, None, 0.0, 0),
             "3g" => (50, Some(200_000), 0.0, 0),
             "2g" => (150, Some(20_000), 0.0, 0),
-            "2g-dropping" => (150, Some(20_000), 0.3, 40_000),
+            "2g-dropping" => (150, Some(20_000), 0.3, 6_000),
             _ => return None,
         };
         Some(LinkProfile {
@@ -390,12 +391,16 @@ fn plan_cut(settings: &mut Settings) -> Option<PlannedCut> {
 /// splitmix64 (Steele, Lea and Flood, 2014): a few lines, plenty for choosing cuts, and the same
 /// sequence for a seed on every platform.
 #[derive(Debug, Clone)]
-struct SplitMix64 {
+pub(crate) struct SplitMix64 {
     state: u64,
 }
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -404,12 +409,12 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1): the top 53 bits are exactly what an `f64` mantissa holds.
-    fn next_unit(&mut self) -> f64 {
+    pub(crate) fn next_unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Uniform in `0..bound` for `bound > 0`, by taking the high half of a 128-bit product.
-    fn next_below(&mut self, bound: u64) -> u64 {
+    pub(crate) fn next_below(&mut self, bound: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
     }
 }
@@ -926,7 +931,7 @@ mod tests {
         let dropping = LinkProfile::named("2g-dropping").unwrap();
         assert_eq!(
             (dropping.cut_probability, dropping.cut_within_bytes),
-            (0.3, 40_000)
+            (0.3, 6_000)
         );
         assert_eq!(
             LinkProfile {

@@ -181,7 +181,8 @@ fn another_teams_device_can_neither_relay_nor_upload_a_teams_changes() {
         actor: None,
         cursor: 0,
         changes: relayed,
-        probe: vec![],
+        request_id: None,
+        resume: vec![],
         max_response_bytes: None,
     };
     for sonora_synced in [false, true] {

@@ -2,9 +2,11 @@
 //! own module; `main.rs` only calls [`run`].
 
 mod admin;
+mod demo;
 mod device;
 mod reindex;
 mod serve;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +71,20 @@ enum Command {
         after_help = "Examples:\n  auxilio device --store phone.db init --server http://127.0.0.1:8080 --token auxilio_...\n  auxilio device --store phone.db log encounter.json\n  auxilio device --store phone.db edit ID --set status=closed --set counts.m.18-59=3\n  auxilio device --store phone.db relay --connect 192.168.49.1:7070\n  auxilio device --store phone.db sync"
     )]
     Device(device::DeviceArgs),
+    /// Simulate a field deployment (phones, offline work, a weak link) and print its figures as
+    /// one JSON line: devices, encounters, converged, lost, duplicated, requests, round trips,
+    /// bytes up and down against the raw-change floor, wall time.
+    #[command(after_help = "Examples:
+  auxilio sim --devices 50 --encounters 40 --link lan
+  auxilio sim --devices 12 --encounters 20 --link 2g-dropping --relay
+  auxilio sim --data /var/lib/auxilio --server http://127.0.0.1:8080 --devices 5")]
+    Sim(sim::SimArgs),
+    /// Run a server with simulated teams around the Sonoran desert and the Río Bravo logging
+    /// and syncing over a dropping 2G link, to see data flow.
+    #[command(after_help = "Examples:
+  auxilio demo
+  auxilio demo --listen 127.0.0.1:9000 --rounds 5 --interval 1")]
+    Demo(demo::DemoArgs),
 }
 
 /// Where `admin` and `serve` keep their data.
@@ -93,9 +109,16 @@ impl DataDirArg {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, quiet: bool) {
+    // A simulation runs a server and many phones in one process: their per-request lines would
+    // bury its progress, so it logs warnings only unless AUXILIO_LOG says otherwise.
+    let default = if quiet {
+        "warn"
+    } else {
+        "info,tower_http=warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AUXILIO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
         // The HTTP client's own tracing dumps request headers, bearer tokens included: never.
         .add_directive("ureq=warn".parse().expect("a valid directive"))
         .add_directive("ureq_proto=warn".parse().expect("a valid directive"));
@@ -165,12 +188,17 @@ pub fn run() -> ExitCode {
             err.exit();
         }
     };
-    init_logging(cli.log_format);
+    init_logging(
+        cli.log_format,
+        matches!(cli.command, Command::Sim(_) | Command::Demo(_)),
+    );
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Reindex(args) => reindex::run(args),
         Command::Device(args) => device::run(args),
+        Command::Sim(args) => sim::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
