@@ -51,11 +51,12 @@ pub const MIN_RESPONSE_CHANGE_BYTES: usize = 4 * 1024;
 const MAX_WANTED: usize = 256;
 
 impl Default for PageLimits {
-    /// 128 KiB of changes per response unless the device asks otherwise: under a minute on a
-    /// 2G link. Frames that arrive before a cut are kept, so a larger page costs little.
+    /// 512 KiB of changes per response unless the device asks otherwise: about 100 KB once
+    /// compressed, a few seconds on a 2G link. Frames that arrive before a cut are kept, so a
+    /// larger page costs little.
     fn default() -> Self {
         Self {
-            default_response_change_bytes: 128 * 1024,
+            default_response_change_bytes: 512 * 1024,
             max_response_change_bytes: 16 * 1024 * 1024,
         }
     }

@@ -3,7 +3,7 @@
 //! none, and a second phone of the team downloads them all.
 //!
 //! - Auxilio: the real server in process on a loopback port, the real client, bodies counted as
-//!   they cross HTTP; once with the default pages (128 KiB of changes, deflate), once with LAN
+//!   they cross HTTP; once with the default pages (512 KiB of changes, deflate), once with LAN
 //!   pages (16 MiB), once with default pages and no compression.
 //! - Baseline: the same documents synced with one Automerge sync session per document
 //!   (`auxilio_tests::baseline`), in memory, counting messages, round trips and encoded bytes.

@@ -438,7 +438,11 @@ fn errors_say_what_is_wrong_and_what_to_do() {
     );
     assert!(err.contains("not a valid id"), "{err}");
 
-    let err = fails(cwd, &["device", "--store", "p.db", "sync"], None);
+    let err = fails(
+        cwd,
+        &["device", "--store", "p.db", "sync", "--attempts", "2"],
+        None,
+    );
     assert!(
         err.contains("could not reach the server")
             && err.contains("nothing on this device was lost"),

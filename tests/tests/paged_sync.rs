@@ -86,3 +86,72 @@ fn a_device_uploading_a_backlog_never_downloads_its_own_changes_back() {
     );
     assert_eq!(phone.ids().len(), 50);
 }
+
+#[test]
+fn a_change_the_server_holds_without_its_dependency_gets_the_dependency_fetched() {
+    let team = TeamFixture::start("sonora", Default::default());
+    let mut phone = team.device("phone", Role::Field);
+    let id = phone.log(EXAMPLE_ENCOUNTER);
+    phone.edit(id, &["status=closed"]);
+    // The phone believes its first change is already acknowledged (as after a server restored
+    // from a backup taken before it arrived): only the edit goes up, without its parent.
+    let store_file = team.devices.path().join("phone.db");
+    let conn = rusqlite::Connection::open(&store_file).unwrap();
+    let first = conn
+        .execute(
+            "DELETE FROM pending_changes WHERE seq = (SELECT min(seq) FROM pending_changes)",
+            [],
+        )
+        .unwrap();
+    assert_eq!(first, 1);
+
+    let report = phone.sync().unwrap();
+    assert_eq!(report.pending, 0);
+    assert_eq!(
+        report.round_trips, 2,
+        "the server asked for the missing change and the phone sent it: {report:?}"
+    );
+    let server = rusqlite::Connection::open(team.data.path().join("auxilio.sqlite")).unwrap();
+    let (complete, changes): (bool, i64) = server
+        .query_row(
+            "SELECT complete, (SELECT count(*) FROM changes) FROM encounters",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        complete,
+        "the server's document has every change it depends on"
+    );
+    assert_eq!(changes, 2);
+}
+
+#[test]
+fn a_reinstalled_phone_recovers_everything_its_team_may_see_including_its_own_work() {
+    let team = TeamFixture::start("sonora", Default::default());
+    let mut phone = team.device("phone", Role::Field);
+    let mut teammate = team.device("teammate", Role::Field);
+    let own: Vec<_> = (0..5).map(|_| phone.log(EXAMPLE_ENCOUNTER)).collect();
+    phone.edit(own[0], &["status=closed"]);
+    teammate.log(EXAMPLE_ENCOUNTER);
+    teammate.sync().unwrap();
+    phone.sync().unwrap();
+    teammate.sync().unwrap();
+
+    // The phone is wiped and set up again with its token: a new, empty store.
+    let enrolled = phone.enrolled.clone();
+    drop(phone);
+    std::fs::remove_file(team.devices.path().join("phone.db")).unwrap();
+    let mut reinstalled =
+        auxilio_tests::Device::new(team.devices.path(), "phone", &team.server.url, &enrolled);
+    let report = reinstalled.sync().unwrap();
+    assert_eq!(report.downloaded, 7, "{report:?}");
+    assert_eq!(reinstalled.ids(), teammate.ids());
+    for id in teammate.ids() {
+        assert_eq!(reinstalled.view(id).heads, teammate.view(id).heads);
+    }
+    assert_eq!(
+        reinstalled.view(own[0]).encounter.status,
+        auxilio_core::schema::Status::Closed
+    );
+}

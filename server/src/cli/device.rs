@@ -68,12 +68,20 @@ enum DeviceCommand {
     Show { id: EncounterId },
     /// Send unsynced changes and fetch what the team has logged; prints one JSON line of figures.
     #[command(
-        after_help = "Example:\n  auxilio device --store phone.db sync\n  auxilio device --store phone.db sync --server http://10.0.0.2:8080"
+        after_help = "Example:\n  auxilio device --store phone.db sync\n  auxilio device --store phone.db sync --server http://10.0.0.2:8080\n  auxilio device --store phone.db sync --attempts 30 --page-bytes 65536   # a link that keeps dropping"
     )]
     Sync {
         /// Use (and remember) this server address instead of the enrolled one.
         #[arg(long)]
         server: Option<String>,
+        /// Give up after this many failed attempts in a row (a weak link drops; each retry
+        /// waits longer, up to 8 s). 1 gives up at once.
+        #[arg(long, default_value_t = client::SyncOptions::default().max_failed_attempts, value_parser = clap::value_parser!(u32).range(1..))]
+        attempts: u32,
+        /// The largest page, in bytes of changes, each way (pages halve after a cut and grow
+        /// back); large pages suit a fast, reliable link.
+        #[arg(long, default_value_t = client::SyncOptions::default().max_page_bytes)]
+        page_bytes: usize,
     },
     /// Exchange encounters directly with a teammate's device, no server needed: each gets what
     /// the other lacks, and uploads the other's unsynced changes when it next syncs.
@@ -275,18 +283,32 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             }
             Err(other) => return Err(other.into()),
         },
-        DeviceCommand::Sync { server } => {
+        DeviceCommand::Sync {
+            server,
+            attempts,
+            page_bytes,
+        } => {
             if let Some(server) = server {
                 store.set_server_url(&server)?;
             }
-            let report = client::sync(&mut store, |so_far| {
+            let options = client::SyncOptions {
+                max_failed_attempts: attempts,
+                max_page_bytes: page_bytes.max(1),
+                ..client::SyncOptions::default()
+            };
+            let report = client::sync_with(&mut store, options, |so_far| {
                 eprintln!(
-                    "round trip {}: {} uploaded, {} downloaded, {} bytes up, {} bytes down",
+                    "round trip {}: {} uploaded, {} downloaded, {} bytes up, {} bytes down{}",
                     so_far.round_trips,
                     so_far.uploaded,
                     so_far.downloaded,
                     so_far.bytes_up,
-                    so_far.bytes_down
+                    so_far.bytes_down,
+                    if so_far.retries > 0 {
+                        format!(", {} cut off and retried", so_far.retries)
+                    } else {
+                        String::new()
+                    }
                 );
             })?;
             print_json(&report);

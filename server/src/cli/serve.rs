@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::DataDirArg;
 use crate::http::{AppState, ServerConfig, serve};
+use crate::ledger::PageLimits;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -18,13 +19,23 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, default_value_t = ServerConfig::default().max_request_bytes)]
     max_request_bytes: usize,
+    /// Bytes of changes per sync response for a device that does not ask for a size (a device
+    /// may ask for anything from 4 KiB to --max-page-bytes).
+    #[arg(long, default_value_t = PageLimits::default().default_response_change_bytes)]
+    page_bytes: usize,
+    /// The largest sync response page a device may ask for, in bytes of changes.
+    #[arg(long, default_value_t = PageLimits::default().max_response_change_bytes)]
+    max_page_bytes: usize,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let database = args.data.open(true)?;
     let config = ServerConfig {
         max_request_bytes: args.max_request_bytes,
-        ..ServerConfig::default()
+        pages: PageLimits {
+            default_response_change_bytes: args.page_bytes.min(args.max_page_bytes),
+            max_response_change_bytes: args.max_page_bytes,
+        },
     };
     let state = AppState::new(database, config);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
