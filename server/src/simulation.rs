@@ -111,6 +111,9 @@ pub struct SimulationReport {
     pub requests: u64,
     pub round_trips_max: u32,
     pub round_trips_mean: f64,
+    /// The most round trips a device needed besides its retries after cuts: what a device
+    /// pays when nothing is lost (one per page, plus the one that finds nothing more).
+    pub round_trips_without_retries_max: u32,
     /// Bytes that crossed the simulated link, HTTP headers included.
     pub bytes_up: u64,
     pub bytes_down: u64,
@@ -615,6 +618,7 @@ impl Deployment {
         let mut made = BTreeSet::new();
         let mut floor_bytes: u64 = server_changes.values().flat_map(|c| c.values()).sum();
         let mut round_trips = Vec::new();
+        let mut round_trips_without_retries_max = 0;
         let mut retries = 0u64;
         for device in &self.devices {
             let device = device.lock().unwrap_or_else(|p| p.into_inner());
@@ -629,6 +633,8 @@ impl Deployment {
                 converged = false;
             }
             round_trips.push(device.round_trips);
+            round_trips_without_retries_max = round_trips_without_retries_max
+                .max(device.round_trips.saturating_sub(device.retries));
             retries += u64::from(device.retries);
         }
         let stored: BTreeSet<&Vec<u8>> = server_changes.values().flat_map(|c| c.keys()).collect();
@@ -648,6 +654,7 @@ impl Deployment {
             } else {
                 requests as f64 / round_trips.len() as f64
             },
+            round_trips_without_retries_max,
             bytes_up: link.bytes_up,
             bytes_down: link.bytes_down,
             floor_bytes,
