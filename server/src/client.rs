@@ -273,7 +273,9 @@ fn exchange(
         };
     }
     let read = if deflated {
-        protocol::read_response(protocol::decompressing(reader))
+        // Inflated no further than an uncompressed body could be: a broken or hostile server
+        // cannot make a small body fill the phone's memory.
+        protocol::read_response(protocol::decompressing(reader).take(MAX_RESPONSE_BYTES))
     } else {
         protocol::read_response(reader)
     };

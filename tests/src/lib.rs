@@ -336,9 +336,23 @@ pub fn get_json(
 
 /// `POST base+path` with raw bytes: status and body bytes.
 pub fn post_bytes(base: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
+    post_bytes_with_headers(base, path, token, &[], body)
+}
+
+/// [`post_bytes`] with extra request headers (a content coding, say).
+pub fn post_bytes_with_headers(
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let mut request = agent()
         .post(format!("{base}{path}"))
         .header("Content-Type", auxilio_core::protocol::MEDIA_TYPE);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     if let Some(token) = token {
         request = request.header("Authorization", &format!("Bearer {token}"));
     }

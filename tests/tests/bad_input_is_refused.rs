@@ -9,7 +9,8 @@ use auxilio_core::{Encounter, EncounterId, SCHEMA_VERSION};
 use auxilio_server::ServerConfig;
 use auxilio_server::directory::{Enrolled, Role};
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, TestServer, add_team, enroll, get_json, post_bytes, stored_snapshot,
+    Device, EXAMPLE_ENCOUNTER, TestServer, add_team, enroll, get_json, post_bytes,
+    post_bytes_with_headers, stored_snapshot,
 };
 use serde_bytes::ByteBuf;
 
@@ -270,6 +271,96 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
             "{name} changed stored data"
         );
     }
+    // Version 2's own fields and the content coding are checked before anything is stored.
+    let empty_request = || SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        cursor_check: None,
+        actor: None,
+        cursor: 0,
+        changes: vec![],
+        request_id: None,
+        resume: vec![],
+        max_response_bytes: None,
+    };
+    let long_id = SyncRequest {
+        request_id: Some(ByteBuf::from(vec![1; 33])),
+        ..empty_request()
+    };
+    let many_resumed = SyncRequest {
+        resume: vec![ByteBuf::from(vec![1; 16]); 65],
+        ..empty_request()
+    };
+    let plain = protocol::encode(&s.sonora.store.sync_request().unwrap());
+    let mut bomb = vec![0u8; 17 * 1024 * 1024];
+    bomb[..plain.len()].copy_from_slice(&plain);
+    let coded: Vec<(&str, Vec<u8>, &str, u16, &str)> = vec![
+        (
+            "a request id longer than 32 bytes",
+            protocol::encode(&long_id),
+            "deflate",
+            400,
+            "request_id",
+        ),
+        (
+            "more than 64 resumed requests",
+            protocol::encode(&many_resumed),
+            "deflate",
+            400,
+            "resume",
+        ),
+        (
+            "a content coding the server does not speak",
+            plain.clone(),
+            "gzip",
+            400,
+            "content encoding",
+        ),
+        (
+            "a made-up content coding",
+            plain.clone(),
+            "deflate-raw-garbage",
+            400,
+            "content encoding",
+        ),
+        (
+            "damaged deflate",
+            protocol::compress(&plain)[..20].to_vec(),
+            "deflate",
+            400,
+            "compressed body",
+        ),
+        (
+            "a small body inflating past the limit",
+            protocol::compress(&bomb),
+            "deflate",
+            413,
+            "larger than the limit",
+        ),
+    ];
+    for (name, body, coding, expected_status, expected) in coded {
+        let body =
+            if coding == "deflate" && !name.contains("damaged") && !name.contains("inflating") {
+                protocol::compress(&body)
+            } else {
+                body
+            };
+        let (status, response) = post_bytes_with_headers(
+            &s.server.url,
+            "/v1/sync",
+            Some(token),
+            &[("Content-Encoding", coding)],
+            &body,
+        );
+        assert_eq!(status, expected_status, "{name}");
+        let message = error_text(&response);
+        assert!(message.contains(expected), "{name}: {message}");
+        assert_eq!(
+            stored_snapshot(&s.server.data_dir),
+            before,
+            "{name} changed stored data"
+        );
+    }
+
     // One bad change spoils the whole request: the good change beside it is not stored either.
     let good = s.sonora.store.sync_request().unwrap();
     garbage_change.changes.extend(good.changes);
