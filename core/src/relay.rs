@@ -302,14 +302,6 @@ fn team_documents(
     Ok(out)
 }
 
-fn pending_hashes(conn: &Connection) -> Result<HashSet<Vec<u8>>, StoreError> {
-    let mut statement = conn.prepare("SELECT hash FROM pending_changes")?;
-    let hashes = statement
-        .query_map([], |row| row.get::<_, Vec<u8>>(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(hashes)
-}
-
 fn is_held(conn: &Connection, change: &Change) -> Result<bool, StoreError> {
     let held: i64 = conn.query_row(
         "SELECT count(*) FROM held_changes WHERE hash = ?1",
@@ -422,7 +414,7 @@ impl DeviceStore {
             .iter()
             .map(|offered| (offered.encounter, offered.heads.as_slice()))
             .collect();
-        let pending = pending_hashes(conn)?;
+        let pending = crate::store::pending_hashes(conn)?;
         let mut encounters = Vec::new();
         // Changes held for missing dependencies are not sent: the documents they would join are
         // incomplete here too, and the changes a relay sends always arrive with their ancestors.
@@ -640,21 +632,10 @@ mod tests {
     use crate::id::device_of_actor;
     use crate::protocol::{PROTOCOL_VERSION, SyncResponse};
     use crate::schema::{Encounter, Status};
-    use crate::store::{Enrolment, actor, heads_hex};
+    use crate::store::{actor, heads_hex};
 
     fn enrolled(dir: &tempfile::TempDir, name: &str, team: &str) -> DeviceStore {
-        let mut store = DeviceStore::open(dir.path().join(name)).unwrap();
-        store
-            .enrol(&Enrolment {
-                server_url: "http://127.0.0.1:9".into(),
-                token: "t".into(),
-                device_id: DeviceId::random(),
-                team: team.into(),
-                role: "field".into(),
-                agent: name.into(),
-            })
-            .unwrap();
-        store
+        crate::store::test_support::enrolled_store(dir, name, team)
     }
 
     fn example() -> Encounter {
@@ -688,20 +669,7 @@ mod tests {
     }
 
     fn pending(store: &DeviceStore) -> BTreeSet<Vec<u8>> {
-        store
-            .sync_request()
-            .unwrap()
-            .changes
-            .into_iter()
-            .flat_map(|group| group.changes)
-            .map(|bytes| {
-                Change::from_bytes(bytes.to_vec())
-                    .unwrap()
-                    .hash()
-                    .0
-                    .to_vec()
-            })
-            .collect()
+        store.pending_hashes().unwrap()
     }
 
     /// What a server's answer does to a store once it has stored every pending change.

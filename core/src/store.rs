@@ -454,6 +454,14 @@ fn make_edits_again(conn: &Connection) -> Result<u64, StoreError> {
     Ok(rebased)
 }
 
+pub(crate) fn pending_hashes(conn: &Connection) -> Result<BTreeSet<Vec<u8>>, StoreError> {
+    let mut statement = conn.prepare("SELECT hash FROM pending_changes")?;
+    let hashes = statement
+        .query_map([], |row| row.get::<_, Vec<u8>>(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(hashes)
+}
+
 fn pending_for(conn: &Connection, id: EncounterId) -> Result<u64, StoreError> {
     count(
         conn,
@@ -553,6 +561,11 @@ impl DeviceStore {
     /// The position in the server's log up to which this device holds everything it may see.
     pub fn cursor(&self) -> Result<u64, StoreError> {
         cursor(&self.conn)
+    }
+
+    /// Hashes of the changes waiting for the server's acknowledgement.
+    pub fn pending_hashes(&self) -> Result<BTreeSet<Vec<u8>>, StoreError> {
+        pending_hashes(&self.conn)
     }
 
     pub fn pending_count(&self) -> Result<u64, StoreError> {
@@ -885,24 +898,35 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// Stores for the unit tests of this crate.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
-    use crate::protocol::ResponseFrame;
 
-    fn enrolled(dir: &tempfile::TempDir, name: &str) -> DeviceStore {
+    /// A store in `dir`, enrolled as a new field device of `team` (no server needed).
+    pub(crate) fn enrolled_store(dir: &tempfile::TempDir, name: &str, team: &str) -> DeviceStore {
         let mut store = DeviceStore::open(dir.path().join(name)).unwrap();
         store
             .enrol(&Enrolment {
                 server_url: "http://127.0.0.1:9".into(),
                 token: "t".into(),
                 device_id: DeviceId::random(),
-                team: "sonora".into(),
+                team: team.into(),
                 role: "field".into(),
                 agent: "agent-7".into(),
             })
             .unwrap();
         store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ResponseFrame;
+
+    fn enrolled(dir: &tempfile::TempDir, name: &str) -> DeviceStore {
+        test_support::enrolled_store(dir, name, "sonora")
     }
 
     fn example() -> Encounter {

@@ -94,16 +94,7 @@ fn run(encounters: usize) -> serde_json::Value {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("sizes are numbers of encounters"))
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![100, 1000]
-    } else {
-        sizes
-    };
-    for size in sizes {
+    for size in auxilio_tests::sizes_from_args(&[100, 1000]) {
         eprintln!("syncing {size} encounters both ways, Auxilio and per-document Automerge…");
         println!("{}", run(size));
     }

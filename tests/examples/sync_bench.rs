@@ -145,16 +145,7 @@ fn run(encounters: usize) -> serde_json::Value {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("sizes are numbers of encounters"))
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![500, 5000]
-    } else {
-        sizes
-    };
-    for size in sizes {
+    for size in auxilio_tests::sizes_from_args(&[500, 5000]) {
         eprintln!("benchmarking {size} encounters on {DEVICES} devices…");
         println!("{}", run(size));
     }

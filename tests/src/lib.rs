@@ -417,18 +417,18 @@ pub fn benchmark_encounter_json(i: usize) -> String {
 
 /// Hashes of the changes a store still waits to have acknowledged.
 pub fn pending_hashes(store: &DeviceStore) -> std::collections::BTreeSet<Vec<u8>> {
-    store
-        .sync_request()
-        .unwrap()
-        .changes
-        .into_iter()
-        .flat_map(|group| group.changes)
-        .map(|bytes| {
-            automerge::Change::from_bytes(bytes.to_vec())
-                .unwrap()
-                .hash()
-                .0
-                .to_vec()
-        })
-        .collect()
+    store.pending_hashes().unwrap()
+}
+
+/// The sizes a benchmark example was given on its command line, or `default`.
+pub fn sizes_from_args(default: &[usize]) -> Vec<usize> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("sizes are numbers of encounters"))
+        .collect();
+    if sizes.is_empty() {
+        default.to_vec()
+    } else {
+        sizes
+    }
 }

@@ -63,20 +63,28 @@ fn error_text(body: &[u8]) -> String {
         .to_string()
 }
 
-/// A sync request body carrying `change` (raw bytes) for `encounter`.
-fn request_body(encounter: EncounterId, change: Vec<u8>) -> Vec<u8> {
-    protocol::encode(&SyncRequest {
+/// A sync request that uploads nothing.
+fn empty_request() -> SyncRequest {
+    SyncRequest {
         protocol: PROTOCOL_VERSION,
         cursor_check: None,
         actor: None,
         cursor: 0,
+        changes: vec![],
+        request_id: None,
+        resume: vec![],
+        max_response_bytes: None,
+    }
+}
+
+/// A sync request body carrying `change` (raw bytes) for `encounter`.
+fn request_body(encounter: EncounterId, change: Vec<u8>) -> Vec<u8> {
+    protocol::encode(&SyncRequest {
         changes: vec![EncounterChanges {
             encounter,
             changes: vec![ByteBuf::from(change)],
         }],
-        request_id: None,
-        resume: vec![],
-        max_response_bytes: None,
+        ..empty_request()
     })
 }
 
@@ -200,27 +208,15 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
     let before = stored_snapshot(&s.server.data_dir);
     let token = s.sonora.enrolled.token.as_str();
     let mut garbage_change = SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        cursor_check: None,
-        actor: None,
-        cursor: 0,
         changes: vec![EncounterChanges {
             encounter: s.encounter,
             changes: vec![ByteBuf::from(b"not automerge".to_vec())],
         }],
-        request_id: None,
-        resume: vec![],
-        max_response_bytes: None,
+        ..empty_request()
     };
     let other_version = SyncRequest {
         protocol: 99,
-        cursor_check: None,
-        actor: None,
-        cursor: 0,
-        changes: vec![],
-        request_id: None,
-        resume: vec![],
-        max_response_bytes: None,
+        ..empty_request()
     };
     let fixtures: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty body", vec![], "not a valid sync"),
@@ -272,16 +268,6 @@ fn malformed_bodies_get_400_with_a_message_and_change_nothing() {
         );
     }
     // Version 2's own fields and the content coding are checked before anything is stored.
-    let empty_request = || SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        cursor_check: None,
-        actor: None,
-        cursor: 0,
-        changes: vec![],
-        request_id: None,
-        resume: vec![],
-        max_response_bytes: None,
-    };
     let long_id = SyncRequest {
         request_id: Some(ByteBuf::from(vec![1; 33])),
         ..empty_request()
