@@ -563,6 +563,23 @@ impl DeviceStore {
         cursor(&self.conn)
     }
 
+    /// Requests whose response never arrived, as (request id, position of their first change on
+    /// the pending list), kept so that a sync started after the app was closed still asks about
+    /// them (see [`SyncRequest::resume`]) instead of uploading their pages again.
+    pub fn lost_requests(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        Ok(setting(&self.conn, "lost_requests")?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default())
+    }
+
+    pub fn set_lost_requests(&mut self, lost: &[(Vec<u8>, u64)]) -> Result<(), StoreError> {
+        put_setting(
+            &self.conn,
+            "lost_requests",
+            &serde_json::to_string(lost).expect("serialisable"),
+        )
+    }
+
     /// Hashes of the changes waiting for the server's acknowledgement.
     pub fn pending_hashes(&self) -> Result<BTreeSet<Vec<u8>>, StoreError> {
         pending_hashes(&self.conn)

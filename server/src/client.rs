@@ -193,6 +193,17 @@ pub fn sync(
     sync_with(store, SyncOptions::default(), progress)
 }
 
+fn remember_lost_requests(
+    store: &mut DeviceStore,
+    in_doubt: &[(ByteBuf, u64)],
+) -> Result<(), ClientError> {
+    let lost: Vec<(Vec<u8>, u64)> = in_doubt
+        .iter()
+        .map(|(id, first)| (id.to_vec(), *first))
+        .collect();
+    Ok(store.set_lost_requests(&lost)?)
+}
+
 /// 16 random bytes naming one request (see [`protocol::SyncRequest::request_id`]).
 fn random_request_id() -> Vec<u8> {
     let mut id = vec![0; 16];
@@ -308,15 +319,29 @@ pub fn sync_with(
     let mut page_bytes = max_page;
     let mut report = SyncReport::default();
     let mut uploaded_up_to = 0;
-    // Requests whose response never came: their ids, and the position and hash of each change
-    // they carried.
-    let mut in_doubt: Vec<(ByteBuf, Vec<(u64, ByteBuf)>)> = Vec::new();
+    // Requests whose response never came: their ids, and the position of the first change they
+    // carried. Kept in the store too, so a sync after the app was closed asks about them first.
+    let mut in_doubt: Vec<(ByteBuf, u64)> = store
+        .lost_requests()?
+        .into_iter()
+        .map(|(id, first)| (ByteBuf::from(id), first))
+        .collect();
+    let mut only_asking = !in_doubt.is_empty();
     // Changes the server asked for that this store has already sent in this sync.
     let mut wanted_sent: HashSet<ByteBuf> = HashSet::new();
     let mut wanted: Vec<EncounterChanges> = Vec::new();
     let mut failed_in_a_row = 0u32;
     loop {
-        let mut page = store.upload_page(uploaded_up_to, page_bytes)?;
+        let mut page = if only_asking {
+            // Asks what became of the lost requests before walking the pending list, which would
+            // otherwise send their pages again.
+            let mut page = store.upload_page(u64::MAX, page_bytes)?;
+            page.last = 0;
+            page.more = true;
+            page
+        } else {
+            store.upload_page(uploaded_up_to, page_bytes)?
+        };
         let request_id = ByteBuf::from(random_request_id());
         page.request.request_id = Some(request_id.clone());
         page.request.resume = in_doubt.iter().map(|(id, _)| id.clone()).collect();
@@ -342,19 +367,18 @@ pub fn sync_with(
                 failed_in_a_row += 1;
                 report.retries += 1;
                 tracing::info!(%message, attempt = failed_in_a_row, page_bytes, "sync request cut off; retrying");
-                if failed_in_a_row >= options.max_failed_attempts {
-                    return Err(ClientError::Unreachable { url, message });
-                }
                 // `wanted` is kept: it goes again with the next request.
-                if !page.sent.is_empty() {
-                    in_doubt.push((request_id, page.sent));
+                if let Some((first, _)) = page.sent.first() {
+                    in_doubt.push((request_id, *first));
                 }
                 if in_doubt.len() > protocol::MAX_RESUMED {
                     // Too many to ask about: the oldest page goes again instead.
-                    let (_, oldest) = in_doubt.remove(0);
-                    if let Some((position, _)) = oldest.first() {
-                        page.last = page.last.min(position.saturating_sub(1));
-                    }
+                    let (_, first) = in_doubt.remove(0);
+                    page.last = page.last.min(first.saturating_sub(1));
+                }
+                remember_lost_requests(store, &in_doubt)?;
+                if failed_in_a_row >= options.max_failed_attempts {
+                    return Err(ClientError::Unreachable { url, message });
                 }
                 uploaded_up_to = page.last;
                 page_bytes = (page_bytes / 2).max(min_page);
@@ -367,6 +391,7 @@ pub fn sync_with(
                 continue;
             }
         };
+        only_asking = false;
         let applied = store.apply_response(&response)?;
         report.uploaded += applied.acknowledged;
         report.downloaded += applied.downloaded;
@@ -374,10 +399,12 @@ pub fn sync_with(
         uploaded_up_to = in_doubt
             .iter()
             .filter(|(id, _)| !response.resumed.contains(id))
-            .filter_map(|(_, sent)| sent.first())
-            .map(|(position, _)| position.saturating_sub(1))
+            .map(|(_, first)| first.saturating_sub(1))
             .fold(page.last, u64::min);
-        in_doubt.clear();
+        if !in_doubt.is_empty() {
+            in_doubt.clear();
+            remember_lost_requests(store, &in_doubt)?;
+        }
         // A reused actor is mended by the store itself (it re-makes its edits), not a refusal to report.
         for rejection in applied
             .rejected

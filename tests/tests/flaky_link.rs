@@ -184,6 +184,49 @@ fn a_response_lost_after_the_server_stored_the_upload_is_asked_about_not_sent_ag
 }
 
 #[test]
+fn a_lost_response_is_asked_about_even_after_the_app_was_closed() {
+    let team = TeamFixture::start("sonora", Default::default());
+    let proxy = FlakyProxy::start(address_of(&team.server.url), clean_link(), 2).unwrap();
+    let mut phone = team.device("phone", Role::Field);
+    let mut twin = team.device("twin", Role::Field);
+    phone.point_at(&proxy.url());
+    twin.point_at(&proxy.url());
+    log_some(&mut twin, 60);
+    let clean = sync(&mut twin);
+
+    // The first request reaches the server, its answer is lost, and the phone gives up at once
+    // (the app is closed before it retries).
+    log_some(&mut phone, 60);
+    proxy.cut_next(Direction::Download, 0);
+    let give_up = SyncOptions {
+        max_failed_attempts: 1,
+        ..patient()
+    };
+    let failed = client::sync_with(&mut phone.store, give_up, |_| {});
+    assert!(failed.is_err());
+    let first_attempt = proxy.stats().bytes_up;
+    assert!(
+        stored_change_hashes(team.data.path()).len() > 120,
+        "the server did store the lost request"
+    );
+    let enrolled = phone.enrolled.clone();
+    drop(phone);
+
+    let mut reopened = Device::new(team.devices.path(), "phone", &proxy.url(), &enrolled);
+    let report = sync(&mut reopened);
+    assert_eq!(report.pending, 0, "{report:?}");
+    let second_attempt = proxy.stats().bytes_up - first_attempt;
+    assert!(
+        second_attempt < clean.bytes_up / 2,
+        "the reopened store asked about the lost request instead of uploading its page again: {second_attempt} bytes against {} for the page",
+        clean.bytes_up
+    );
+    let mut made = held_changes(&reopened);
+    made.extend(held_changes(&twin));
+    assert_stored_exactly(team.data.path(), &made);
+}
+
+#[test]
 fn replayed_and_duplicated_requests_store_each_change_once() {
     let team = TeamFixture::start("sonora", Default::default());
     let mut phone = team.device("phone", Role::Field);
