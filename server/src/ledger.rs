@@ -394,6 +394,36 @@ fn ingest_encounter(
     Ok(Ok(hashes))
 }
 
+/// The log position of the last stored change (0 for an empty log). Read before and after a
+/// sync under the writer lock, it brackets exactly the changes that sync stored.
+pub fn log_end(conn: &Connection) -> Result<u64, LedgerError> {
+    let end: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |row| {
+        row.get(0)
+    })?;
+    Ok(end.max(0) as u64)
+}
+
+/// The encounters, each once and with its team, of the changes stored after log position
+/// `after`: what a sync stored, for the coordinators' event stream.
+pub fn encounters_stored_after(
+    conn: &Connection,
+    after: u64,
+) -> Result<Vec<(EncounterId, String)>, LedgerError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT encounter, team FROM changes WHERE seq > ?1 GROUP BY encounter ORDER BY min(seq)",
+    )?;
+    let rows = statement.query_map([after as i64], |row| {
+        Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, team) = row?;
+        let id = EncounterId::from_slice(&id).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+        out.push((id, team));
+    }
+    Ok(out)
+}
+
 /// Handles one sync request from `device`: [`decode`], then [`sync_decoded`].
 pub fn sync(
     conn: &mut Connection,
