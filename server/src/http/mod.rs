@@ -4,6 +4,7 @@
 mod auth;
 mod encounters;
 mod health;
+mod map;
 mod sync;
 
 use std::future::Future;
@@ -69,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(sync::router(state.config.max_request_bytes))
         .merge(encounters::router())
+        .merge(map::router())
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())
