@@ -759,11 +759,16 @@ pub fn rebuild(
                      updated_at = excluded.updated_at",
                 params![id.as_bytes(), team, document.save(), complete, first_received, last_received],
             )?;
-            index::update(&tx, id, team, &document)?;
+            index::update_with(&tx, id, team, &document, index::facts::Aggregates::Skip)?;
             report.encounters += 1;
         }
         tx.commit()?;
         progress(report.encounters, total);
     }
+    // The aggregates were left alone above, so the map and stats kept answering from the old
+    // ones; they are remade from the refreshed facts in one transaction.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    index::facts::recompute_aggregates(&tx)?;
+    tx.commit()?;
     Ok(report)
 }

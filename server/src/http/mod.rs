@@ -5,6 +5,7 @@ mod auth;
 mod encounters;
 pub mod events;
 mod health;
+mod map;
 pub mod map_page;
 mod sync;
 
@@ -84,6 +85,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(sync::router(state.config.max_request_bytes))
         .merge(encounters::router())
+        .merge(map::router())
         .merge(events::router())
         .merge(map_page::router())
         .fallback(no_such_route)

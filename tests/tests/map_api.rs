@@ -1,0 +1,368 @@
+//! The coordinator's query API (issue 4): `/v1/map`, `/v1/stats`, `/v1/hotspots` and
+//! `/v1/export`, against a real server with encounters logged on phones and synced. Each filter
+//! changes the answer as it should, clusters give way to points as the map zooms in, only
+//! coordinators are served, exports are minimised, generalised, suppressed and audited, and
+//! `auxilio reindex` rebuilds the index tables to the same answers.
+
+use std::collections::BTreeSet;
+
+use auxilio_core::EncounterId;
+use auxilio_server::ServerConfig;
+use auxilio_server::directory::Role;
+use auxilio_tests::{Device, TeamFixture, add_team, enroll, get_json};
+
+/// Sonoyta, in the Sonoran desert, and Ciudad Juárez, on the Río Bravo.
+const SONOYTA: (f64, f64) = (31.86, -112.85);
+const JUAREZ: (f64, f64) = (31.69, -106.42);
+const SONORA_BOX: &str = "-114,30,-110,33";
+const JUAREZ_BOX: &str = "-107,31,-106,32";
+const EVERYWHERE: &str = "-120,20,-90,35";
+
+/// An encounter near `place` (offset by `nudge` thousandths of a degree), on `day` of November
+/// 2026, with `services` and any `extra` fields (JSON members, with a leading comma). Unless
+/// `extra` has counts, the group is a woman and two men from Honduras.
+fn encounter(place: (f64, f64), nudge: i32, day: u32, services: &[&str], extra: &str) -> String {
+    let services: Vec<String> = services.iter().map(|s| format!("\"{s}\"")).collect();
+    let counts = if extra.contains("\"counts\"") {
+        ""
+    } else {
+        r#","counts":{"f":{"18-59":1},"m":{"18-59":2}},"nationality_counts":{"HND":3}"#
+    };
+    format!(
+        r#"{{"services":[{}],"location":{{"lat":{},"lon":{}}},"started_at":"2026-11-{day:02}T10:00:00-06:00","terrain":"desert","notes":"secret note {nudge}"{counts}{extra}}}"#,
+        services.join(","),
+        place.0 + f64::from(nudge) / 1000.0,
+        place.1 + f64::from(nudge) / 1000.0,
+    )
+}
+
+/// A server with two teams, a field phone in each, and a coordinator.
+struct Field {
+    fixture: TeamFixture,
+    sonora: Device,
+    chihuahua: Device,
+    coordinator: Device,
+}
+
+impl Field {
+    fn start() -> Self {
+        let fixture = TeamFixture::start("sonora", ServerConfig::default());
+        add_team(fixture.data.path(), "chihuahua");
+        let sonora = fixture.device("sonora-1", Role::Field);
+        let enrolled = enroll(fixture.data.path(), "chihuahua", Role::Field);
+        let chihuahua = Device::new(
+            fixture.devices.path(),
+            "chihuahua-1",
+            &fixture.server.url,
+            &enrolled,
+        );
+        let coordinator = fixture.device("coordinator", Role::Coordinator);
+        Self {
+            fixture,
+            sonora,
+            chihuahua,
+            coordinator,
+        }
+    }
+
+    fn sync_all(&mut self) {
+        for device in [&mut self.sonora, &mut self.chihuahua] {
+            let report = device.sync().unwrap();
+            assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        get_json(
+            &self.fixture.server.url,
+            path,
+            Some(&self.coordinator.enrolled.token),
+        )
+        .unwrap()
+    }
+
+    fn ok(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+
+    /// Ids of the points of a map answer (every encounter must be a point).
+    fn map_points(&self, query: &str) -> BTreeSet<String> {
+        let body = self.ok(&format!("/v1/map?{query}"));
+        assert!(
+            body["clusters"].as_array().unwrap().is_empty(),
+            "{query}: {body}"
+        );
+        body["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn ids(list: &[EncounterId]) -> BTreeSet<String> {
+    list.iter().map(ToString::to_string).collect()
+}
+
+/// Five encounters across two teams, places, days, services, triage, status and UASC.
+struct Logged {
+    rescue_red: EncounterId,
+    orientation_closed: EncounterId,
+    juarez_uasc: EncounterId,
+    juarez_green: EncounterId,
+    no_location: EncounterId,
+}
+
+fn log_five(field: &mut Field) -> Logged {
+    let red = r#","casualties":{"a":{"sex":"m","age_band":"18-59","triage":{"method":"start","category":"red"}}}"#;
+    let rescue_red = field
+        .sonora
+        .log(&encounter(SONOYTA, 0, 1, &["rescue", "first_aid"], red));
+    let orientation_closed = field.sonora.log(&encounter(
+        SONOYTA,
+        10,
+        10,
+        &["orientation"],
+        r#","status":"closed""#,
+    ));
+    let uasc = r#","counts":{"m":{"12-17":1},"uasc":1,"injured":1},"casualties":{"c":{"sex":"m","age_band":"12-17","triage":{"method":"jumpstart","category":"yellow"},"uasc":{}}}"#;
+    let juarez_uasc = field
+        .chihuahua
+        .log(&encounter(JUAREZ, 0, 20, &["rescue"], uasc));
+    let green = r#","casualties":{"g":{"sex":"f","triage":{"method":"start","category":"green"}},"w":{"sex":"f","triage":{"method":"start","category":"red"},"withdrawn_at":"2026-11-21T00:00:00Z"}}"#;
+    let juarez_green = field
+        .chihuahua
+        .log(&encounter(JUAREZ, 5, 21, &["first_aid"], green));
+    let no_location = field.chihuahua.log(
+        r#"{"services":["orientation"],"started_at":"2026-11-22T10:00:00-06:00","counts":{"f":{"60+":1}}}"#,
+    );
+    field.sync_all();
+    Logged {
+        rescue_red,
+        orientation_closed,
+        juarez_uasc,
+        juarez_green,
+        no_location,
+    }
+}
+
+#[test]
+fn each_map_filter_changes_the_answer_as_it_should() {
+    let mut field = Field::start();
+    let logged = log_five(&mut field);
+    let everything = format!("bbox={EVERYWHERE}&zoom=5");
+    let map = |field: &Field, filters: &str| field.map_points(&format!("{everything}{filters}"));
+
+    let located = ids(&[
+        logged.rescue_red,
+        logged.orientation_closed,
+        logged.juarez_uasc,
+        logged.juarez_green,
+    ]);
+    assert_eq!(
+        map(&field, ""),
+        located,
+        "an encounter without a location is not on the map"
+    );
+    assert!(!map(&field, "").contains(&logged.no_location.to_string()));
+    assert_eq!(
+        field.map_points(&format!("bbox={SONORA_BOX}&zoom=8")),
+        ids(&[logged.rescue_red, logged.orientation_closed])
+    );
+    assert_eq!(
+        field.map_points(&format!("bbox={JUAREZ_BOX}&zoom=9")),
+        ids(&[logged.juarez_uasc, logged.juarez_green])
+    );
+    assert_eq!(
+        map(&field, "&team=sonora"),
+        ids(&[logged.rescue_red, logged.orientation_closed])
+    );
+    assert_eq!(
+        map(&field, "&service=rescue"),
+        ids(&[logged.rescue_red, logged.juarez_uasc])
+    );
+    assert_eq!(
+        map(&field, "&service=first_aid"),
+        ids(&[logged.rescue_red, logged.juarez_green])
+    );
+    assert_eq!(map(&field, "&triage=red"), ids(&[logged.rescue_red]));
+    assert_eq!(map(&field, "&triage=yellow"), ids(&[logged.juarez_uasc]));
+    assert_eq!(
+        map(&field, "&triage=green"),
+        ids(&[logged.juarez_green]),
+        "a withdrawn red casualty does not count"
+    );
+    assert_eq!(
+        map(&field, "&status=closed"),
+        ids(&[logged.orientation_closed])
+    );
+    assert_eq!(map(&field, "&uasc=true"), ids(&[logged.juarez_uasc]));
+    assert_eq!(map(&field, "&uasc=false").len(), 3);
+    assert_eq!(
+        map(&field, "&from=2026-11-05T00:00:00Z&to=2026-11-21T00:00:00Z"),
+        ids(&[logged.orientation_closed, logged.juarez_uasc])
+    );
+    assert_eq!(
+        map(&field, "&from=2026-11-21T16:00:00Z"),
+        ids(&[logged.juarez_green]),
+        "from is inclusive, to the second"
+    );
+    assert_eq!(
+        map(&field, "&to=2026-11-01T16:00:00Z"),
+        BTreeSet::new(),
+        "to is exclusive"
+    );
+    assert_eq!(
+        map(&field, "&team=chihuahua&service=rescue&uasc=true"),
+        ids(&[logged.juarez_uasc])
+    );
+
+    // A point carries what the map shows without opening the encounter.
+    let body = field.ok(&format!("/v1/map?{everything}&triage=yellow"));
+    let point = &body["points"][0];
+    assert_eq!(point["triage"], "yellow");
+    assert_eq!(point["uasc"], true);
+    assert_eq!(point["status"], "open");
+    assert_eq!(point["services"], serde_json::json!(["rescue"]));
+    assert_eq!(point["occurred_at"], "2026-11-20T16:00:00Z");
+    assert_eq!(body["total"], 1);
+    assert_eq!(body["zoom"], 5);
+
+    // An edit that changes a filtered value moves the encounter between answers.
+    field.sonora.edit(
+        logged.rescue_red,
+        &["status=closed", "casualties.a.triage.category=green"],
+    );
+    field.sync_all();
+    assert_eq!(
+        map(&field, "&status=closed"),
+        ids(&[logged.rescue_red, logged.orientation_closed])
+    );
+    assert_eq!(map(&field, "&triage=red"), BTreeSet::new());
+    field.sonora.edit(logged.rescue_red, &["location=null"]);
+    field.sync_all();
+    assert_eq!(
+        map(&field, "&team=sonora"),
+        ids(&[logged.orientation_closed]),
+        "a removed location leaves the map"
+    );
+}
+
+#[test]
+fn clusters_at_low_zoom_become_points_when_zoomed_in() {
+    let mut field = Field::start();
+    // 520 encounters in a 0.05° square near Sonoyta, and 3 at Juárez.
+    for i in 0..520 {
+        let nudge = i % 50;
+        field.sonora.log(&encounter(
+            SONOYTA,
+            nudge,
+            1 + (i % 28) as u32,
+            &["rescue"],
+            "",
+        ));
+    }
+    for i in 0..3 {
+        field
+            .chihuahua
+            .log(&encounter(JUAREZ, i * 50, 2, &["first_aid"], ""));
+    }
+    field.sync_all();
+
+    for query in [
+        format!("bbox={EVERYWHERE}&zoom=4"),
+        // The same from the R*Tree rather than the pre-aggregated cells.
+        format!("bbox={EVERYWHERE}&zoom=4&from=2026-01-01T00:00:00Z"),
+    ] {
+        let body = field.ok(&format!("/v1/map?{query}"));
+        assert_eq!(body["total"], 523, "{query}");
+        let clusters = body["clusters"].as_array().unwrap();
+        let counts: BTreeSet<i64> = clusters
+            .iter()
+            .map(|c| c["count"].as_i64().unwrap())
+            .collect();
+        assert!(counts.contains(&520), "{query}: {body}");
+        let sonoyta = clusters.iter().find(|c| c["count"] == 520).unwrap();
+        let (lat, lon) = (
+            sonoyta["lat"].as_f64().unwrap(),
+            sonoyta["lon"].as_f64().unwrap(),
+        );
+        assert!(
+            (lat - 31.8845).abs() < 0.01 && (lon + 112.8255).abs() < 0.01,
+            "{sonoyta}"
+        );
+        let bbox: Vec<f64> = serde_json::from_value(sonoyta["bbox"].clone()).unwrap();
+        assert!(bbox[0] <= lon && lon <= bbox[2] && bbox[1] <= lat && lat <= bbox[3]);
+        let clustered: i64 = clusters.iter().map(|c| c["count"].as_i64().unwrap()).sum();
+        let points = body["points"].as_array().unwrap().len() as i64;
+        assert_eq!(clustered + points, 523, "{query}");
+    }
+
+    // Zoomed in on the three Juárez encounters, 0.05° apart: each alone in its cell.
+    let body = field.ok("/v1/map?bbox=-106.5,31.6,-106.2,31.9&zoom=12");
+    assert_eq!(body["points"].as_array().unwrap().len(), 3, "{body}");
+    // Zoomed in far enough, everything in view is points.
+    let body = field.ok("/v1/map?bbox=-112.86,31.85,-112.79,31.92&zoom=15");
+    assert!(body["clusters"].as_array().unwrap().is_empty());
+    assert_eq!(body["points"].as_array().unwrap().len(), 520);
+    // At zoom 8 over Sonora there are more than 500 in view: clusters.
+    let body = field.ok(&format!("/v1/map?bbox={SONORA_BOX}&zoom=8"));
+    assert!(!body["clusters"].as_array().unwrap().is_empty());
+    assert_eq!(body["total"], 520);
+}
+
+#[test]
+fn only_coordinators_are_served_and_bad_parameters_are_named() {
+    let field = Field::start();
+    let endpoints = [format!("/v1/map?bbox={EVERYWHERE}&zoom=5")];
+    for path in &endpoints {
+        let (status, body) = get_json(
+            &field.fixture.server.url,
+            path,
+            Some(&field.sonora.enrolled.token),
+        )
+        .unwrap();
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("coordinators"),
+            "{body}"
+        );
+        let (status, _) = get_json(&field.fixture.server.url, path, None).unwrap();
+        assert_eq!(status, 401, "{path}");
+    }
+    for (query, parameter) in [
+        ("zoom=5", "bbox"),
+        ("bbox=-120,20,-90", "bbox"),
+        ("bbox=-90,20,-120,35&zoom=5", "bbox"),
+        (&format!("bbox={EVERYWHERE}") as &str, "zoom"),
+        (&format!("bbox={EVERYWHERE}&zoom=21"), "zoom"),
+        (&format!("bbox={EVERYWHERE}&zoom=five"), "zoom"),
+        (&format!("bbox={EVERYWHERE}&zoom=5&from=yesterday"), "from"),
+        (
+            &format!("bbox={EVERYWHERE}&zoom=5&to=2026-13-01T00:00:00Z"),
+            "to",
+        ),
+        (&format!("bbox={EVERYWHERE}&zoom=5&triage=purple"), "triage"),
+        (
+            &format!("bbox={EVERYWHERE}&zoom=5&status=pending"),
+            "status",
+        ),
+        (&format!("bbox={EVERYWHERE}&zoom=5&uasc=maybe"), "uasc"),
+        (&format!("bbox={EVERYWHERE}&zoom=5&service=taxi"), "service"),
+        (&format!("bbox={EVERYWHERE}&zoom=5&colour=red"), "colour"),
+        (
+            &format!("bbox={EVERYWHERE}&zoom=5&from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z"),
+            "from",
+        ),
+    ] {
+        let (status, body) = field.get(&format!("/v1/map?{query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(parameter),
+            "{query}: {body}"
+        );
+    }
+}
