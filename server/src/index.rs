@@ -9,7 +9,7 @@
 pub mod facts;
 pub mod filter;
 pub mod map;
-
+pub mod stats;
 use auxilio_core::EncounterId;
 use auxilio_core::document::EncounterDocument;
 use auxilio_core::validation::validate;

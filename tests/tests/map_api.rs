@@ -117,7 +117,7 @@ struct Logged {
 }
 
 fn log_five(field: &mut Field) -> Logged {
-    let red = r#","casualties":{"a":{"sex":"m","age_band":"18-59","triage":{"method":"start","category":"red"}}}"#;
+    let red = r#","adm1":"MX-SON","casualties":{"a":{"sex":"m","age_band":"18-59","triage":{"method":"start","category":"red"}}}"#;
     let rescue_red = field
         .sonora
         .log(&encounter(SONOYTA, 0, 1, &["rescue", "first_aid"], red));
@@ -126,13 +126,13 @@ fn log_five(field: &mut Field) -> Logged {
         10,
         10,
         &["orientation"],
-        r#","status":"closed""#,
+        r#","status":"closed","adm1":"MX-SON""#,
     ));
-    let uasc = r#","counts":{"m":{"12-17":1},"uasc":1,"injured":1},"casualties":{"c":{"sex":"m","age_band":"12-17","triage":{"method":"jumpstart","category":"yellow"},"uasc":{}}}"#;
+    let uasc = r#","adm1":"MX-CHH","counts":{"m":{"12-17":1},"uasc":1,"injured":1},"casualties":{"c":{"sex":"m","age_band":"12-17","triage":{"method":"jumpstart","category":"yellow"},"uasc":{}}}"#;
     let juarez_uasc = field
         .chihuahua
         .log(&encounter(JUAREZ, 0, 20, &["rescue"], uasc));
-    let green = r#","casualties":{"g":{"sex":"f","triage":{"method":"start","category":"green"}},"w":{"sex":"f","triage":{"method":"start","category":"red"},"withdrawn_at":"2026-11-21T00:00:00Z"}}"#;
+    let green = r#","adm1":"MX-CHH","casualties":{"g":{"sex":"f","triage":{"method":"start","category":"green"}},"w":{"sex":"f","triage":{"method":"start","category":"red"},"withdrawn_at":"2026-11-21T00:00:00Z"}}"#;
     let juarez_green = field
         .chihuahua
         .log(&encounter(JUAREZ, 5, 21, &["first_aid"], green));
@@ -365,4 +365,184 @@ fn only_coordinators_are_served_and_bad_parameters_are_named() {
             "{query}: {body}"
         );
     }
+}
+
+#[test]
+fn stats_count_totals_and_every_breakdown_with_the_same_filters() {
+    let mut field = Field::start();
+    log_five(&mut field);
+    let stats = field.ok("/v1/stats");
+    assert_eq!(stats["period"], "day");
+    assert_eq!(
+        stats["totals"],
+        serde_json::json!({"encounters": 5, "people": 11, "injured": 1, "uasc": 1, "deceased": 0, "rescues": 2, "rescued": 4})
+    );
+    let periods: Vec<(String, i64)> = stats["by_period"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["period"].as_str().unwrap().to_string(),
+                row["encounters"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let day = |d: &str| (d.to_string(), 1);
+    assert_eq!(
+        periods,
+        [
+            day("2026-11-01"),
+            day("2026-11-10"),
+            day("2026-11-20"),
+            day("2026-11-21"),
+            day("2026-11-22")
+        ]
+    );
+    let pick = |rows: &serde_json::Value, key: &str| -> Vec<(String, i64, i64)> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (
+                    row[key].as_str().unwrap_or("null").to_string(),
+                    row["encounters"].as_i64().unwrap(),
+                    row["people"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        pick(&stats["by_adm1"], "adm1"),
+        [
+            ("null".into(), 1, 1),
+            ("MX-CHH".into(), 2, 4),
+            ("MX-SON".into(), 2, 6)
+        ]
+    );
+    assert_eq!(
+        pick(&stats["by_triage"], "triage"),
+        [
+            ("red".into(), 1, 3),
+            ("yellow".into(), 1, 1),
+            ("green".into(), 1, 3),
+            ("none".into(), 2, 4)
+        ]
+    );
+    assert_eq!(
+        pick(&stats["by_service"], "service"),
+        [
+            ("orientation".into(), 2, 4),
+            ("rescue".into(), 2, 4),
+            ("first_aid".into(), 2, 6)
+        ]
+    );
+    assert_eq!(
+        stats["by_sex_age"],
+        serde_json::json!([
+            {"sex": "f", "age_band": "18-59", "people": 3},
+            {"sex": "f", "age_band": "60+", "people": 1},
+            {"sex": "m", "age_band": "12-17", "people": 1},
+            {"sex": "m", "age_band": "18-59", "people": 6},
+        ])
+    );
+    assert_eq!(
+        stats["by_nationality"],
+        serde_json::json!([{"nationality": "HND", "people": 9}])
+    );
+
+    let weeks = field.ok("/v1/stats?period=week");
+    let weeks: Vec<(&str, i64)> = weeks["by_period"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["period"].as_str().unwrap(),
+                row["encounters"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        weeks,
+        [("2026-10-26", 1), ("2026-11-09", 1), ("2026-11-16", 3)],
+        "weeks start on Monday"
+    );
+    let months = field.ok("/v1/stats?period=month");
+    assert_eq!(
+        months["by_period"],
+        serde_json::json!([{"period": "2026-11", "encounters": 5, "people": 11, "injured": 1, "uasc": 1, "deceased": 0, "rescues": 2, "rescued": 4}])
+    );
+
+    let encounters = |query: &str| {
+        field.ok(&format!("/v1/stats?{query}"))["totals"]["encounters"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(encounters("team=chihuahua"), 3);
+    assert_eq!(encounters("service=rescue"), 2);
+    assert_eq!(encounters("triage=green"), 1);
+    assert_eq!(encounters("status=closed"), 1);
+    assert_eq!(encounters("uasc=true"), 1);
+    assert_eq!(encounters(&format!("bbox={SONORA_BOX}")), 2);
+    assert_eq!(
+        encounters(&format!("bbox={EVERYWHERE}")),
+        4,
+        "a box leaves out encounters without a location"
+    );
+    assert_eq!(
+        encounters(&format!("bbox={EVERYWHERE}&team=chihuahua&triage=yellow")),
+        1
+    );
+    // Partial days at both ends are counted to the second, whole days and months from the
+    // aggregates; every way of cutting the range agrees.
+    for period in ["day", "week", "month"] {
+        assert_eq!(
+            encounters(&format!(
+                "period={period}&from=2026-11-01T12:00:00Z&to=2026-11-21T17:00:00Z"
+            )),
+            4
+        );
+        assert_eq!(
+            encounters(&format!(
+                "period={period}&from=2026-11-01T16:00:01Z&to=2026-11-21T16:00:00Z"
+            )),
+            2
+        );
+        assert_eq!(
+            encounters(&format!(
+                "period={period}&from=2026-10-15T05:00:00Z&to=2026-12-03T00:00:00Z"
+            )),
+            5
+        );
+        assert_eq!(
+            encounters(&format!(
+                "period={period}&from=2026-11-20T00:00:00Z&to=2026-11-21T00:00:00Z"
+            )),
+            1
+        );
+        assert_eq!(
+            encounters(&format!(
+                "period={period}&from=2026-11-20T15:00:00Z&to=2026-11-20T17:00:00Z"
+            )),
+            1
+        );
+        assert_eq!(
+            encounters(&format!("period={period}&to=2026-11-20T16:00:00Z")),
+            2
+        );
+        assert_eq!(
+            encounters(&format!("period={period}&from=2026-11-20T16:00:00Z")),
+            3
+        );
+        assert_eq!(
+            encounters(&format!(
+                "period={period}&bbox={EVERYWHERE}&from=2026-11-20T16:00:00Z"
+            )),
+            2
+        );
+    }
+    let (status, body) = field.get("/v1/stats?period=year");
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("period"), "{body}");
 }

@@ -1,5 +1,6 @@
 //! The coordinator's views over all teams: `GET /v1/map` (clusters and points for a box and a
-//! zoom). Coordinators only: a field device is refused with 403.
+//! zoom), `GET /v1/stats` (totals and breakdowns) and `GET /v1/hotspots` (where rescues and
+//! injuries concentrate). Coordinators only: a field device is refused with 403.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -11,9 +12,12 @@ use crate::directory::{Device, Role};
 use crate::error::AppError;
 use crate::index::filter::Filter;
 use crate::index::map::{self, MAX_ZOOM, MapAnswer};
+use crate::index::stats::{self, Period, StatsAnswer};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/map", get(map_view))
+    Router::new()
+        .route("/v1/map", get(map_view))
+        .route("/v1/stats", get(stats_view))
 }
 
 /// Refuses every device but a coordinator's, saying why.
@@ -67,6 +71,24 @@ async fn map_view(
         })?;
     let answer = state
         .blocking(move |database| Ok(database.read(|conn| map::query(conn, &filter, bbox, zoom))?))
+        .await?;
+    Ok(Json(answer))
+}
+
+async fn stats_view(
+    State(state): State<AppState>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<StatsAnswer>, AppError> {
+    require_coordinator(&device, "the stats")?;
+    let (filter, others) =
+        Filter::parse(&query_pairs(query)?, &["period"]).map_err(AppError::BadRequest)?;
+    let period = match others.get("period") {
+        Some(text) => Period::parse(text).map_err(AppError::BadRequest)?,
+        None => Period::Day,
+    };
+    let answer = state
+        .blocking(move |database| Ok(database.read(|conn| stats::query(conn, &filter, period))?))
         .await?;
     Ok(Json(answer))
 }
