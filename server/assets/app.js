@@ -42,6 +42,7 @@
     hotspots: null,
     mapRequest: null,
     hotspotRequest: null,
+    statsRequest: null,
     events: null,
     renders: 0,
     fresh: new Map(), // encounter id -> time it was announced, to highlight it briefly
@@ -263,15 +264,53 @@
       .map((n) => n.toFixed(5)).join(",");
   }
 
+  // body[data-loading] is "true" from the moment a redraw is due until the map answer is drawn,
+  // so a person (or a test) can tell a settled map from one about to change.
   function scheduleRefresh(delay) {
     clearTimeout(state.refreshTimer);
-    state.refreshTimer = setTimeout(refresh, delay);
+    document.body.dataset.loading = "true";
+    state.refreshTimer = setTimeout(() => {
+      state.refreshTimer = null;
+      refresh();
+    }, delay);
   }
 
   function refresh() {
     if (!state.token || !state.map) return;
     loadMap();
+    loadFigures();
     if ($("toggle-hotspots").checked) loadHotspots();
+  }
+
+  // Counted figures for what is in view, from /v1/stats with the same box and filters. Open
+  // encounters are the total less those a status=closed query would count, so one request does.
+  async function loadFigures() {
+    if (state.statsRequest) state.statsRequest.abort();
+    const controller = new AbortController();
+    state.statsRequest = controller;
+    const params = filterParams();
+    params.set("bbox", bboxParam());
+    try {
+      const [all, closed] = await Promise.all([
+        api(`/v1/stats?${params}`, controller.signal),
+        params.get("status") ? null : api(`/v1/stats?${params}&status=closed`, controller.signal),
+      ]);
+      if (controller.signal.aborted) return;
+      const t = all.totals || {};
+      const open = params.get("status") === "closed" ? 0
+        : params.get("status") === "open" ? t.encounters : t.encounters - ((closed && closed.totals.encounters) || 0);
+      for (const [id, value] of [["people", t.people], ["rescues", t.rescues], ["injured", t.injured],
+        ["uasc", t.uasc], ["deceased", t.deceased], ["open", open]]) {
+        $(`figure-${id}`).textContent = typeof value === "number" ? fmt(value) : "–";
+      }
+      $("figures").hidden = false;
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      if (authFailure(error)) return;
+      $("figures").hidden = true;
+    } finally {
+      if (state.statsRequest === controller) state.statsRequest = null;
+    }
   }
 
   async function loadMap() {
@@ -295,6 +334,7 @@
       if (state.mapRequest === controller) {
         state.mapRequest = null;
         $("loading").hidden = true;
+        if (!state.refreshTimer) document.body.dataset.loading = "false";
       }
     }
   }
@@ -538,7 +578,7 @@
         const triage = c.triage && c.triage.category;
         out.push(h("div", { class: "casualty" },
           h("div", {},
-            triage ? h("span", { class: `pill triage-${triage}`, text: `${label(triage)} (${c.triage.method})` }) : h("span", { class: "pill", text: "Not triaged" }),
+            triage ? h("span", { class: `pill triage-${triage}`, text: `${label(triage)} (${String(c.triage.method).toUpperCase()})` }) : h("span", { class: "pill", text: "Not triaged" }),
             c.uasc ? h("span", { class: "pill warn", text: c.uasc.handed_over_at ? "UASC handed over" : "UASC awaiting hand-over" }) : null,
           ),
           h("p", { text: [
@@ -708,7 +748,9 @@
     const session = state.events;
     state.events = null;
     if (session && session.controller) session.controller.abort();
-    if (state.mapRequest) state.mapRequest.abort();
+    for (const request of [state.mapRequest, state.statsRequest, state.hotspotRequest]) {
+      if (request) request.abort();
+    }
     if (state.markers) state.markers.clearLayers();
     clearHotspots();
     closeDetail();

@@ -126,6 +126,8 @@ try {
   step(`panel shows conflict on counts.m.18-59 between devices ${devices.join(" and ")}`);
 
   // Live update: the Rust test syncs a new encounter near here; it must appear without reload.
+  // (Opening the panel narrowed the map and redrew it: wait until that has settled.)
+  await page.waitForSelector('body[data-loading="false"]');
   const before = await page.evaluate(() => Number(document.getElementById("summary").dataset.total));
   console.log("READY_FOR_LIVE_UPDATE");
   const synced = await nextLine();
@@ -142,6 +144,14 @@ try {
   await page.waitForTimeout(600);
   await page.screenshot({ path: screenshot });
   console.log(`SCREENSHOT ${screenshot}`);
+  // And one zoomed in on the Sonoran desert, where encounters are drawn one by one.
+  await page.click("#detail-close");
+  await page.evaluate(() => { location.hash = "#map=9/31.72/-112.25"; });
+  await page.waitForFunction(() => document.querySelectorAll(".aux-point").length > 50);
+  await page.waitForTimeout(600);
+  const pointsShot = screenshot.replace(/\.png$/, "-points.png");
+  await page.screenshot({ path: pointsShot });
+  console.log(`SCREENSHOT ${pointsShot}`);
 
   check(problems.length === 0, problems.join("; "));
   console.log("DONE");
