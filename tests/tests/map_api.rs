@@ -16,6 +16,7 @@ const SONOYTA: (f64, f64) = (31.86, -112.85);
 const JUAREZ: (f64, f64) = (31.69, -106.42);
 const SONORA_BOX: &str = "-114,30,-110,33";
 const JUAREZ_BOX: &str = "-107,31,-106,32";
+const PIEDRAS_NEGRAS: (f64, f64) = (28.70, -100.52);
 const EVERYWHERE: &str = "-120,20,-90,35";
 
 /// An encounter near `place` (offset by `nudge` thousandths of a degree), on `day` of November
@@ -545,4 +546,99 @@ fn stats_count_totals_and_every_breakdown_with_the_same_filters() {
     let (status, body) = field.get("/v1/stats?period=year");
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("period"), "{body}");
+}
+
+#[test]
+fn hotspots_merge_touching_dense_cells_into_polygons() {
+    let mut field = Field::start();
+    // Zoom 8 cells are 0.35° wide; a cell edge runs at longitude -112.8515625, just west of
+    // Sonoyta: six rescues on each side make one hotspot of two cells.
+    for nudge in 0..6 {
+        field
+            .sonora
+            .log(&encounter(SONOYTA, nudge, 3, &["rescue"], ""));
+        field.sonora.log(&encounter(
+            SONOYTA,
+            -10 - nudge,
+            4,
+            &["rescue", "first_aid"],
+            "",
+        ));
+    }
+    // Five encounters with someone injured at Piedras Negras make another; three rescues at
+    // Juárez are too few, and orientation without injuries does not count.
+    let injured = r#","counts":{"m":{"18-59":1},"injured":1}"#;
+    for nudge in 0..5 {
+        field.chihuahua.log(&encounter(
+            PIEDRAS_NEGRAS,
+            nudge,
+            5,
+            &["first_aid"],
+            injured,
+        ));
+    }
+    for nudge in 0..3 {
+        field
+            .chihuahua
+            .log(&encounter(JUAREZ, nudge, 6, &["rescue"], ""));
+    }
+    for nudge in 0..10 {
+        field
+            .chihuahua
+            .log(&encounter(JUAREZ, nudge, 6, &["orientation"], ""));
+    }
+    field.sync_all();
+
+    let body = field.ok("/v1/hotspots?zoom=8");
+    assert_eq!(body["type"], "FeatureCollection");
+    let features = body["features"].as_array().unwrap();
+    let summary: Vec<(i64, i64, i64, i64)> = features
+        .iter()
+        .map(|f| {
+            let p = &f["properties"];
+            (
+                p["count"].as_i64().unwrap(),
+                p["rescues"].as_i64().unwrap(),
+                p["injured"].as_i64().unwrap(),
+                p["cells"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(summary, [(12, 12, 0, 2), (5, 0, 5, 1)], "{body}");
+    let sonoyta = &features[0]["geometry"];
+    assert_eq!(sonoyta["type"], "Polygon");
+    let ring = sonoyta["coordinates"][0].as_array().unwrap();
+    let longitudes: Vec<f64> = ring.iter().map(|c| c[0].as_f64().unwrap()).collect();
+    let west = longitudes.iter().cloned().fold(f64::MAX, f64::min);
+    let east = longitudes.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(
+        (east - west - 2.0 * 0.3515625).abs() < 1e-9,
+        "two cells wide: {ring:?}"
+    );
+    assert!(west < -112.865 && east > -112.845);
+
+    // The filters apply: one team, one place, one time range.
+    let counts = |query: &str| -> Vec<i64> {
+        field.ok(&format!("/v1/hotspots?{query}"))["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["properties"]["count"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(counts("zoom=8&team=chihuahua"), [5]);
+    assert_eq!(counts(&format!("zoom=8&bbox={SONORA_BOX}")), [12]);
+    assert_eq!(
+        counts(&format!("bbox={SONORA_BOX}&zoom=8&to=2026-11-04T00:00:00Z")),
+        [6]
+    );
+    assert_eq!(
+        counts("zoom=8&service=first_aid"),
+        [6],
+        "Piedras Negras' 5 are below the mean of the occupied cells (5.5)"
+    );
+    assert_eq!(
+        counts("zoom=8&from=2026-11-06T00:00:00Z"),
+        Vec::<i64>::new()
+    );
 }
