@@ -113,7 +113,7 @@ pub fn query(conn: &Connection, filter: &Filter, zoom: u32) -> Result<Json, rusq
             (count, feature)
         })
         .collect();
-    features.sort_by(|a, b| b.0.cmp(&a.0));
+    features.sort_by_key(|(count, _)| std::cmp::Reverse(*count));
     Ok(json!({
         "type": "FeatureCollection",
         "zoom": zoom,
