@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use auxilio_core::EncounterId;
 use auxilio_server::ServerConfig;
 use auxilio_server::directory::Role;
-use auxilio_tests::{Device, TeamFixture, add_team, enroll, get_json};
+use auxilio_tests::{Device, TeamFixture, add_team, enroll, get_json, get_text};
 
 /// Sonoyta, in the Sonoran desert, and Ciudad Juárez, on the Río Bravo.
 const SONOYTA: (f64, f64) = (31.86, -112.85);
@@ -80,6 +80,32 @@ impl Field {
             Some(&self.coordinator.enrolled.token),
         )
         .unwrap()
+    }
+
+    /// An export's status, content type, disposition and body.
+    fn export(&self, query: &str) -> (u16, String, String, String) {
+        get_text(
+            &self.fixture.server.url,
+            &format!("/v1/export?{query}"),
+            Some(&self.coordinator.enrolled.token),
+        )
+    }
+
+    /// The export audit rows: their actor and detail.
+    fn export_audit(&self) -> Vec<(String, serde_json::Value)> {
+        let conn =
+            rusqlite::Connection::open(self.fixture.data.path().join("auxilio.sqlite")).unwrap();
+        let mut statement = conn
+            .prepare("SELECT actor, detail FROM audit_log WHERE action = 'export' ORDER BY seq")
+            .unwrap();
+        statement
+            .query_map([], |row| {
+                let detail: String = row.get(1)?;
+                Ok((row.get(0)?, serde_json::from_str(&detail).unwrap()))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn ok(&self, path: &str) -> serde_json::Value {
@@ -641,4 +667,187 @@ fn hotspots_merge_touching_dense_cells_into_polygons() {
         counts("zoom=8&from=2026-11-06T00:00:00Z"),
         Vec::<i64>::new()
     );
+}
+
+#[test]
+fn exports_are_minimised_generalised_suppressed_and_audited() {
+    let mut field = Field::start();
+    let logged = log_five(&mut field);
+    // A third Sonora encounter: 3 encounters, 3 women and 6 men in Sonora in November.
+    field.sonora.log(&encounter(
+        SONOYTA,
+        20,
+        12,
+        &["humanitarian_aid"],
+        r#","adm1":"MX-SON""#,
+    ));
+    field.sync_all();
+
+    let (status, content_type, disposition, csv) =
+        field.export("format=csv&purpose=monthly%20report%20to%20INM");
+    assert_eq!(status, 200, "{csv}");
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    assert!(
+        disposition.starts_with("attachment; filename=\"auxilio-")
+            && disposition.ends_with(".csv\""),
+        "{disposition}"
+    );
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "id,team,occurred_at,status,services,terrain,adm1,people,injured,uasc,deceased,triage,has_uasc,lat,lon"
+    );
+    assert_eq!(lines.len(), 7, "a header and one row per encounter: {csv}");
+    assert!(
+        !csv.contains("secret note"),
+        "notes never leave in an export"
+    );
+    assert!(
+        !csv.contains("31.86") && !csv.contains("112.85"),
+        "exact coordinates never leave"
+    );
+    let red = lines
+        .iter()
+        .find(|line| line.starts_with(&logged.rescue_red.to_string()))
+        .unwrap();
+    assert_eq!(
+        red.split(',').skip(1).collect::<Vec<_>>(),
+        [
+            "sonora",
+            "2026-11-01T16:00:00Z",
+            "open",
+            "rescue;first_aid",
+            "desert",
+            "MX-SON",
+            "3",
+            "0",
+            "0",
+            "0",
+            "red",
+            "false",
+            "31.9",
+            "-112.8"
+        ]
+    );
+    let unlocated = lines
+        .iter()
+        .find(|line| line.starts_with(&logged.no_location.to_string()))
+        .unwrap();
+    assert!(unlocated.ends_with(",,"), "{unlocated}");
+
+    let (status, content_type, _, geojson) =
+        field.export("format=geojson&purpose=map%20for%20partners&team=chihuahua");
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "application/geo+json");
+    let geojson: serde_json::Value = serde_json::from_str(&geojson).unwrap();
+    let features = geojson["features"].as_array().unwrap();
+    assert_eq!(features.len(), 3, "the filters apply to exports");
+    let uasc = features
+        .iter()
+        .find(|f| f["properties"]["id"] == logged.juarez_uasc.to_string())
+        .unwrap();
+    assert_eq!(
+        uasc["geometry"]["coordinates"],
+        serde_json::json!([-106.4, 31.7])
+    );
+    assert_eq!(uasc["properties"]["has_uasc"], true);
+    assert_eq!(uasc["properties"]["triage"], "yellow");
+    assert!(
+        !uasc["properties"]
+            .as_object()
+            .unwrap()
+            .contains_key("notes")
+    );
+    assert!(
+        features.iter().any(|f| f["geometry"].is_null()),
+        "an encounter without a location has no geometry"
+    );
+
+    let (status, _, _, hxl) = field.export("format=hxl&purpose=HDX%20monthly%20figures");
+    assert_eq!(status, 200, "{hxl}");
+    let rows: Vec<Vec<&str>> = hxl.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows[0][0], "Date");
+    assert_eq!(
+        rows[1],
+        [
+            "#date+occurred",
+            "#adm1+code",
+            "#geo+lat",
+            "#geo+lon",
+            "#org",
+            "#activity",
+            "#country+code+origin",
+            "#output+encounters",
+            "#reached+total",
+            "#reached+f",
+            "#reached+m",
+            "#reached+children",
+            "#reached+f+children",
+            "#reached+m+children",
+            "#reached+children+unaccompanied",
+            "#affected+injured"
+        ],
+        "the second row is the HXL hashtags"
+    );
+    let sonora = rows.iter().find(|r| r[4] == "sonora").unwrap();
+    assert_eq!(sonora[0], "2026-11");
+    assert_eq!(sonora[1], "MX-SON");
+    assert_eq!(sonora[6], "HND", "9 people share the main origin");
+    assert_eq!(sonora[7], "<5", "3 encounters are suppressed");
+    assert_eq!(sonora[8], "9", "9 people are shown");
+    assert_eq!(sonora[9], "<5", "3 women are suppressed");
+    assert_eq!(sonora[10], "6", "6 men are shown");
+    assert_eq!(sonora[11], "0", "zero is not suppressed");
+    let chihuahua_unknown_adm1 = rows
+        .iter()
+        .find(|r| r[4] == "chihuahua" && r[1].is_empty())
+        .unwrap();
+    assert_eq!(
+        chihuahua_unknown_adm1[6], "",
+        "an origin shared by fewer than 5 is not named"
+    );
+    assert!(
+        rows[2..]
+            .iter()
+            .all(|r| r[2].is_empty() || r[2].split('.').nth(1).is_some_and(|d| d.len() == 1)),
+        "aggregate coordinates are generalised too: {hxl}"
+    );
+
+    // Every export is in the audit log, with its purpose, format, filters and size.
+    let audit = field.export_audit();
+    assert_eq!(audit.len(), 3);
+    assert_eq!(audit[0].0, field.coordinator.enrolled.device_id.to_string());
+    assert_eq!(audit[0].1["purpose"], "monthly report to INM");
+    assert_eq!(audit[0].1["format"], "csv");
+    assert_eq!(audit[0].1["rows"], 6);
+    assert_eq!(audit[1].1["purpose"], "map for partners");
+    assert_eq!(
+        audit[1].1["filters"],
+        serde_json::json!({"team": "chihuahua"})
+    );
+    assert_eq!(audit[2].1["format"], "hxl");
+
+    // No purpose, no export, and nothing recorded.
+    for (query, parameter) in [
+        ("format=csv", "purpose"),
+        ("format=csv&purpose=", "purpose"),
+        ("format=csv&purpose=%20%20", "purpose"),
+        ("format=csv&purpose=ab", "purpose"),
+        ("purpose=monthly%20report", "format"),
+        ("format=xlsx&purpose=monthly%20report", "format"),
+        ("format=csv&purpose=monthly%20report&period=week", "period"),
+        ("format=hxl&purpose=monthly%20report&period=year", "period"),
+        ("format=csv&purpose=monthly%20report&triage=blue", "triage"),
+    ] {
+        let (status, _, _, body) = field.export(query);
+        assert_eq!(status, 400, "{query}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains(parameter),
+            "{query}: {body}"
+        );
+    }
+    let (_, _, _, body) = field.export("format=csv");
+    assert!(body.contains("a declared purpose is required"), "{body}");
+    assert_eq!(field.export_audit().len(), 3);
 }

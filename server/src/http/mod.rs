@@ -1,8 +1,10 @@
-//! The HTTP surface: one [`AppState`], one router per feature, [`app`] to assemble them (tests
-//! drive it in process) and [`serve`] to run it until a shutdown signal.
+//! The HTTP surface: one [`AppState`], one router per feature (health, sync, encounters, map,
+//! export), [`app`] to assemble them (tests drive it in process) and [`serve`] to run it until a
+//! shutdown signal.
 
 mod auth;
 mod encounters;
+mod export;
 mod health;
 mod map;
 mod sync;
@@ -71,6 +73,7 @@ pub fn app(state: AppState) -> Router {
         .merge(sync::router(state.config.max_request_bytes))
         .merge(encounters::router())
         .merge(map::router())
+        .merge(export::router())
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())
