@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use auxilio_core::EncounterId;
 use auxilio_server::ServerConfig;
 use auxilio_server::directory::Role;
-use auxilio_tests::{Device, TeamFixture, add_team, enroll, get_json, get_text};
+use auxilio_tests::{Device, TeamFixture, add_team, enroll, get_json, get_text, run_auxilio};
 
 /// Sonoyta, in the Sonoran desert, and Ciudad Juárez, on the Río Bravo.
 const SONOYTA: (f64, f64) = (31.86, -112.85);
@@ -850,4 +850,78 @@ fn exports_are_minimised_generalised_suppressed_and_audited() {
     let (_, _, _, body) = field.export("format=csv");
     assert!(body.contains("a declared purpose is required"), "{body}");
     assert_eq!(field.export_audit().len(), 3);
+}
+
+#[test]
+fn reindex_rebuilds_the_map_and_stats_tables_to_the_same_answers() {
+    let mut field = Field::start();
+    let logged = log_five(&mut field);
+    for i in 0..510 {
+        field.sonora.log(&encounter(
+            SONOYTA,
+            i % 40,
+            1 + (i % 28) as u32,
+            &["rescue"],
+            "",
+        ));
+    }
+    field.sync_all();
+    // Edits move encounters between aggregate rows: the incremental path subtracts and adds.
+    field
+        .sonora
+        .edit(logged.rescue_red, &["status=closed", "location.lat=31.5"]);
+    field.chihuahua.edit(
+        logged.juarez_green,
+        &["services+=rescue", "counts.injured=2"],
+    );
+    field.sync_all();
+
+    let queries = [
+        format!("/v1/map?bbox={EVERYWHERE}&zoom=4"),
+        format!("/v1/map?bbox={EVERYWHERE}&zoom=9&service=rescue"),
+        format!("/v1/map?bbox={SONORA_BOX}&zoom=12&from=2026-11-05T00:00:00Z"),
+        format!("/v1/map?bbox={EVERYWHERE}&zoom=5&status=closed"),
+        "/v1/stats".to_string(),
+        "/v1/stats?period=month&from=2026-10-15T05:00:00Z".to_string(),
+        format!("/v1/stats?bbox={SONORA_BOX}&period=week"),
+        "/v1/hotspots?zoom=8".to_string(),
+    ];
+    let before: Vec<serde_json::Value> = queries.iter().map(|q| field.ok(q)).collect();
+    assert_eq!(before[4]["totals"]["encounters"], 515);
+    assert!(!before[0]["clusters"].as_array().unwrap().is_empty());
+
+    let conn =
+        rusqlite::Connection::open(field.fixture.data.path().join("auxilio.sqlite")).unwrap();
+    conn.execute_batch(
+        "DELETE FROM encounter_facts; DELETE FROM encounter_nationalities; DELETE FROM encounter_locations;
+         DELETE FROM map_cells; DELETE FROM stats_cells; DELETE FROM stats_nationalities;",
+    )
+    .unwrap();
+    assert_eq!(field.ok("/v1/stats")["totals"]["encounters"], 0);
+
+    let data = field.fixture.data.path().to_str().unwrap().to_string();
+    let output = run_auxilio(
+        field.fixture.devices.path(),
+        &["reindex", "--json", "--data", &data],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let after: Vec<serde_json::Value> = queries.iter().map(|q| field.ok(q)).collect();
+    for ((query, before), after) in queries.iter().zip(&before).zip(&after) {
+        assert_eq!(before, after, "{query}");
+    }
+
+    // Reindexing again, with the tables in place, changes nothing either.
+    let output = run_auxilio(
+        field.fixture.devices.path(),
+        &["reindex", "--json", "--data", &data],
+        None,
+    );
+    assert!(output.status.success());
+    assert_eq!(field.ok(&queries[0]), before[0]);
+    assert_eq!(field.ok(&queries[4]), before[4]);
 }
