@@ -8,6 +8,7 @@
 
 pub mod facts;
 pub mod filter;
+pub mod hotspots;
 pub mod map;
 pub mod stats;
 use auxilio_core::EncounterId;

@@ -464,6 +464,32 @@ impl EventStream {
     }
 }
 
+/// `GET base+path` with an optional bearer token: status, the `Content-Type` and
+/// `Content-Disposition` headers (empty when absent), and the body as text.
+pub fn get_text(base: &str, path: &str, token: Option<&str>) -> (u16, String, String, String) {
+    let mut request = agent().get(format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.call().unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (content_type, disposition) = (header("content-type"), header("content-disposition"));
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1024 * 1024 * 1024)
+        .read_to_string()
+        .unwrap();
+    (response.status().as_u16(), content_type, disposition, body)
+}
+
 /// `POST base+path` with raw bytes: status and body bytes.
 pub fn post_bytes(base: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
     let mut request = agent()

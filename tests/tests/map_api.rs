@@ -9,13 +9,14 @@ use std::collections::BTreeSet;
 use auxilio_core::EncounterId;
 use auxilio_server::ServerConfig;
 use auxilio_server::directory::Role;
-use auxilio_tests::{Device, TeamFixture, add_team, enroll, get_json};
+use auxilio_tests::{Device, TeamFixture, add_team, enroll, get_json, get_text, run_auxilio};
 
 /// Sonoyta, in the Sonoran desert, and Ciudad Juárez, on the Río Bravo.
 const SONOYTA: (f64, f64) = (31.86, -112.85);
 const JUAREZ: (f64, f64) = (31.69, -106.42);
 const SONORA_BOX: &str = "-114,30,-110,33";
 const JUAREZ_BOX: &str = "-107,31,-106,32";
+const PIEDRAS_NEGRAS: (f64, f64) = (28.70, -100.52);
 const EVERYWHERE: &str = "-120,20,-90,35";
 
 /// An encounter near `place` (offset by `nudge` thousandths of a degree), on `day` of November
@@ -79,6 +80,32 @@ impl Field {
             Some(&self.coordinator.enrolled.token),
         )
         .unwrap()
+    }
+
+    /// An export's status, content type, disposition and body.
+    fn export(&self, query: &str) -> (u16, String, String, String) {
+        get_text(
+            &self.fixture.server.url,
+            &format!("/v1/export?{query}"),
+            Some(&self.coordinator.enrolled.token),
+        )
+    }
+
+    /// The export audit rows: their actor and detail.
+    fn export_audit(&self) -> Vec<(String, serde_json::Value)> {
+        let conn =
+            rusqlite::Connection::open(self.fixture.data.path().join("auxilio.sqlite")).unwrap();
+        let mut statement = conn
+            .prepare("SELECT actor, detail FROM audit_log WHERE action = 'export' ORDER BY seq")
+            .unwrap();
+        statement
+            .query_map([], |row| {
+                let detail: String = row.get(1)?;
+                Ok((row.get(0)?, serde_json::from_str(&detail).unwrap()))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn ok(&self, path: &str) -> serde_json::Value {
@@ -545,4 +572,356 @@ fn stats_count_totals_and_every_breakdown_with_the_same_filters() {
     let (status, body) = field.get("/v1/stats?period=year");
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("period"), "{body}");
+}
+
+#[test]
+fn hotspots_merge_touching_dense_cells_into_polygons() {
+    let mut field = Field::start();
+    // Zoom 8 cells are 0.35° wide; a cell edge runs at longitude -112.8515625, just west of
+    // Sonoyta: six rescues on each side make one hotspot of two cells.
+    for nudge in 0..6 {
+        field
+            .sonora
+            .log(&encounter(SONOYTA, nudge, 3, &["rescue"], ""));
+        field.sonora.log(&encounter(
+            SONOYTA,
+            -10 - nudge,
+            4,
+            &["rescue", "first_aid"],
+            "",
+        ));
+    }
+    // Five encounters with someone injured at Piedras Negras make another; three rescues at
+    // Juárez are too few, and orientation without injuries does not count.
+    let injured = r#","counts":{"m":{"18-59":1},"injured":1}"#;
+    for nudge in 0..5 {
+        field.chihuahua.log(&encounter(
+            PIEDRAS_NEGRAS,
+            nudge,
+            5,
+            &["first_aid"],
+            injured,
+        ));
+    }
+    for nudge in 0..3 {
+        field
+            .chihuahua
+            .log(&encounter(JUAREZ, nudge, 6, &["rescue"], ""));
+    }
+    for nudge in 0..10 {
+        field
+            .chihuahua
+            .log(&encounter(JUAREZ, nudge, 6, &["orientation"], ""));
+    }
+    field.sync_all();
+
+    let body = field.ok("/v1/hotspots?zoom=8");
+    assert_eq!(body["type"], "FeatureCollection");
+    let features = body["features"].as_array().unwrap();
+    let summary: Vec<(i64, i64, i64, i64)> = features
+        .iter()
+        .map(|f| {
+            let p = &f["properties"];
+            (
+                p["count"].as_i64().unwrap(),
+                p["rescues"].as_i64().unwrap(),
+                p["injured"].as_i64().unwrap(),
+                p["cells"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(summary, [(12, 12, 0, 2), (5, 0, 5, 1)], "{body}");
+    let sonoyta = &features[0]["geometry"];
+    assert_eq!(sonoyta["type"], "Polygon");
+    let ring = sonoyta["coordinates"][0].as_array().unwrap();
+    let longitudes: Vec<f64> = ring.iter().map(|c| c[0].as_f64().unwrap()).collect();
+    let west = longitudes.iter().cloned().fold(f64::MAX, f64::min);
+    let east = longitudes.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(
+        (east - west - 2.0 * 0.3515625).abs() < 1e-9,
+        "two cells wide: {ring:?}"
+    );
+    assert!(west < -112.865 && east > -112.845);
+
+    // The filters apply: one team, one place, one time range.
+    let counts = |query: &str| -> Vec<i64> {
+        field.ok(&format!("/v1/hotspots?{query}"))["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["properties"]["count"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(counts("zoom=8&team=chihuahua"), [5]);
+    assert_eq!(counts(&format!("zoom=8&bbox={SONORA_BOX}")), [12]);
+    assert_eq!(
+        counts(&format!("bbox={SONORA_BOX}&zoom=8&to=2026-11-04T00:00:00Z")),
+        [6]
+    );
+    assert_eq!(
+        counts("zoom=8&service=first_aid"),
+        [6],
+        "Piedras Negras' 5 are below the mean of the occupied cells (5.5)"
+    );
+    assert_eq!(
+        counts("zoom=8&from=2026-11-06T00:00:00Z"),
+        Vec::<i64>::new()
+    );
+}
+
+#[test]
+fn exports_are_minimised_generalised_suppressed_and_audited() {
+    let mut field = Field::start();
+    let logged = log_five(&mut field);
+    // A third Sonora encounter: 3 encounters, 3 women and 6 men in Sonora in November.
+    field.sonora.log(&encounter(
+        SONOYTA,
+        20,
+        12,
+        &["humanitarian_aid"],
+        r#","adm1":"MX-SON""#,
+    ));
+    field.sync_all();
+
+    let (status, content_type, disposition, csv) =
+        field.export("format=csv&purpose=monthly%20report%20to%20INM");
+    assert_eq!(status, 200, "{csv}");
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    assert!(
+        disposition.starts_with("attachment; filename=\"auxilio-")
+            && disposition.ends_with(".csv\""),
+        "{disposition}"
+    );
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "id,team,occurred_at,status,services,terrain,adm1,people,injured,uasc,deceased,triage,has_uasc,lat,lon"
+    );
+    assert_eq!(lines.len(), 7, "a header and one row per encounter: {csv}");
+    assert!(
+        !csv.contains("secret note"),
+        "notes never leave in an export"
+    );
+    assert!(
+        !csv.contains("31.86") && !csv.contains("112.85"),
+        "exact coordinates never leave"
+    );
+    let red = lines
+        .iter()
+        .find(|line| line.starts_with(&logged.rescue_red.to_string()))
+        .unwrap();
+    assert_eq!(
+        red.split(',').skip(1).collect::<Vec<_>>(),
+        [
+            "sonora",
+            "2026-11-01T16:00:00Z",
+            "open",
+            "rescue;first_aid",
+            "desert",
+            "MX-SON",
+            "3",
+            "0",
+            "0",
+            "0",
+            "red",
+            "false",
+            "31.9",
+            "-112.8"
+        ]
+    );
+    let unlocated = lines
+        .iter()
+        .find(|line| line.starts_with(&logged.no_location.to_string()))
+        .unwrap();
+    assert!(unlocated.ends_with(",,"), "{unlocated}");
+
+    let (status, content_type, _, geojson) =
+        field.export("format=geojson&purpose=map%20for%20partners&team=chihuahua");
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "application/geo+json");
+    let geojson: serde_json::Value = serde_json::from_str(&geojson).unwrap();
+    let features = geojson["features"].as_array().unwrap();
+    assert_eq!(features.len(), 3, "the filters apply to exports");
+    let uasc = features
+        .iter()
+        .find(|f| f["properties"]["id"] == logged.juarez_uasc.to_string())
+        .unwrap();
+    assert_eq!(
+        uasc["geometry"]["coordinates"],
+        serde_json::json!([-106.4, 31.7])
+    );
+    assert_eq!(uasc["properties"]["has_uasc"], true);
+    assert_eq!(uasc["properties"]["triage"], "yellow");
+    assert!(
+        !uasc["properties"]
+            .as_object()
+            .unwrap()
+            .contains_key("notes")
+    );
+    assert!(
+        features.iter().any(|f| f["geometry"].is_null()),
+        "an encounter without a location has no geometry"
+    );
+
+    let (status, _, _, hxl) = field.export("format=hxl&purpose=HDX%20monthly%20figures");
+    assert_eq!(status, 200, "{hxl}");
+    let rows: Vec<Vec<&str>> = hxl.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows[0][0], "Date");
+    assert_eq!(
+        rows[1],
+        [
+            "#date+occurred",
+            "#adm1+code",
+            "#geo+lat",
+            "#geo+lon",
+            "#org",
+            "#activity",
+            "#country+code+origin",
+            "#output+encounters",
+            "#reached+total",
+            "#reached+f",
+            "#reached+m",
+            "#reached+children",
+            "#reached+f+children",
+            "#reached+m+children",
+            "#reached+children+unaccompanied",
+            "#affected+injured"
+        ],
+        "the second row is the HXL hashtags"
+    );
+    let sonora = rows.iter().find(|r| r[4] == "sonora").unwrap();
+    assert_eq!(sonora[0], "2026-11");
+    assert_eq!(sonora[1], "MX-SON");
+    assert_eq!(sonora[6], "HND", "9 people share the main origin");
+    assert_eq!(sonora[7], "<5", "3 encounters are suppressed");
+    assert_eq!(sonora[8], "9", "9 people are shown");
+    assert_eq!(sonora[9], "<5", "3 women are suppressed");
+    assert_eq!(sonora[10], "6", "6 men are shown");
+    assert_eq!(sonora[11], "0", "zero is not suppressed");
+    let chihuahua_unknown_adm1 = rows
+        .iter()
+        .find(|r| r[4] == "chihuahua" && r[1].is_empty())
+        .unwrap();
+    assert_eq!(
+        chihuahua_unknown_adm1[6], "",
+        "an origin shared by fewer than 5 is not named"
+    );
+    assert!(
+        rows[2..]
+            .iter()
+            .all(|r| r[2].is_empty() || r[2].split('.').nth(1).is_some_and(|d| d.len() == 1)),
+        "aggregate coordinates are generalised too: {hxl}"
+    );
+
+    // Every export is in the audit log, with its purpose, format, filters and size.
+    let audit = field.export_audit();
+    assert_eq!(audit.len(), 3);
+    assert_eq!(audit[0].0, field.coordinator.enrolled.device_id.to_string());
+    assert_eq!(audit[0].1["purpose"], "monthly report to INM");
+    assert_eq!(audit[0].1["format"], "csv");
+    assert_eq!(audit[0].1["rows"], 6);
+    assert_eq!(audit[1].1["purpose"], "map for partners");
+    assert_eq!(
+        audit[1].1["filters"],
+        serde_json::json!({"team": "chihuahua"})
+    );
+    assert_eq!(audit[2].1["format"], "hxl");
+
+    // No purpose, no export, and nothing recorded.
+    for (query, parameter) in [
+        ("format=csv", "purpose"),
+        ("format=csv&purpose=", "purpose"),
+        ("format=csv&purpose=%20%20", "purpose"),
+        ("format=csv&purpose=ab", "purpose"),
+        ("purpose=monthly%20report", "format"),
+        ("format=xlsx&purpose=monthly%20report", "format"),
+        ("format=csv&purpose=monthly%20report&period=week", "period"),
+        ("format=hxl&purpose=monthly%20report&period=year", "period"),
+        ("format=csv&purpose=monthly%20report&triage=blue", "triage"),
+    ] {
+        let (status, _, _, body) = field.export(query);
+        assert_eq!(status, 400, "{query}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains(parameter),
+            "{query}: {body}"
+        );
+    }
+    let (_, _, _, body) = field.export("format=csv");
+    assert!(body.contains("a declared purpose is required"), "{body}");
+    assert_eq!(field.export_audit().len(), 3);
+}
+
+#[test]
+fn reindex_rebuilds_the_map_and_stats_tables_to_the_same_answers() {
+    let mut field = Field::start();
+    let logged = log_five(&mut field);
+    for i in 0..510 {
+        field.sonora.log(&encounter(
+            SONOYTA,
+            i % 40,
+            1 + (i % 28) as u32,
+            &["rescue"],
+            "",
+        ));
+    }
+    field.sync_all();
+    // Edits move encounters between aggregate rows: the incremental path subtracts and adds.
+    field
+        .sonora
+        .edit(logged.rescue_red, &["status=closed", "location.lat=31.5"]);
+    field.chihuahua.edit(
+        logged.juarez_green,
+        &["services+=rescue", "counts.injured=2"],
+    );
+    field.sync_all();
+
+    let queries = [
+        format!("/v1/map?bbox={EVERYWHERE}&zoom=4"),
+        format!("/v1/map?bbox={EVERYWHERE}&zoom=9&service=rescue"),
+        format!("/v1/map?bbox={SONORA_BOX}&zoom=12&from=2026-11-05T00:00:00Z"),
+        format!("/v1/map?bbox={EVERYWHERE}&zoom=5&status=closed"),
+        "/v1/stats".to_string(),
+        "/v1/stats?period=month&from=2026-10-15T05:00:00Z".to_string(),
+        format!("/v1/stats?bbox={SONORA_BOX}&period=week"),
+        "/v1/hotspots?zoom=8".to_string(),
+    ];
+    let before: Vec<serde_json::Value> = queries.iter().map(|q| field.ok(q)).collect();
+    assert_eq!(before[4]["totals"]["encounters"], 515);
+    assert!(!before[0]["clusters"].as_array().unwrap().is_empty());
+
+    let conn =
+        rusqlite::Connection::open(field.fixture.data.path().join("auxilio.sqlite")).unwrap();
+    conn.execute_batch(
+        "DELETE FROM encounter_facts; DELETE FROM encounter_nationalities; DELETE FROM encounter_locations;
+         DELETE FROM map_cells; DELETE FROM stats_cells; DELETE FROM stats_nationalities;",
+    )
+    .unwrap();
+    assert_eq!(field.ok("/v1/stats")["totals"]["encounters"], 0);
+
+    let data = field.fixture.data.path().to_str().unwrap().to_string();
+    let output = run_auxilio(
+        field.fixture.devices.path(),
+        &["reindex", "--json", "--data", &data],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let after: Vec<serde_json::Value> = queries.iter().map(|q| field.ok(q)).collect();
+    for ((query, before), after) in queries.iter().zip(&before).zip(&after) {
+        assert_eq!(before, after, "{query}");
+    }
+
+    // Reindexing again, with the tables in place, changes nothing either.
+    let output = run_auxilio(
+        field.fixture.devices.path(),
+        &["reindex", "--json", "--data", &data],
+        None,
+    );
+    assert!(output.status.success());
+    assert_eq!(field.ok(&queries[0]), before[0]);
+    assert_eq!(field.ok(&queries[4]), before[4]);
 }

@@ -11,6 +11,7 @@ use super::{AppState, AuthenticatedDevice};
 use crate::directory::{Device, Role};
 use crate::error::AppError;
 use crate::index::filter::Filter;
+use crate::index::hotspots::{self, DEFAULT_HOTSPOT_ZOOM};
 use crate::index::map::{self, MAX_ZOOM, MapAnswer};
 use crate::index::stats::{self, Period, StatsAnswer};
 
@@ -18,6 +19,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/map", get(map_view))
         .route("/v1/stats", get(stats_view))
+        .route("/v1/hotspots", get(hotspots_view))
 }
 
 /// Refuses every device but a coordinator's, saying why.
@@ -41,6 +43,14 @@ pub fn query_pairs(
         .map_err(|e| AppError::BadRequest(e.body_text()))
 }
 
+fn parse_zoom(text: &str) -> Result<u32, AppError> {
+    text.parse().ok().filter(|z| *z <= MAX_ZOOM).ok_or_else(|| {
+        AppError::BadRequest(format!(
+            "`zoom={text}` must be a whole number from 0 to {MAX_ZOOM}"
+        ))
+    })
+}
+
 async fn map_view(
     State(state): State<AppState>,
     AuthenticatedDevice(device): AuthenticatedDevice,
@@ -60,15 +70,7 @@ async fn map_view(
             "`zoom` is required: a whole number from 0 to {MAX_ZOOM}"
         ))
     })?;
-    let zoom: u32 = zoom_text
-        .parse()
-        .ok()
-        .filter(|z| *z <= MAX_ZOOM)
-        .ok_or_else(|| {
-            AppError::BadRequest(format!(
-                "`zoom={zoom_text}` must be a whole number from 0 to {MAX_ZOOM}"
-            ))
-        })?;
+    let zoom = parse_zoom(zoom_text)?;
     let answer = state
         .blocking(move |database| Ok(database.read(|conn| map::query(conn, &filter, bbox, zoom))?))
         .await?;
@@ -89,6 +91,25 @@ async fn stats_view(
     };
     let answer = state
         .blocking(move |database| Ok(database.read(|conn| stats::query(conn, &filter, period))?))
+        .await?;
+    Ok(Json(answer))
+}
+
+async fn hotspots_view(
+    State(state): State<AppState>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    require_coordinator(&device, "the hotspots")?;
+    let (filter, others) =
+        Filter::parse(&query_pairs(query)?, &["zoom"]).map_err(AppError::BadRequest)?;
+    let zoom = match (others.get("zoom"), filter.bbox) {
+        (Some(text), _) => parse_zoom(text)?,
+        (None, Some(bbox)) => hotspots::zoom_for(bbox),
+        (None, None) => DEFAULT_HOTSPOT_ZOOM,
+    };
+    let answer = state
+        .blocking(move |database| Ok(database.read(|conn| hotspots::query(conn, &filter, zoom))?))
         .await?;
     Ok(Json(answer))
 }

@@ -608,6 +608,24 @@ mod tests {
     }
 
     #[test]
+    fn the_bundled_sqlite_has_the_rtree_module() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE VIRTUAL TABLE boxes USING rtree(key, min_x, max_x, min_y, max_y);
+             INSERT INTO boxes VALUES (1, -112.9, -112.8, 31.8, 31.9);",
+        )
+        .unwrap();
+        let found: i64 = conn
+            .query_row(
+                "SELECT key FROM boxes WHERE max_x >= -113 AND min_x <= -112 AND max_y >= 31 AND min_y <= 32",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(found, 1);
+    }
+
+    #[test]
     fn cells_nest_from_one_level_to_the_next() {
         let (x, y) = cell_of(10, -106.42, 31.69);
         let (parent_x, parent_y) = cell_of(9, -106.42, 31.69);
