@@ -1,14 +1,11 @@
 //! The HTTP surface: one [`AppState`], one router per feature (health, sync, encounters, map,
-//! export), [`app`] to assemble them (tests drive it in process) and [`serve`] to run it until a
-//! shutdown signal.
+//! export, the coordinators' event stream and map page), [`app`] to assemble them (tests drive
+//! it in process) and [`serve`] to run it until a shutdown signal.
 
 mod auth;
 mod encounters;
-<<<<<<< HEAD
 pub mod events;
-=======
 mod export;
->>>>>>> map-api
 mod health;
 mod map;
 pub mod map_page;
@@ -91,12 +88,9 @@ pub fn app(state: AppState) -> Router {
         .merge(sync::router(state.config.max_request_bytes))
         .merge(encounters::router())
         .merge(map::router())
-<<<<<<< HEAD
+        .merge(export::router())
         .merge(events::router())
         .merge(map_page::router())
-=======
-        .merge(export::router())
->>>>>>> map-api
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())
