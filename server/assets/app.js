@@ -432,7 +432,10 @@
     const controller = new AbortController();
     state.hotspotRequest = controller;
     try {
-      const data = await api(`/v1/hotspots?${filterParams()}`, controller.signal);
+      // With the view's box the server sizes its cells to the view.
+      const params = filterParams();
+      params.set("bbox", bboxParam());
+      const data = await api(`/v1/hotspots?${params}`, controller.signal);
       if (controller.signal.aborted || !$("toggle-hotspots").checked) return;
       drawHotspots(data);
     } catch (error) {
@@ -451,11 +454,14 @@
     state.hotspots = L.geoJSON(data, {
       style: (feature) => {
         const share = (Number(feature.properties && feature.properties.count) || 0) / max;
-        return { color: "#b3261e", weight: 1, opacity: 0.7, fillColor: "#e4572e", fillOpacity: 0.15 + 0.45 * share };
+        return { color: "#b3261e", weight: 1, opacity: 0.7, fillColor: "#e4572e", fillOpacity: 0.12 + 0.33 * share };
       },
       onEachFeature: (feature, layer) => {
-        const count = Number(feature.properties && feature.properties.count) || 0;
-        layer.bindTooltip(`${fmt(count)} encounters`, { sticky: true, className: "hotspot-tip" });
+        const p = feature.properties || {};
+        const parts = [`${fmt(Number(p.count) || 0)} encounters with a rescue or injuries`];
+        if (typeof p.rescues === "number") parts.push(`${fmt(p.rescues)} rescues`);
+        if (typeof p.injured === "number") parts.push(`${fmt(p.injured)} people injured`);
+        layer.bindTooltip(parts.join(" · "), { sticky: true, className: "hotspot-tip" });
       },
     }).addTo(state.map);
     document.body.dataset.hotspots = String(features.length);

@@ -177,7 +177,11 @@ impl Lcg {
 fn encounter_json(random: &mut Lcg, n: usize, lat: f64, lon: f64, terrain: &str) -> String {
     let lat = lat + (random.next() - 0.5) * 0.6;
     let lon = lon + (random.next() - 0.5) * 0.6;
-    let status = if n % 3 == 0 { "closed" } else { "open" };
+    let status = if n.is_multiple_of(3) {
+        "closed"
+    } else {
+        "open"
+    };
     let triage = ["red", "yellow", "green"][n % 3];
     let casualties = match n % 5 {
         0 => format!(
@@ -291,7 +295,7 @@ fn a_coordinator_uses_the_map_in_a_real_browser() {
         for n in 0..count {
             device.log(&encounter_json(&mut random, n, lat, lon, terrain));
             total += 1;
-            closed += usize::from(n % 3 == 0);
+            closed += usize::from(n.is_multiple_of(3));
         }
         device.sync().unwrap();
     }

@@ -28,7 +28,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 use super::{AppState, AuthenticatedDevice};
-use crate::directory::{self, Role};
+use crate::directory;
 use crate::error::AppError;
 
 /// Events a subscriber may fall behind by before it is told to resync. Each event is small (ids
@@ -109,11 +109,7 @@ async fn events(
     State(state): State<AppState>,
     AuthenticatedDevice(device): AuthenticatedDevice,
 ) -> Result<Response, AppError> {
-    if device.role != Role::Coordinator {
-        return Err(AppError::Forbidden(
-            "the event stream is for coordinators; this device is a field device".into(),
-        ));
-    }
+    super::map::require_coordinator(&device, "the event stream")?;
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick completes at once; the stream sends `ready` instead.
@@ -178,9 +174,9 @@ fn event_stream(subscription: Subscription) -> impl Stream<Item = Result<Event, 
 async fn still_enrolled(state: &AppState, device: auxilio_core::DeviceId) -> bool {
     state
         .blocking(move |database| {
-            Ok(database
+            database
                 .read(|conn| directory::find_device(conn, device))
-                .map_err(AppError::internal)?)
+                .map_err(AppError::internal)
         })
         .await
         .map(|found| found.is_some_and(|d| d.revoked_at.is_none()))
