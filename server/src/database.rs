@@ -194,16 +194,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (level, cx, cy, team, status, triage, uasc_flag, services)
     ) WITHOUT ROWID;
     -- Pre-aggregated counts per day (`grain` 'day', period YYYY-MM-DD) and per month ('month',
-    -- YYYY-MM) and filter combination.
+    -- YYYY-MM), team, adm1, status and UASC flag; encounters and people per service and per
+    -- triage category are columns, so the breakdowns need no more rows.
     CREATE TABLE stats_cells (
         grain TEXT NOT NULL,
         period TEXT NOT NULL,
         team TEXT NOT NULL,
         adm1 TEXT NOT NULL,
         status TEXT NOT NULL,
-        triage TEXT NOT NULL,
         uasc_flag INTEGER NOT NULL,
-        services INTEGER NOT NULL,
         encounters INTEGER NOT NULL DEFAULT 0,
         people INTEGER NOT NULL DEFAULT 0,
         injured INTEGER NOT NULL DEFAULT 0,
@@ -229,19 +228,51 @@ const MIGRATIONS: &[&str] = &[
         unknown_18_59 INTEGER NOT NULL DEFAULT 0,
         unknown_60_plus INTEGER NOT NULL DEFAULT 0,
         unknown_unknown INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (grain, period, team, adm1, status, triage, uasc_flag, services)
+        service_orientation_encounters INTEGER NOT NULL DEFAULT 0,
+        service_orientation_people INTEGER NOT NULL DEFAULT 0,
+        service_humanitarian_aid_encounters INTEGER NOT NULL DEFAULT 0,
+        service_humanitarian_aid_people INTEGER NOT NULL DEFAULT 0,
+        service_social_assistance_encounters INTEGER NOT NULL DEFAULT 0,
+        service_social_assistance_people INTEGER NOT NULL DEFAULT 0,
+        service_rescue_encounters INTEGER NOT NULL DEFAULT 0,
+        service_rescue_people INTEGER NOT NULL DEFAULT 0,
+        service_first_aid_encounters INTEGER NOT NULL DEFAULT 0,
+        service_first_aid_people INTEGER NOT NULL DEFAULT 0,
+        service_located_missing_encounters INTEGER NOT NULL DEFAULT 0,
+        service_located_missing_people INTEGER NOT NULL DEFAULT 0,
+        service_legal_advice_encounters INTEGER NOT NULL DEFAULT 0,
+        service_legal_advice_people INTEGER NOT NULL DEFAULT 0,
+        service_transfer_hospital_encounters INTEGER NOT NULL DEFAULT 0,
+        service_transfer_hospital_people INTEGER NOT NULL DEFAULT 0,
+        service_transfer_shelter_encounters INTEGER NOT NULL DEFAULT 0,
+        service_transfer_shelter_people INTEGER NOT NULL DEFAULT 0,
+        service_repatriation_support_encounters INTEGER NOT NULL DEFAULT 0,
+        service_repatriation_support_people INTEGER NOT NULL DEFAULT 0,
+        service_body_recovery_encounters INTEGER NOT NULL DEFAULT 0,
+        service_body_recovery_people INTEGER NOT NULL DEFAULT 0,
+        triage_red_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_red_people INTEGER NOT NULL DEFAULT 0,
+        triage_yellow_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_yellow_people INTEGER NOT NULL DEFAULT 0,
+        triage_green_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_green_people INTEGER NOT NULL DEFAULT 0,
+        triage_gray_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_gray_people INTEGER NOT NULL DEFAULT 0,
+        triage_black_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_black_people INTEGER NOT NULL DEFAULT 0,
+        triage_none_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_none_people INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (grain, period, team, adm1, status, uasc_flag)
     ) WITHOUT ROWID;
     CREATE TABLE stats_nationalities (
         grain TEXT NOT NULL,
         period TEXT NOT NULL,
         team TEXT NOT NULL,
         status TEXT NOT NULL,
-        triage TEXT NOT NULL,
         uasc_flag INTEGER NOT NULL,
-        services INTEGER NOT NULL,
         nationality TEXT NOT NULL,
         people INTEGER NOT NULL,
-        PRIMARY KEY (grain, period, team, status, triage, uasc_flag, services, nationality)
+        PRIMARY KEY (grain, period, team, status, uasc_flag, nationality)
     ) WITHOUT ROWID;
 ",
 ];

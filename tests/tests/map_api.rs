@@ -538,6 +538,12 @@ fn stats_count_totals_and_every_breakdown_with_the_same_filters() {
         );
         assert_eq!(
             encounters(&format!(
+                "period={period}&service=rescue&from=2026-11-01T12:00:00Z&to=2026-11-21T17:00:00Z"
+            )),
+            2
+        );
+        assert_eq!(
+            encounters(&format!(
                 "period={period}&from=2026-10-15T05:00:00Z&to=2026-12-03T00:00:00Z"
             )),
             5

@@ -112,6 +112,53 @@ pub const TRIAGE_ORDER: [TriageCategory; 5] = [
     TriageCategory::Black,
 ];
 
+/// Columns of `stats_cells` after its key: [`MEASURES`], then encounters and people for each
+/// service (in [`SERVICES`] order) and for each triage category (in [`TRIAGE_ORDER`] order, then
+/// `none`).
+pub fn stats_columns() -> Vec<String> {
+    let mut columns: Vec<String> = MEASURES.iter().map(|m| (*m).to_string()).collect();
+    for service in SERVICES {
+        let name = code(service);
+        columns.push(format!("service_{name}_encounters"));
+        columns.push(format!("service_{name}_people"));
+    }
+    for category in triage_codes() {
+        columns.push(format!("triage_{category}_encounters"));
+        columns.push(format!("triage_{category}_people"));
+    }
+    columns
+}
+
+/// Triage codes from most to least urgent, then `none` (no casualty with a triage category).
+pub fn triage_codes() -> Vec<String> {
+    TRIAGE_ORDER
+        .iter()
+        .map(|c| code(*c))
+        .chain(["none".to_string()])
+        .collect()
+}
+
+/// SQL expressions computing [`stats_columns`] from an `encounter_facts` row (columns prefixed
+/// by `table`), in the same order.
+pub fn stats_expressions(table: &str) -> Vec<String> {
+    let mut expressions: Vec<String> = MEASURES.iter().map(|m| format!("{table}{m}")).collect();
+    for service in SERVICES {
+        let bit = service_bit(service);
+        expressions.push(format!("({table}services & {bit} != 0)"));
+        expressions.push(format!(
+            "(CASE WHEN {table}services & {bit} != 0 THEN {table}people ELSE 0 END)"
+        ));
+    }
+    for category in triage_codes() {
+        let stored = if category == "none" { "" } else { &category };
+        expressions.push(format!("({table}triage = '{stored}')"));
+        expressions.push(format!(
+            "(CASE WHEN {table}triage = '{stored}' THEN {table}people ELSE 0 END)"
+        ));
+    }
+    expressions
+}
+
 /// The highest map level with pre-aggregated cells; closer zooms are answered from the R*Tree.
 pub const MAX_CELL_LEVEL: u32 = 13;
 
@@ -250,6 +297,25 @@ impl Facts {
             measures,
             nationalities,
         }
+    }
+
+    /// The values of [`stats_columns`] for this encounter.
+    pub fn stats_values(&self) -> Vec<i64> {
+        let people = self.measures[1];
+        let mut values = self.measures.to_vec();
+        for service in SERVICES {
+            let has = self.services & service_bit(service) != 0;
+            values.extend([i64::from(has), if has { people } else { 0 }]);
+        }
+        for category in triage_codes() {
+            let is = if category == "none" {
+                self.triage.is_empty()
+            } else {
+                self.triage == category
+            };
+            values.extend([i64::from(is), if is { people } else { 0 }]);
+        }
+        values
     }
 
     fn day(&self) -> &str {
@@ -459,34 +525,36 @@ fn aggregate(conn: &Connection, facts: &Facts, sign: i64) -> Result<(), rusqlite
             }
         }
     }
-    let columns = MEASURES.join(", ");
-    let placeholders: Vec<String> = (0..MEASURES.len()).map(|i| format!("?{}", i + 9)).collect();
-    let additions: Vec<String> = MEASURES
+    let columns = stats_columns();
+    let placeholders: Vec<String> = (0..columns.len()).map(|i| format!("?{}", i + 7)).collect();
+    let additions: Vec<String> = columns
         .iter()
         .map(|name| format!("{name} = {name} + excluded.{name}"))
         .collect();
     let mut upsert = conn.prepare_cached(&format!(
-        "INSERT INTO stats_cells (grain, period, team, adm1, status, triage, uasc_flag, services, {columns})
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {})
+        "INSERT INTO stats_cells (grain, period, team, adm1, status, uasc_flag, {})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, {})
          ON CONFLICT DO UPDATE SET {}
          RETURNING encounters",
+        columns.join(", "),
         placeholders.join(", "),
         additions.join(", ")
     ))?;
     let mut delete = conn.prepare_cached(
         "DELETE FROM stats_cells WHERE grain = ?1 AND period = ?2 AND team = ?3 AND adm1 = ?4 AND status = ?5
-             AND triage = ?6 AND uasc_flag = ?7 AND services = ?8",
+             AND uasc_flag = ?6",
     )?;
     let mut upsert_nationality = conn.prepare_cached(
-        "INSERT INTO stats_nationalities (grain, period, team, status, triage, uasc_flag, services, nationality, people)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+        "INSERT INTO stats_nationalities (grain, period, team, status, uasc_flag, nationality, people)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT DO UPDATE SET people = people + excluded.people
          RETURNING people",
     )?;
     let mut delete_nationality = conn.prepare_cached(
         "DELETE FROM stats_nationalities WHERE grain = ?1 AND period = ?2 AND team = ?3 AND status = ?4
-             AND triage = ?5 AND uasc_flag = ?6 AND services = ?7 AND nationality = ?8",
+             AND uasc_flag = ?5 AND nationality = ?6",
     )?;
+    let stats_values = facts.stats_values();
     for (grain, period) in [("day", facts.day()), ("month", facts.month())] {
         let key: Vec<Value> = vec![
             Value::Text(grain.into()),
@@ -494,43 +562,36 @@ fn aggregate(conn: &Connection, facts: &Facts, sign: i64) -> Result<(), rusqlite
             Value::Text(facts.team.clone()),
             Value::Text(facts.adm1.clone()),
             Value::Text(facts.status.clone()),
-            Value::Text(facts.triage.clone()),
             Value::Integer(i64::from(facts.uasc_flag)),
-            Value::Integer(facts.services),
         ];
         let mut values = key.clone();
-        values.extend(facts.measures.iter().map(|m| Value::Integer(sign * m)));
+        values.extend(stats_values.iter().map(|v| Value::Integer(sign * v)));
         let left: i64 = upsert.query_row(params_from_iter(values), |row| row.get(0))?;
         if left <= 0 {
             delete.execute(params_from_iter(key))?;
         }
         for (nationality, people) in &facts.nationalities {
-            let key = params![
-                grain,
-                period,
-                facts.team,
-                facts.status,
-                facts.triage,
-                facts.uasc_flag,
-                facts.services,
-                nationality
-            ];
             let left: i64 = upsert_nationality.query_row(
                 params![
                     grain,
                     period,
                     facts.team,
                     facts.status,
-                    facts.triage,
                     facts.uasc_flag,
-                    facts.services,
                     nationality,
                     sign * people
                 ],
                 |row| row.get(0),
             )?;
             if left <= 0 {
-                delete_nationality.execute(key)?;
+                delete_nationality.execute(params![
+                    grain,
+                    period,
+                    facts.team,
+                    facts.status,
+                    facts.uasc_flag,
+                    nationality
+                ])?;
             }
         }
     }
@@ -540,8 +601,11 @@ fn aggregate(conn: &Connection, facts: &Facts, sign: i64) -> Result<(), rusqlite
 /// Rebuilds `map_cells`, `stats_cells` and `stats_nationalities` from `encounter_facts` and
 /// `encounter_nationalities`, in SQL, in the caller's transaction.
 pub fn recompute_aggregates(conn: &Connection) -> Result<(), rusqlite::Error> {
-    let sums: Vec<String> = MEASURES.iter().map(|m| format!("sum({m})")).collect();
-    let columns = MEASURES.join(", ");
+    let columns = stats_columns().join(", ");
+    let sums: Vec<String> = stats_expressions("")
+        .iter()
+        .map(|e| format!("sum({e})"))
+        .collect();
     conn.execute_batch(&format!(
         "DELETE FROM map_cells;
          WITH RECURSIVE levels (level, size) AS (
@@ -553,19 +617,19 @@ pub fn recompute_aggregates(conn: &Connection) -> Result<(), rusqlite::Error> {
          FROM encounter_facts, levels WHERE lat IS NOT NULL AND lon IS NOT NULL
          GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
          DELETE FROM stats_cells;
-         INSERT INTO stats_cells (grain, period, team, adm1, status, triage, uasc_flag, services, {columns})
-         SELECT 'day', day, team, adm1, status, triage, uasc_flag, services, {sums}
-         FROM encounter_facts GROUP BY 2, 3, 4, 5, 6, 7, 8;
-         INSERT INTO stats_cells (grain, period, team, adm1, status, triage, uasc_flag, services, {columns})
-         SELECT 'month', substr(day, 1, 7), team, adm1, status, triage, uasc_flag, services, {sums}
-         FROM encounter_facts GROUP BY 2, 3, 4, 5, 6, 7, 8;
+         INSERT INTO stats_cells (grain, period, team, adm1, status, uasc_flag, {columns})
+         SELECT 'day', day, team, adm1, status, uasc_flag, {sums}
+         FROM encounter_facts GROUP BY 2, 3, 4, 5, 6;
+         INSERT INTO stats_cells (grain, period, team, adm1, status, uasc_flag, {columns})
+         SELECT 'month', substr(day, 1, 7), team, adm1, status, uasc_flag, {sums}
+         FROM encounter_facts GROUP BY 2, 3, 4, 5, 6;
          DELETE FROM stats_nationalities;
-         INSERT INTO stats_nationalities (grain, period, team, status, triage, uasc_flag, services, nationality, people)
-         SELECT 'day', f.day, f.team, f.status, f.triage, f.uasc_flag, f.services, n.nationality, sum(n.people)
-         FROM encounter_nationalities n JOIN encounter_facts f ON f.key = n.key GROUP BY 2, 3, 4, 5, 6, 7, 8;
-         INSERT INTO stats_nationalities (grain, period, team, status, triage, uasc_flag, services, nationality, people)
-         SELECT 'month', substr(f.day, 1, 7), f.team, f.status, f.triage, f.uasc_flag, f.services, n.nationality, sum(n.people)
-         FROM encounter_nationalities n JOIN encounter_facts f ON f.key = n.key GROUP BY 2, 3, 4, 5, 6, 7, 8;",
+         INSERT INTO stats_nationalities (grain, period, team, status, uasc_flag, nationality, people)
+         SELECT 'day', f.day, f.team, f.status, f.uasc_flag, n.nationality, sum(n.people)
+         FROM encounter_nationalities n JOIN encounter_facts f ON f.key = n.key GROUP BY 2, 3, 4, 5, 6;
+         INSERT INTO stats_nationalities (grain, period, team, status, uasc_flag, nationality, people)
+         SELECT 'month', substr(f.day, 1, 7), f.team, f.status, f.uasc_flag, n.nationality, sum(n.people)
+         FROM encounter_nationalities n JOIN encounter_facts f ON f.key = n.key GROUP BY 2, 3, 4, 5, 6;",
         sums = sums.join(", ")
     ))
 }
@@ -605,6 +669,27 @@ mod tests {
         assert_eq!(facts.nationalities, [("HND".to_string(), 2)]);
         assert_eq!(facts.location, Some((-111.2, 31.5)));
         assert_eq!(service_codes(facts.services), ["rescue", "first_aid"]);
+    }
+
+    #[test]
+    fn the_stats_table_has_the_columns_the_code_writes() {
+        let data = tempfile::tempdir().unwrap();
+        let database = crate::Database::open(data.path()).unwrap();
+        let columns: Vec<String> = database
+            .read(|conn| {
+                let mut statement =
+                    conn.prepare("SELECT name FROM pragma_table_info('stats_cells')")?;
+                statement
+                    .query_map([], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()
+            })
+            .unwrap();
+        let mut expected: Vec<String> = ["grain", "period", "team", "adm1", "status", "uasc_flag"]
+            .map(String::from)
+            .to_vec();
+        expected.extend(stats_columns());
+        assert_eq!(columns, expected);
+        assert_eq!(stats_expressions("f.").len(), stats_columns().len());
     }
 
     #[test]

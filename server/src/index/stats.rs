@@ -1,12 +1,14 @@
 //! The coordinator's figures (`GET /v1/stats`): totals and breakdowns by period, adm1, service,
 //! sex × age band, nationality and triage, for the same filters as the map.
 //!
-//! Without a bounding box the figures come from the pre-aggregated `stats_cells` and
-//! `stats_nationalities`: the time range is cut into whole months (when the breakdown is by
-//! month), whole days, and the partial days at its two ends, which are read from the
-//! per-encounter facts. The work grows with the number of periods and filter combinations in
-//! the range, not with the number of encounters. With a bounding box, the encounters are found
-//! through the R*Tree and summed from their facts.
+//! Without a bounding box, a service or a triage filter, the figures come from the
+//! pre-aggregated `stats_cells` and `stats_nationalities` (rows per day or month, team, adm1,
+//! status and UASC flag; services and triage categories are columns): the time range is cut
+//! into whole months (when the breakdown is by month), whole days, and the partial days at its
+//! two ends, which are read from the per-encounter facts. The work grows with the number of days
+//! or months and teams in the range, not with the number of encounters. With a service or triage
+//! filter the encounters in the time range are summed from their facts (through the time
+//! index), and with a bounding box those the R*Tree finds.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +17,10 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
 use serde::{Deserialize, Serialize};
 
-use super::facts::{AGE_BANDS, FIRST_SEX_AGE, MEASURES, SERVICES, SEXES, TRIAGE_ORDER, code};
+use super::facts::{
+    AGE_BANDS, FIRST_SEX_AGE, MEASURES, SERVICES, SEXES, code, stats_columns, stats_expressions,
+    triage_codes,
+};
 use super::filter::Filter;
 use super::map::located_sql;
 
@@ -68,18 +73,6 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn measures(&self) -> [i64; 7] {
-        [
-            self.encounters,
-            self.people,
-            self.injured,
-            self.uasc,
-            self.deceased,
-            self.rescues,
-            self.rescued,
-        ]
-    }
-
     fn add(&mut self, measures: &[i64]) {
         self.encounters += measures[0];
         self.people += measures[1];
@@ -106,19 +99,21 @@ pub struct Adm1Row {
     pub totals: Totals,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Encounters that gave a service, and the people in them (an encounter with two services
+/// counts under both).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceRow {
     pub service: String,
-    #[serde(flatten)]
-    pub totals: Totals,
+    pub encounters: i64,
+    pub people: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TriageRow {
     /// The most urgent category among the encounter's casualties, or `none`.
     pub triage: String,
-    #[serde(flatten)]
-    pub totals: Totals,
+    pub encounters: i64,
+    pub people: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,50 +253,59 @@ fn sources(from: Option<&str>, to: Option<&str>, months: bool) -> Vec<Source> {
     out
 }
 
-/// One SELECT of (period, adm1, triage, services, measures…) over a source, for the UNION.
+/// Conditions on a time column for [from, to) (either open).
+fn range_sql(
+    column: &str,
+    from: &Option<String>,
+    to: &Option<String>,
+    values: &mut Vec<Value>,
+) -> String {
+    let mut sql = String::new();
+    if let Some(from) = from {
+        values.push(Value::Text(from.clone()));
+        sql.push_str(&format!(" AND {column} >= ?{}", values.len()));
+    }
+    if let Some(to) = to {
+        values.push(Value::Text(to.clone()));
+        sql.push_str(&format!(" AND {column} < ?{}", values.len()));
+    }
+    sql
+}
+
+/// One SELECT of (bucket, adm1, the stats columns…) over a source, for the UNION.
 fn select_measures(
     source: &Source,
     filter: &Filter,
     period: Period,
     values: &mut Vec<Value>,
 ) -> String {
-    let sums: Vec<String> = MEASURES.iter().map(|m| format!("{m} AS {m}")).collect();
-    let range =
-        |column: &str, from: &Option<String>, to: &Option<String>, values: &mut Vec<Value>| {
-            let mut sql = String::new();
-            if let Some(from) = from {
-                values.push(Value::Text(from.clone()));
-                sql.push_str(&format!(" AND {column} >= ?{}", values.len()));
-            }
-            if let Some(to) = to {
-                values.push(Value::Text(to.clone()));
-                sql.push_str(&format!(" AND {column} < ?{}", values.len()));
-            }
-            sql
-        };
     match source {
         Source::Facts { from, to } => {
-            let time = range("occurred_at", from, to, values);
+            let columns: Vec<String> = stats_expressions("")
+                .into_iter()
+                .zip(stats_columns())
+                .map(|(expression, name)| format!("{expression} AS {name}"))
+                .collect();
+            let time = range_sql("occurred_at", from, to, values);
             format!(
-                "SELECT {} AS bucket, adm1, triage, services, {} FROM encounter_facts WHERE 1 = 1{time}{}",
+                "SELECT {} AS bucket, adm1, {} FROM encounter_facts WHERE 1 = 1{time}{}",
                 period.of_day("day"),
-                sums.join(", "),
+                columns.join(", "),
                 filter.dimension_sql("", values)
             )
         }
         Source::Cells { grain, from, to } => {
             values.push(Value::Text((*grain).to_string()));
             let grain_parameter = values.len();
-            let time = range("period", from, to, values);
+            let time = range_sql("period", from, to, values);
             let bucket = if *grain == "month" {
                 "period".to_string()
             } else {
                 period.of_day("period")
             };
             format!(
-                "SELECT {bucket} AS bucket, adm1, triage, services, {} FROM stats_cells
-                 WHERE grain = ?{grain_parameter}{time}{}",
-                sums.join(", "),
+                "SELECT {bucket} AS bucket, adm1, {} FROM stats_cells WHERE grain = ?{grain_parameter}{time}{}",
+                stats_columns().join(", "),
                 filter.dimension_sql("", values)
             )
         }
@@ -312,15 +316,7 @@ fn select_measures(
 fn select_nationalities(source: &Source, filter: &Filter, values: &mut Vec<Value>) -> String {
     match source {
         Source::Facts { from, to } => {
-            let mut time = String::new();
-            if let Some(from) = from {
-                values.push(Value::Text(from.clone()));
-                time.push_str(&format!(" AND f.occurred_at >= ?{}", values.len()));
-            }
-            if let Some(to) = to {
-                values.push(Value::Text(to.clone()));
-                time.push_str(&format!(" AND f.occurred_at < ?{}", values.len()));
-            }
+            let time = range_sql("f.occurred_at", from, to, values);
             format!(
                 "SELECT n.nationality AS nationality, n.people AS people
                  FROM encounter_facts f JOIN encounter_nationalities n ON n.key = f.key
@@ -330,20 +326,12 @@ fn select_nationalities(source: &Source, filter: &Filter, values: &mut Vec<Value
         }
         Source::Cells { grain, from, to } => {
             values.push(Value::Text((*grain).to_string()));
-            let mut sql = format!(
-                "SELECT nationality, people FROM stats_nationalities WHERE grain = ?{}",
-                values.len()
-            );
-            if let Some(from) = from {
-                values.push(Value::Text(from.clone()));
-                sql.push_str(&format!(" AND period >= ?{}", values.len()));
-            }
-            if let Some(to) = to {
-                values.push(Value::Text(to.clone()));
-                sql.push_str(&format!(" AND period < ?{}", values.len()));
-            }
-            sql.push_str(&filter.dimension_sql("", values));
-            sql
+            let grain_parameter = values.len();
+            let time = range_sql("period", from, to, values);
+            format!(
+                "SELECT nationality, people FROM stats_nationalities WHERE grain = ?{grain_parameter}{time}{}",
+                filter.dimension_sql("", values)
+            )
         }
     }
 }
@@ -354,64 +342,66 @@ pub fn query(
     filter: &Filter,
     period: Period,
 ) -> Result<StatsAnswer, rusqlite::Error> {
-    let sums: Vec<String> = MEASURES.iter().map(|m| format!("sum({m})")).collect();
+    let sums: Vec<String> = stats_columns()
+        .iter()
+        .map(|c| format!("sum({c})"))
+        .collect();
     let mut values = Vec::new();
-    let (measures_sql, nationalities_sql) = match filter.bbox {
-        Some(bbox) => {
-            // Encounters found through the R*Tree, summed from their facts.
-            let located = located_sql(filter, bbox, &mut values);
-            let columns: Vec<String> = MEASURES.iter().map(|m| format!("f.{m}")).collect();
-            let measures = format!(
-                "SELECT {} AS bucket, f.adm1 AS adm1, f.triage AS triage, f.services AS services, {}{located}",
+    let mut nationality_values = Vec::new();
+    let (measures, nationalities) = if let Some(bbox) = filter.bbox {
+        // Encounters found through the R*Tree, summed from their facts.
+        let located = located_sql(filter, bbox, &mut values);
+        nationality_values = values.clone();
+        let columns: Vec<String> = stats_expressions("f.")
+            .into_iter()
+            .zip(stats_columns())
+            .map(|(expression, name)| format!("{expression} AS {name}"))
+            .collect();
+        (
+            format!(
+                "SELECT {} AS bucket, f.adm1 AS adm1, {}{located}",
                 period.of_day("f.day"),
                 columns.join(", ")
-            );
-            let nationalities = format!(
+            ),
+            format!(
                 "SELECT nationality, people FROM encounter_nationalities WHERE key IN (SELECT f.key{located})"
-            );
-            (measures, nationalities)
-        }
-        None => {
-            let parts = sources(
-                filter.from.as_deref(),
-                filter.to.as_deref(),
-                period == Period::Month,
-            );
-            let measures: Vec<String> = parts
-                .iter()
-                .map(|source| select_measures(source, filter, period, &mut values))
-                .collect();
-            let mut nationality_values = Vec::new();
-            let nationalities: Vec<String> = parts
-                .iter()
-                .map(|source| select_nationalities(source, filter, &mut nationality_values))
-                .collect();
-            // The two queries number their parameters separately.
-            let nationalities = nationalities.join(" UNION ALL ");
-            return answer(
-                conn,
-                period,
-                &format!(
-                    "SELECT bucket, adm1, triage, services, {} FROM ({}) GROUP BY 1, 2, 3, 4",
-                    sums.join(", "),
-                    measures.join(" UNION ALL ")
-                ),
-                values,
-                &nationalities,
-                nationality_values,
-            );
-        }
+            ),
+        )
+    } else if filter.service.is_some() || filter.triage.is_some() {
+        // The aggregates have no rows per service or triage category: the facts in range.
+        let whole = Source::Facts {
+            from: filter.from.clone(),
+            to: filter.to.clone(),
+        };
+        (
+            select_measures(&whole, filter, period, &mut values),
+            select_nationalities(&whole, filter, &mut nationality_values),
+        )
+    } else {
+        let (from, to) = (filter.from.as_deref(), filter.to.as_deref());
+        let measures: Vec<String> = sources(from, to, period == Period::Month)
+            .iter()
+            .map(|source| select_measures(source, filter, period, &mut values))
+            .collect();
+        // Nationalities have no breakdown by period: whole months always serve.
+        let nationalities: Vec<String> = sources(from, to, true)
+            .iter()
+            .map(|source| select_nationalities(source, filter, &mut nationality_values))
+            .collect();
+        (
+            measures.join(" UNION ALL "),
+            nationalities.join(" UNION ALL "),
+        )
     };
-    let nationality_values = values.clone();
     answer(
         conn,
         period,
         &format!(
-            "SELECT bucket, adm1, triage, services, {} FROM ({measures_sql}) GROUP BY 1, 2, 3, 4",
+            "SELECT bucket, adm1, {} FROM ({measures}) GROUP BY 1, 2",
             sums.join(", ")
         ),
         values,
-        &nationalities_sql,
+        &nationalities,
         nationality_values,
     )
 }
@@ -425,64 +415,51 @@ fn answer(
     nationalities_sql: &str,
     nationality_values: Vec<Value>,
 ) -> Result<StatsAnswer, rusqlite::Error> {
-    let mut totals = Totals::default();
-    let mut sex_age = [0i64; MEASURES.len() - FIRST_SEX_AGE];
+    let columns = stats_columns().len();
+    let mut sums = vec![0i64; columns];
     let mut by_period: BTreeMap<String, Totals> = BTreeMap::new();
     let mut by_adm1: BTreeMap<String, Totals> = BTreeMap::new();
-    let mut by_triage: BTreeMap<String, Totals> = BTreeMap::new();
-    let mut by_services: BTreeMap<i64, Totals> = BTreeMap::new();
     let mut statement = conn.prepare(measures_sql)?;
     let mut rows = statement.query(params_from_iter(values))?;
-    let mut measures = [0i64; MEASURES.len()];
+    let mut row_values = vec![0i64; columns];
     while let Some(row) = rows.next()? {
-        for (i, measure) in measures.iter_mut().enumerate() {
-            *measure = row.get(4 + i)?;
+        for (i, value) in row_values.iter_mut().enumerate() {
+            *value = row.get::<_, Option<i64>>(2 + i)?.unwrap_or(0);
         }
-        totals.add(&measures);
-        for (sum, value) in sex_age.iter_mut().zip(&measures[FIRST_SEX_AGE..]) {
+        for (sum, value) in sums.iter_mut().zip(&row_values) {
             *sum += value;
         }
-        by_period.entry(row.get(0)?).or_default().add(&measures);
-        by_adm1.entry(row.get(1)?).or_default().add(&measures);
-        by_triage.entry(row.get(2)?).or_default().add(&measures);
-        by_services.entry(row.get(3)?).or_default().add(&measures);
+        by_period.entry(row.get(0)?).or_default().add(&row_values);
+        by_adm1.entry(row.get(1)?).or_default().add(&row_values);
     }
-    let mut by_service: Vec<ServiceRow> = Vec::new();
-    for service in SERVICES {
-        let bit = super::facts::service_bit(service);
-        let mut sum = Totals::default();
-        for (mask, totals) in &by_services {
-            if mask & bit != 0 {
-                sum.add(&totals.measures());
-            }
-        }
-        if sum.encounters > 0 {
-            by_service.push(ServiceRow {
-                service: code(service),
-                totals: sum,
-            });
-        }
-    }
-    let mut triage_rows: Vec<TriageRow> = TRIAGE_ORDER
+    let mut totals = Totals::default();
+    totals.add(&sums);
+    // After the measures: encounters and people per service, then per triage category.
+    let pairs = &sums[MEASURES.len()..];
+    let by_service = SERVICES
         .iter()
-        .map(|category| code(*category))
-        .chain(["".to_string()])
-        .filter_map(|category| {
-            by_triage.get(&category).map(|totals| TriageRow {
-                triage: if category.is_empty() {
-                    "none".into()
-                } else {
-                    category
-                },
-                totals: *totals,
-            })
+        .zip(pairs.chunks(2))
+        .filter(|(_, pair)| pair[0] > 0)
+        .map(|(service, pair)| ServiceRow {
+            service: code(*service),
+            encounters: pair[0],
+            people: pair[1],
         })
         .collect();
-    triage_rows.retain(|row| row.totals.encounters > 0);
+    let by_triage = triage_codes()
+        .into_iter()
+        .zip(pairs[SERVICES.len() * 2..].chunks(2))
+        .filter(|(_, pair)| pair[0] > 0)
+        .map(|(triage, pair)| TriageRow {
+            triage,
+            encounters: pair[0],
+            people: pair[1],
+        })
+        .collect();
     let mut by_sex_age = Vec::new();
     for (s, sex) in SEXES.iter().enumerate() {
         for (b, band) in AGE_BANDS.iter().enumerate() {
-            let people = sex_age[s * AGE_BANDS.len() + b];
+            let people = sums[FIRST_SEX_AGE + s * AGE_BANDS.len() + b];
             if people > 0 {
                 by_sex_age.push(SexAgeRow {
                     sex: (*sex).to_string(),
@@ -521,7 +498,7 @@ fn answer(
         by_service,
         by_sex_age,
         by_nationality,
-        by_triage: triage_rows,
+        by_triage,
     })
 }
 
