@@ -122,6 +122,159 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX request_outcomes_by_device ON request_outcomes (device, request_id);
 ",
+    r"
+    -- Issue 4: what the map, the stats and the exports read, all derived from the merged
+    -- documents by `index::update` and rebuilt by `auxilio reindex` (never the only copy).
+    -- One row per encounter: the filter dimensions and the counted measures.
+    CREATE TABLE encounter_facts (
+        key INTEGER PRIMARY KEY,
+        encounter BLOB NOT NULL UNIQUE,
+        occurred_at TEXT NOT NULL,
+        day TEXT NOT NULL,
+        team TEXT NOT NULL,
+        adm1 TEXT NOT NULL DEFAULT '',
+        terrain TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT '',
+        triage TEXT NOT NULL DEFAULT '',
+        uasc_flag INTEGER NOT NULL DEFAULT 0,
+        services INTEGER NOT NULL DEFAULT 0,
+        lat REAL,
+        lon REAL,
+        encounters INTEGER NOT NULL DEFAULT 0,
+        people INTEGER NOT NULL DEFAULT 0,
+        injured INTEGER NOT NULL DEFAULT 0,
+        uasc INTEGER NOT NULL DEFAULT 0,
+        deceased INTEGER NOT NULL DEFAULT 0,
+        rescues INTEGER NOT NULL DEFAULT 0,
+        rescued INTEGER NOT NULL DEFAULT 0,
+        f_0_4 INTEGER NOT NULL DEFAULT 0,
+        f_5_11 INTEGER NOT NULL DEFAULT 0,
+        f_12_17 INTEGER NOT NULL DEFAULT 0,
+        f_18_59 INTEGER NOT NULL DEFAULT 0,
+        f_60_plus INTEGER NOT NULL DEFAULT 0,
+        f_unknown INTEGER NOT NULL DEFAULT 0,
+        m_0_4 INTEGER NOT NULL DEFAULT 0,
+        m_5_11 INTEGER NOT NULL DEFAULT 0,
+        m_12_17 INTEGER NOT NULL DEFAULT 0,
+        m_18_59 INTEGER NOT NULL DEFAULT 0,
+        m_60_plus INTEGER NOT NULL DEFAULT 0,
+        m_unknown INTEGER NOT NULL DEFAULT 0,
+        unknown_0_4 INTEGER NOT NULL DEFAULT 0,
+        unknown_5_11 INTEGER NOT NULL DEFAULT 0,
+        unknown_12_17 INTEGER NOT NULL DEFAULT 0,
+        unknown_18_59 INTEGER NOT NULL DEFAULT 0,
+        unknown_60_plus INTEGER NOT NULL DEFAULT 0,
+        unknown_unknown INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX encounter_facts_by_time ON encounter_facts (occurred_at);
+    CREATE TABLE encounter_nationalities (
+        key INTEGER NOT NULL,
+        nationality TEXT NOT NULL,
+        people INTEGER NOT NULL,
+        PRIMARY KEY (key, nationality)
+    ) WITHOUT ROWID;
+    -- Where and when: longitude, latitude and day number (days since 1970-01-01), keyed by
+    -- `encounter_facts.key`. Boxes are 32-bit floats rounded outwards; queries re-check the
+    -- exact coordinates in `encounter_facts`.
+    CREATE VIRTUAL TABLE encounter_locations USING rtree(key, min_lon, max_lon, min_lat, max_lat, min_day, max_day);
+    -- Pre-aggregated map cells, one level per zoom: encounters and the sum of their coordinates
+    -- (in millionths of a degree, so sums stay exact) per cell and filter combination.
+    CREATE TABLE map_cells (
+        level INTEGER NOT NULL,
+        cx INTEGER NOT NULL,
+        cy INTEGER NOT NULL,
+        team TEXT NOT NULL,
+        status TEXT NOT NULL,
+        triage TEXT NOT NULL,
+        uasc_flag INTEGER NOT NULL,
+        services INTEGER NOT NULL,
+        encounters INTEGER NOT NULL,
+        sum_lat_e6 INTEGER NOT NULL,
+        sum_lon_e6 INTEGER NOT NULL,
+        PRIMARY KEY (level, cx, cy, team, status, triage, uasc_flag, services)
+    ) WITHOUT ROWID;
+    -- Pre-aggregated counts per day (`grain` 'day', period YYYY-MM-DD) and per month ('month',
+    -- YYYY-MM), team, adm1, status and UASC flag; encounters and people per service and per
+    -- triage category are columns, so the breakdowns need no more rows.
+    CREATE TABLE stats_cells (
+        grain TEXT NOT NULL,
+        period TEXT NOT NULL,
+        team TEXT NOT NULL,
+        adm1 TEXT NOT NULL,
+        status TEXT NOT NULL,
+        uasc_flag INTEGER NOT NULL,
+        encounters INTEGER NOT NULL DEFAULT 0,
+        people INTEGER NOT NULL DEFAULT 0,
+        injured INTEGER NOT NULL DEFAULT 0,
+        uasc INTEGER NOT NULL DEFAULT 0,
+        deceased INTEGER NOT NULL DEFAULT 0,
+        rescues INTEGER NOT NULL DEFAULT 0,
+        rescued INTEGER NOT NULL DEFAULT 0,
+        f_0_4 INTEGER NOT NULL DEFAULT 0,
+        f_5_11 INTEGER NOT NULL DEFAULT 0,
+        f_12_17 INTEGER NOT NULL DEFAULT 0,
+        f_18_59 INTEGER NOT NULL DEFAULT 0,
+        f_60_plus INTEGER NOT NULL DEFAULT 0,
+        f_unknown INTEGER NOT NULL DEFAULT 0,
+        m_0_4 INTEGER NOT NULL DEFAULT 0,
+        m_5_11 INTEGER NOT NULL DEFAULT 0,
+        m_12_17 INTEGER NOT NULL DEFAULT 0,
+        m_18_59 INTEGER NOT NULL DEFAULT 0,
+        m_60_plus INTEGER NOT NULL DEFAULT 0,
+        m_unknown INTEGER NOT NULL DEFAULT 0,
+        unknown_0_4 INTEGER NOT NULL DEFAULT 0,
+        unknown_5_11 INTEGER NOT NULL DEFAULT 0,
+        unknown_12_17 INTEGER NOT NULL DEFAULT 0,
+        unknown_18_59 INTEGER NOT NULL DEFAULT 0,
+        unknown_60_plus INTEGER NOT NULL DEFAULT 0,
+        unknown_unknown INTEGER NOT NULL DEFAULT 0,
+        service_orientation_encounters INTEGER NOT NULL DEFAULT 0,
+        service_orientation_people INTEGER NOT NULL DEFAULT 0,
+        service_humanitarian_aid_encounters INTEGER NOT NULL DEFAULT 0,
+        service_humanitarian_aid_people INTEGER NOT NULL DEFAULT 0,
+        service_social_assistance_encounters INTEGER NOT NULL DEFAULT 0,
+        service_social_assistance_people INTEGER NOT NULL DEFAULT 0,
+        service_rescue_encounters INTEGER NOT NULL DEFAULT 0,
+        service_rescue_people INTEGER NOT NULL DEFAULT 0,
+        service_first_aid_encounters INTEGER NOT NULL DEFAULT 0,
+        service_first_aid_people INTEGER NOT NULL DEFAULT 0,
+        service_located_missing_encounters INTEGER NOT NULL DEFAULT 0,
+        service_located_missing_people INTEGER NOT NULL DEFAULT 0,
+        service_legal_advice_encounters INTEGER NOT NULL DEFAULT 0,
+        service_legal_advice_people INTEGER NOT NULL DEFAULT 0,
+        service_transfer_hospital_encounters INTEGER NOT NULL DEFAULT 0,
+        service_transfer_hospital_people INTEGER NOT NULL DEFAULT 0,
+        service_transfer_shelter_encounters INTEGER NOT NULL DEFAULT 0,
+        service_transfer_shelter_people INTEGER NOT NULL DEFAULT 0,
+        service_repatriation_support_encounters INTEGER NOT NULL DEFAULT 0,
+        service_repatriation_support_people INTEGER NOT NULL DEFAULT 0,
+        service_body_recovery_encounters INTEGER NOT NULL DEFAULT 0,
+        service_body_recovery_people INTEGER NOT NULL DEFAULT 0,
+        triage_red_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_red_people INTEGER NOT NULL DEFAULT 0,
+        triage_yellow_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_yellow_people INTEGER NOT NULL DEFAULT 0,
+        triage_green_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_green_people INTEGER NOT NULL DEFAULT 0,
+        triage_gray_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_gray_people INTEGER NOT NULL DEFAULT 0,
+        triage_black_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_black_people INTEGER NOT NULL DEFAULT 0,
+        triage_none_encounters INTEGER NOT NULL DEFAULT 0,
+        triage_none_people INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (grain, period, team, adm1, status, uasc_flag)
+    ) WITHOUT ROWID;
+    CREATE TABLE stats_nationalities (
+        grain TEXT NOT NULL,
+        period TEXT NOT NULL,
+        team TEXT NOT NULL,
+        status TEXT NOT NULL,
+        uasc_flag INTEGER NOT NULL,
+        nationality TEXT NOT NULL,
+        people INTEGER NOT NULL,
+        PRIMARY KEY (grain, period, team, status, uasc_flag, nationality)
+    ) WITHOUT ROWID;
+",
 ];
 
 const READER_POOL: usize = 4;

@@ -2,8 +2,15 @@
 //! `encounter_services`, kept in step with every merge, and the list query the coordinator uses.
 //!
 //! Everything here is derived from the stored changes and can be rebuilt from them; lists are
-//! answered from these columns without loading any Automerge document.
+//! answered from these columns without loading any Automerge document. The coordinator's map,
+//! stats and exports read the per-encounter facts and aggregates of [`facts`], refreshed from
+//! here too, through [`filter`], [`map`] and [`stats`].
 
+pub mod facts;
+pub mod filter;
+pub mod hotspots;
+pub mod map;
+pub mod stats;
 use auxilio_core::EncounterId;
 use auxilio_core::document::EncounterDocument;
 use auxilio_core::validation::validate;
@@ -45,12 +52,25 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Refreshes the index columns of one encounter from its merged document.
+/// Refreshes the index columns of one encounter from its merged document, and its facts and
+/// their aggregates (the map and the stats).
 pub fn update(
     conn: &Connection,
     id: EncounterId,
     owner_team: &str,
     document: &EncounterDocument,
+) -> Result<(), rusqlite::Error> {
+    update_with(conn, id, owner_team, document, facts::Aggregates::Maintain)
+}
+
+/// [`update`], choosing whether the aggregate tables are kept in step (a rebuild recomputes them
+/// once at the end instead).
+pub fn update_with(
+    conn: &Connection,
+    id: EncounterId,
+    owner_team: &str,
+    document: &EncounterDocument,
+    aggregates: facts::Aggregates,
 ) -> Result<(), rusqlite::Error> {
     let received_at: String = conn.query_row(
         "SELECT received_at FROM encounters WHERE id = ?1",
@@ -135,7 +155,8 @@ pub fn update(
             params![id.as_bytes(), service],
         )?;
     }
-    Ok(())
+    let derived = facts::Facts::derive(&raw, owner_team, &occurred);
+    facts::refresh(conn, id.as_bytes(), &derived, aggregates)
 }
 
 /// Filters of `GET /v1/encounters`.

@@ -394,6 +394,36 @@ fn ingest_encounter(
     Ok(Ok(hashes))
 }
 
+/// The log position of the last stored change (0 for an empty log). Read before and after a
+/// sync under the writer lock, it brackets exactly the changes that sync stored.
+pub fn log_end(conn: &Connection) -> Result<u64, LedgerError> {
+    let end: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |row| {
+        row.get(0)
+    })?;
+    Ok(end.max(0) as u64)
+}
+
+/// The encounters, each once and with its team, of the changes stored after log position
+/// `after`: what a sync stored, for the coordinators' event stream.
+pub fn encounters_stored_after(
+    conn: &Connection,
+    after: u64,
+) -> Result<Vec<(EncounterId, String)>, LedgerError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT encounter, team FROM changes WHERE seq > ?1 GROUP BY encounter ORDER BY min(seq)",
+    )?;
+    let rows = statement.query_map([after as i64], |row| {
+        Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, team) = row?;
+        let id = EncounterId::from_slice(&id).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+        out.push((id, team));
+    }
+    Ok(out)
+}
+
 /// Handles one sync request from `device`: [`decode`], then [`sync_decoded`].
 pub fn sync(
     conn: &mut Connection,
@@ -729,11 +759,16 @@ pub fn rebuild(
                      updated_at = excluded.updated_at",
                 params![id.as_bytes(), team, document.save(), complete, first_received, last_received],
             )?;
-            index::update(&tx, id, team, &document)?;
+            index::update_with(&tx, id, team, &document, index::facts::Aggregates::Skip)?;
             report.encounters += 1;
         }
         tx.commit()?;
         progress(report.encounters, total);
     }
+    // The aggregates were left alone above, so the map and stats kept answering from the old
+    // ones; they are remade from the refreshed facts in one transaction.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    index::facts::recompute_aggregates(&tx)?;
+    tx.commit()?;
     Ok(report)
 }

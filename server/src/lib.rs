@@ -2,7 +2,8 @@
 //!
 //! The server authenticates devices ([`directory`]), takes their changes in sync requests,
 //! stores every change durably and merges it into the encounter's document ([`ledger`]),
-//! keeps query indexes ([`index`]) and answers over HTTP ([`http`]). [`client`] is the device
+//! keeps query indexes ([`index`]) and answers over HTTP ([`http`]), with audited exports
+//! ([`export`]). [`client`] is the device
 //! side of the HTTP transport, used by `auxilio device` and the tests. [`link_simulator`] is a
 //! flaky-link TCP proxy that puts a slow, dropping 2G link between a device and the server, for
 //! the tests and simulations; [`simulation`] runs a whole simulated deployment through it
@@ -14,6 +15,7 @@ pub mod client;
 pub mod database;
 pub mod directory;
 pub mod error;
+pub mod export;
 pub mod http;
 pub mod index;
 pub mod ledger;

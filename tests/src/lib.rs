@@ -207,9 +207,16 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn spawn(data_dir: &Path) -> Self {
-        let mut child = Command::new(auxilio_bin())
+        Self::spawn_with(&auxilio_bin(), data_dir, &[])
+    }
+
+    /// `bin serve` on `data_dir` with `extra` arguments (e.g. `--tile-url`), from any copy of
+    /// the binary.
+    pub fn spawn_with(bin: &Path, data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data_dir)
+            .args(extra)
             .env("AUXILIO_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -332,6 +339,155 @@ pub fn get_json(
         status,
         serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
     ))
+}
+
+/// One Server-Sent Event as read off the wire: its `event:` name and its `data:` lines joined.
+/// Keep-alive comments are kept as events named `:` so tests can see them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSentEvent {
+    pub event: String,
+    pub data: String,
+}
+
+/// An open `GET /v1/events` stream, read on its own thread (a read blocks until the server sends
+/// something).
+#[derive(Debug)]
+pub struct EventStream {
+    pub content_type: String,
+    events: std::sync::mpsc::Receiver<ServerSentEvent>,
+}
+
+impl EventStream {
+    /// Opens the stream; an error status comes back as `Err(status, body)`.
+    pub fn open(base: &str, token: Option<&str>) -> Result<Self, (u16, serde_json::Value)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        let mut request = agent
+            .get(format!("{base}/v1/events"))
+            .header("Accept", "text/event-stream");
+        if let Some(token) = token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request.call().unwrap();
+        let status = response.status().as_u16();
+        if status != 200 {
+            let body = response.body_mut().read_to_vec().unwrap();
+            return Err((
+                status,
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            ));
+        }
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let (sender, events) = std::sync::mpsc::channel();
+        let reader = BufReader::new(response.into_body().into_reader());
+        std::thread::spawn(move || {
+            let mut event = String::new();
+            let mut data: Vec<String> = Vec::new();
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if line.is_empty() {
+                    if !event.is_empty() || !data.is_empty() {
+                        let name = if event.is_empty() {
+                            "message".into()
+                        } else {
+                            std::mem::take(&mut event)
+                        };
+                        let sent = ServerSentEvent {
+                            event: name,
+                            data: data.join("\n"),
+                        };
+                        data.clear();
+                        if sender.send(sent).is_err() {
+                            return;
+                        }
+                    }
+                } else if let Some(comment) = line.strip_prefix(':') {
+                    let sent = ServerSentEvent {
+                        event: ":".into(),
+                        data: comment.trim().into(),
+                    };
+                    if sender.send(sent).is_err() {
+                        return;
+                    }
+                } else if let Some(value) = line.strip_prefix("event:") {
+                    event = value.trim_start().to_string();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push(value.strip_prefix(' ').unwrap_or(value).to_string());
+                }
+            }
+        });
+        Ok(Self {
+            content_type,
+            events,
+        })
+    }
+
+    /// The next event other than a keep-alive, if one arrives within `timeout`; `None` also when
+    /// the server ended the stream.
+    pub fn next_event(&self, timeout: Duration) -> Option<ServerSentEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.next_item(deadline.checked_duration_since(Instant::now())?) {
+                Some(event) if event.event == ":" => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The next event or keep-alive comment (named `:`).
+    pub fn next_item(&self, timeout: Duration) -> Option<ServerSentEvent> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    /// Waits until the server ends the stream (true) or `timeout` passes (false), dropping any
+    /// events still coming.
+    pub fn ends_within(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            match self.events.recv_timeout(left) {
+                Ok(_) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return true,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return false,
+            }
+        }
+    }
+}
+
+/// `GET base+path` with an optional bearer token: status, the `Content-Type` and
+/// `Content-Disposition` headers (empty when absent), and the body as text.
+pub fn get_text(base: &str, path: &str, token: Option<&str>) -> (u16, String, String, String) {
+    let mut request = agent().get(format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.call().unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (content_type, disposition) = (header("content-type"), header("content-disposition"));
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1024 * 1024 * 1024)
+        .read_to_string()
+        .unwrap();
+    (response.status().as_u16(), content_type, disposition, body)
 }
 
 /// `POST base+path` with raw bytes: status and body bytes.

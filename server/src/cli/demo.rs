@@ -93,9 +93,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "The phones sync through a dropping 2G link ({}).",
         deployment.link_url()
     );
-    println!("Watch the merged picture as a coordinator:");
+    println!("Watch the merged picture as a coordinator, with this token:");
+    println!("  {}", coordinator.token);
+    println!("  on the map: open {url}/ in a browser and sign in with the token (it updates live)");
     println!(
-        "  curl -s -H 'Authorization: Bearer {}' '{url}/v1/encounters?limit=5'",
+        "  or: curl -s -H 'Authorization: Bearer {}' '{url}/v1/encounters?limit=5'",
         coordinator.token
     );
     println!("Press Ctrl-C to stop.");

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::DataDirArg;
-use crate::http::{AppState, ServerConfig, serve};
+use crate::http::{AppState, MapPageConfig, ServerConfig, serve};
 use crate::ledger::PageLimits;
 
 #[derive(Debug, Args)]
@@ -26,9 +26,27 @@ pub struct ServeArgs {
     /// The largest sync response page a device may ask for, in bytes of changes.
     #[arg(long, default_value_t = PageLimits::default().max_response_change_bytes)]
     max_page_bytes: usize,
+    /// Raster tiles for the coordinators' map page at `/`, as a URL template
+    /// (e.g. 'https://tile.example.org/{z}/{x}/{y}.png'; `{s}` for subdomains). The coordinators'
+    /// browsers fetch them directly. Without it the page draws the bundled country outlines,
+    /// which need no internet.
+    #[arg(long, env = "AUXILIO_TILE_URL", value_name = "URL")]
+    tile_url: Option<String>,
+    /// The credit the tile provider requires, shown under the map (e.g. '© OpenStreetMap
+    /// contributors').
+    #[arg(
+        long,
+        env = "AUXILIO_TILE_ATTRIBUTION",
+        value_name = "TEXT",
+        requires = "tile_url"
+    )]
+    tile_attribution: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Checked before the data directory is opened: a typo in the template is reported at once.
+    let map_page = MapPageConfig::new(args.tile_url.clone(), args.tile_attribution.clone())
+        .map_err(anyhow::Error::msg)?;
     let database = args.data.open(true)?;
     let config = ServerConfig {
         max_request_bytes: args.max_request_bytes,
@@ -37,7 +55,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_response_change_bytes: args.max_page_bytes,
         },
     };
-    let state = AppState::new(database, config);
+    let state = AppState::new(database, config).with_map_page(map_page);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -51,6 +69,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         // One plain line on stdout so scripts (and the tests) learn the port chosen for :0.
         println!("auxilio listening on http://{address}");
+        tracing::info!("coordinators' map page: http://{address}/");
         tracing::info!(%address, data = %args.data.data.display(), "serving");
         serve(listener, state, shutdown_signal()).await?;
         tracing::info!("stopped");

@@ -1,9 +1,14 @@
-//! The HTTP surface: one [`AppState`], one router per feature, [`app`] to assemble them (tests
-//! drive it in process) and [`serve`] to run it until a shutdown signal.
+//! The HTTP surface: one [`AppState`], one router per feature (health, sync, encounters, map,
+//! export, the coordinators' event stream and map page), [`app`] to assemble them (tests drive
+//! it in process) and [`serve`] to run it until a shutdown signal.
 
 mod auth;
 mod encounters;
+pub mod events;
+mod export;
 mod health;
+mod map;
+pub mod map_page;
 mod sync;
 
 use std::future::Future;
@@ -14,6 +19,8 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub use auth::AuthenticatedDevice;
+pub use events::{EncountersChanged, EventHub};
+pub use map_page::MapPageConfig;
 
 use crate::database::Database;
 use crate::error::AppError;
@@ -41,6 +48,9 @@ impl Default for ServerConfig {
 pub struct AppState {
     pub database: Arc<Database>,
     pub config: ServerConfig,
+    /// Announces stored changes to coordinators' `/v1/events` streams.
+    pub events: EventHub,
+    pub map_page: Arc<MapPageConfig>,
 }
 
 impl AppState {
@@ -48,7 +58,15 @@ impl AppState {
         Self {
             database: Arc::new(database),
             config,
+            events: EventHub::default(),
+            map_page: Arc::new(MapPageConfig::default()),
         }
+    }
+
+    /// The same state with the map page drawing `map_page`'s basemap.
+    pub fn with_map_page(mut self, map_page: MapPageConfig) -> Self {
+        self.map_page = Arc::new(map_page);
+        self
     }
 
     /// Runs blocking database work on tokio's blocking threads.
@@ -69,6 +87,10 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(sync::router(state.config.max_request_bytes))
         .merge(encounters::router())
+        .merge(map::router())
+        .merge(export::router())
+        .merge(events::router())
+        .merge(map_page::router())
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())
@@ -89,6 +111,13 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let events = state.events.clone();
+    // Event streams never finish by themselves: they are ended first, or the graceful shutdown
+    // would wait for them forever.
+    let shutdown = async move {
+        shutdown.await;
+        events.close();
+    };
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -1,5 +1,6 @@
 //! `POST /v1/sync` (sync protocol v2, CBOR bodies, optionally deflate-compressed both ways) and
-//! `GET /v1/whoami`.
+//! `GET /v1/whoami`. A sync that stored changes is announced on the coordinators' event stream
+//! (`GET /v1/events`, [`super::events`]) after its commit.
 
 use auxilio_core::protocol::{self, CONTENT_ENCODING, MEDIA_TYPE};
 use axum::body::Bytes;
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use super::events::EncountersChanged;
 use super::{AppState, AuthenticatedDevice};
 use crate::error::AppError;
 use crate::ledger::{self, LedgerError};
@@ -76,7 +78,8 @@ async fn sync(
     let uploaded: usize = request.changes.iter().map(|g| g.changes.len()).sum();
     let pages = state.config.pages;
     let device_for_log = device.id;
-    let response = state
+    let events = state.events.clone();
+    let (response, stored) = state
         .blocking(move |database| {
             let ledger_error = |err| match err {
                 LedgerError::BadRequest(message) => AppError::BadRequest(message),
@@ -85,10 +88,34 @@ async fn sync(
             // Decoded before the write lock is taken: a large body does not hold up other devices.
             let decoded = ledger::decode(request).map_err(ledger_error)?;
             database
-                .write(|conn| ledger::sync_decoded(conn, &device, decoded, pages))
+                .write(|conn| {
+                    // Under the writer lock no other sync stores changes in between, so the log
+                    // positions bracket exactly what this request stored.
+                    let before = ledger::log_end(conn)?;
+                    let response = ledger::sync_decoded(conn, &device, decoded, pages)?;
+                    // Asked after the commit: a page that subscribed before it gets the event, one
+                    // that subscribes later reads the committed state. The query is skipped when
+                    // no coordinator is listening.
+                    let stored = if events.has_subscribers() {
+                        ledger::encounters_stored_after(conn, before)?
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((response, stored))
+                })
                 .map_err(ledger_error)
         })
         .await?;
+    if !stored.is_empty() {
+        // After the commit: a coordinator that re-reads on this event sees the new state.
+        let mut teams: Vec<String> = stored.iter().map(|(_, team)| team.clone()).collect();
+        teams.sort();
+        teams.dedup();
+        state.events.publish(EncountersChanged {
+            ids: stored.into_iter().map(|(id, _)| id).collect(),
+            teams,
+        });
+    }
     let downloaded: usize = response.changes.iter().map(|g| g.changes.len()).sum();
     tracing::info!(
         device = %device_for_log,

@@ -1,0 +1,269 @@
+//! The coordinator's map (`GET /v1/map`): clusters and points for a bounding box and zoom,
+//! answered from the index alone.
+//!
+//! Two ways to answer, chosen by the request:
+//! - **Pre-aggregated cells** (`map_cells`) when there is no time range and the zoom is at most
+//!   [`MAX_CELL_LEVEL`]: the work is proportional to the cells in view, whatever the number of
+//!   encounters. Cells are whole: a cluster at the edge of the box may hold encounters up to one
+//!   cell outside it.
+//! - **The R*Tree** (`encounter_locations`: longitude, latitude, day) with the facts for exact
+//!   coordinates, time and filters, grouped into the same cells in SQL: the work is proportional
+//!   to the encounters in the box and time range. Used for time ranges and close zooms.
+//!
+//! Cells holding one encounter, and every encounter when there are few (at most
+//! [`POINTS_WHEN_AT_MOST`], or at most [`MAX_POINTS`] from zoom [`POINTS_FROM_ZOOM`]), come back
+//! as points.
+
+use auxilio_core::EncounterId;
+use rusqlite::types::Value;
+use rusqlite::{Connection, params_from_iter};
+use serde::{Deserialize, Serialize};
+
+use super::facts::{MAX_CELL_LEVEL, cell_size, day_number, service_codes};
+use super::filter::Filter;
+
+/// Highest zoom accepted (street level).
+pub const MAX_ZOOM: u32 = 20;
+/// Everything is points when the box holds at most this many encounters.
+pub const POINTS_WHEN_AT_MOST: i64 = 500;
+/// From this zoom on, everything is points unless there are more than [`MAX_POINTS`].
+pub const POINTS_FROM_ZOOM: u32 = 15;
+/// The most points in one answer; beyond it, encounters stay in clusters.
+pub const MAX_POINTS: usize = 2000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapAnswer {
+    pub zoom: u32,
+    /// Encounters in the clusters and points.
+    pub total: i64,
+    pub clusters: Vec<Cluster>,
+    pub points: Vec<Point>,
+}
+
+/// Several encounters in one cell: their mean position and the cell's bounds
+/// (`[minLon, minLat, maxLon, maxLat]`; for clusters answered from the R*Tree, the bounds of the
+/// encounters themselves).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub lat: f64,
+    pub lon: f64,
+    pub count: i64,
+    pub bbox: [f64; 4],
+}
+
+/// One encounter on the map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub id: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub status: Option<String>,
+    pub triage: Option<String>,
+    pub uasc: bool,
+    pub services: Vec<String>,
+    pub occurred_at: String,
+}
+
+/// A grouped cell before it becomes a cluster or a point.
+struct Cell {
+    count: i64,
+    lat: f64,
+    lon: f64,
+    bounds: [f64; 4],
+}
+
+fn round6(degrees: f64) -> f64 {
+    (degrees * 1e6).round() / 1e6
+}
+
+/// The FROM and WHERE of a query over the R*Tree and the facts (aliases `l` and `f`) for
+/// encounters inside `area` that match `filter`.
+pub fn located_sql(filter: &Filter, area: [f64; 4], values: &mut Vec<Value>) -> String {
+    let [min_lon, min_lat, max_lon, max_lat] = area;
+    let first = values.len() + 1;
+    values.extend([min_lon, max_lon, min_lat, max_lat].map(Value::Real));
+    // The R*Tree keeps 32-bit boxes rounded outwards: it finds candidates by overlap, and the
+    // exact coordinates in the facts decide.
+    let mut sql = format!(
+        " FROM encounter_locations l JOIN encounter_facts f ON f.key = l.key
+          WHERE l.max_lon >= ?{a} AND l.min_lon <= ?{b} AND l.max_lat >= ?{c} AND l.min_lat <= ?{d}
+            AND f.lon BETWEEN ?{a} AND ?{b} AND f.lat BETWEEN ?{c} AND ?{d}",
+        a = first,
+        b = first + 1,
+        c = first + 2,
+        d = first + 3
+    );
+    if let Some(from) = &filter.from {
+        values.push(Value::Real(day_number(from) as f64));
+        sql.push_str(&format!(" AND l.max_day >= ?{}", values.len()));
+    }
+    if let Some(to) = &filter.to {
+        values.push(Value::Real(day_number(to) as f64));
+        sql.push_str(&format!(" AND l.min_day <= ?{}", values.len()));
+    }
+    sql.push_str(&filter.time_sql("f.", values));
+    sql.push_str(&filter.dimension_sql("f.", values));
+    sql
+}
+
+/// Encounters inside `area` matching `filter`, as points, at most `limit`.
+fn points_in(
+    conn: &Connection,
+    filter: &Filter,
+    area: [f64; 4],
+    limit: usize,
+) -> Result<Vec<Point>, rusqlite::Error> {
+    let mut values = Vec::new();
+    let sql = format!(
+        "SELECT f.encounter, f.lat, f.lon, f.status, f.triage, f.uasc_flag, f.services, f.occurred_at{}
+         ORDER BY f.occurred_at DESC, f.key LIMIT {limit}",
+        located_sql(filter, area, &mut values)
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query_map(params_from_iter(values), |row| {
+        let id: Vec<u8> = row.get(0)?;
+        let status: String = row.get(3)?;
+        let triage: String = row.get(4)?;
+        Ok(Point {
+            id: EncounterId::from_slice(&id)
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            lat: row.get(1)?,
+            lon: row.get(2)?,
+            status: (!status.is_empty()).then_some(status),
+            triage: (!triage.is_empty()).then_some(triage),
+            uasc: row.get(5)?,
+            services: service_codes(row.get(6)?),
+            occurred_at: row.get(7)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Cells from the pre-aggregated `map_cells`.
+fn aggregated_cells(
+    conn: &Connection,
+    filter: &Filter,
+    bbox: [f64; 4],
+    level: u32,
+) -> Result<Vec<Cell>, rusqlite::Error> {
+    let size = cell_size(level);
+    let [min_lon, min_lat, max_lon, max_lat] = bbox;
+    let mut values: Vec<Value> = vec![
+        Value::Integer(i64::from(level)),
+        Value::Integer(((min_lon + 180.0) / size).floor() as i64),
+        Value::Integer(((max_lon + 180.0) / size).floor() as i64),
+        Value::Integer(((min_lat + 90.0) / size).floor() as i64),
+        Value::Integer(((max_lat + 90.0) / size).floor() as i64),
+    ];
+    let sql = format!(
+        "SELECT cx, cy, sum(encounters), sum(sum_lat_e6), sum(sum_lon_e6) FROM map_cells
+         WHERE level = ?1 AND cx BETWEEN ?2 AND ?3 AND cy BETWEEN ?4 AND ?5{}
+         GROUP BY cx, cy",
+        filter.dimension_sql("", &mut values)
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query_map(params_from_iter(values), |row| {
+        let (cx, cy): (i64, i64) = (row.get(0)?, row.get(1)?);
+        let count: i64 = row.get(2)?;
+        let (sum_lat, sum_lon): (i64, i64) = (row.get(3)?, row.get(4)?);
+        let west = cx as f64 * size - 180.0;
+        let south = cy as f64 * size - 90.0;
+        Ok(Cell {
+            count,
+            lat: round6(sum_lat as f64 / count as f64 / 1e6),
+            lon: round6(sum_lon as f64 / count as f64 / 1e6),
+            bounds: [west, south, west + size, south + size],
+        })
+    })?;
+    rows.collect()
+}
+
+/// Cells grouped in SQL from the encounters the R*Tree finds.
+fn located_cells(
+    conn: &Connection,
+    filter: &Filter,
+    bbox: [f64; 4],
+    level: u32,
+) -> Result<Vec<Cell>, rusqlite::Error> {
+    let size = cell_size(level);
+    let mut values = vec![Value::Real(size)];
+    let sql = format!(
+        "SELECT CAST((f.lon + 180) / ?1 AS INTEGER) AS cx, CAST((f.lat + 90) / ?1 AS INTEGER) AS cy,
+                count(*), avg(f.lat), avg(f.lon), min(f.lon), min(f.lat), max(f.lon), max(f.lat){}
+         GROUP BY cx, cy",
+        located_sql(filter, bbox, &mut values)
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement.query_map(params_from_iter(values), |row| {
+        let lat: f64 = row.get(3)?;
+        let lon: f64 = row.get(4)?;
+        Ok(Cell {
+            count: row.get(2)?,
+            lat: round6(lat),
+            lon: round6(lon),
+            bounds: [row.get(5)?, row.get(6)?, row.get(7)?, row.get(8)?],
+        })
+    })?;
+    rows.collect()
+}
+
+fn intersection(a: [f64; 4], b: [f64; 4]) -> [f64; 4] {
+    [
+        a[0].max(b[0]),
+        a[1].max(b[1]),
+        a[2].min(b[2]),
+        a[3].min(b[3]),
+    ]
+}
+
+/// Answers `GET /v1/map` for `bbox` at `zoom`.
+pub fn query(
+    conn: &Connection,
+    filter: &Filter,
+    bbox: [f64; 4],
+    zoom: u32,
+) -> Result<MapAnswer, rusqlite::Error> {
+    let aggregated = !filter.has_time() && zoom <= MAX_CELL_LEVEL;
+    let cells = if aggregated {
+        aggregated_cells(conn, filter, bbox, zoom)?
+    } else {
+        located_cells(conn, filter, bbox, zoom.min(MAX_ZOOM))?
+    };
+    let total: i64 = cells.iter().map(|c| c.count).sum();
+    let all_points =
+        total <= POINTS_WHEN_AT_MOST || (zoom >= POINTS_FROM_ZOOM && total <= MAX_POINTS as i64);
+    if all_points {
+        let points = points_in(conn, filter, bbox, MAX_POINTS)?;
+        return Ok(MapAnswer {
+            zoom,
+            total: points.len() as i64,
+            clusters: Vec::new(),
+            points,
+        });
+    }
+    let mut clusters = Vec::new();
+    let mut points = Vec::new();
+    for cell in cells {
+        if cell.count == 1 && points.len() < MAX_POINTS {
+            // The one encounter of the cell, found through the R*Tree in the cell's bounds.
+            let area = intersection(cell.bounds, bbox);
+            if let Some(point) = points_in(conn, filter, area, 1)?.pop() {
+                points.push(point);
+                continue;
+            }
+        }
+        clusters.push(Cluster {
+            lat: cell.lat,
+            lon: cell.lon,
+            count: cell.count,
+            bbox: cell.bounds,
+        });
+    }
+    Ok(MapAnswer {
+        zoom,
+        total,
+        clusters,
+        points,
+    })
+}
