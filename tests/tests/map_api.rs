@@ -509,6 +509,16 @@ fn stats_count_totals_and_every_breakdown_with_the_same_filters() {
     assert_eq!(encounters("team=chihuahua"), 3);
     assert_eq!(encounters("service=rescue"), 2);
     assert_eq!(encounters("triage=green"), 1);
+    assert_eq!(encounters("service=rescue&triage=red"), 1);
+    assert_eq!(encounters("service=first_aid&triage=yellow&period=month"), 0);
+    assert_eq!(
+        pick(
+            &field.ok("/v1/stats?service=rescue")["by_service"],
+            "service"
+        ),
+        [("rescue".into(), 2, 4), ("first_aid".into(), 1, 3)],
+        "under a service filter, the services given with it"
+    );
     assert_eq!(encounters("status=closed"), 1);
     assert_eq!(encounters("uasc=true"), 1);
     assert_eq!(encounters(&format!("bbox={SONORA_BOX}")), 2);
@@ -541,6 +551,12 @@ fn stats_count_totals_and_every_breakdown_with_the_same_filters() {
                 "period={period}&service=rescue&from=2026-11-01T12:00:00Z&to=2026-11-21T17:00:00Z"
             )),
             2
+        );
+        assert_eq!(
+            encounters(&format!(
+                "period={period}&triage=green&from=2026-11-01T12:00:00Z&to=2026-11-21T17:00:00Z"
+            )),
+            1
         );
         assert_eq!(
             encounters(&format!(
