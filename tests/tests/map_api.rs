@@ -510,7 +510,10 @@ fn stats_count_totals_and_every_breakdown_with_the_same_filters() {
     assert_eq!(encounters("service=rescue"), 2);
     assert_eq!(encounters("triage=green"), 1);
     assert_eq!(encounters("service=rescue&triage=red"), 1);
-    assert_eq!(encounters("service=first_aid&triage=yellow&period=month"), 0);
+    assert_eq!(
+        encounters("service=first_aid&triage=yellow&period=month"),
+        0
+    );
     assert_eq!(
         pick(
             &field.ok("/v1/stats?service=rescue")["by_service"],
