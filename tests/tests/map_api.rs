@@ -367,6 +367,7 @@ fn only_coordinators_are_served_and_bad_parameters_are_named() {
         (&format!("bbox={EVERYWHERE}") as &str, "zoom"),
         (&format!("bbox={EVERYWHERE}&zoom=21"), "zoom"),
         (&format!("bbox={EVERYWHERE}&zoom=five"), "zoom"),
+        (&format!("bbox={EVERYWHERE}&zoom=14"), "bbox"),
         (&format!("bbox={EVERYWHERE}&zoom=5&from=yesterday"), "from"),
         (
             &format!("bbox={EVERYWHERE}&zoom=5&to=2026-13-01T00:00:00Z"),
@@ -592,6 +593,20 @@ fn stats_count_totals_and_every_breakdown_with_the_same_filters() {
                 "period={period}&bbox={EVERYWHERE}&from=2026-11-20T16:00:00Z"
             )),
             2
+        );
+    }
+    for (query, parameter) in [
+        ("/v1/hotspots?zoom=13", "bbox"),
+        ("/v1/hotspots?zoom=21", "zoom"),
+        ("/v1/hotspots?bbox=-120,20,-90,35&zoom=14", "bbox"),
+        ("/v1/stats?bbox=1,2", "bbox"),
+        ("/v1/stats?uasc=1", "uasc"),
+    ] {
+        let (status, body) = field.get(query);
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(parameter),
+            "{query}: {body}"
         );
     }
     let (status, body) = field.get("/v1/stats?period=year");
