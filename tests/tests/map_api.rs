@@ -965,3 +965,66 @@ fn reindex_rebuilds_the_map_and_stats_tables_to_the_same_answers() {
     assert_eq!(field.ok(&queries[0]), before[0]);
     assert_eq!(field.ok(&queries[4]), before[4]);
 }
+
+/// Every row of the map and stats aggregates, as text, in key order.
+fn aggregate_rows(data: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(data.join("auxilio.sqlite")).unwrap();
+    let mut rows = Vec::new();
+    for table in ["map_cells", "stats_cells", "stats_nationalities"] {
+        let mut statement = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
+        let columns = statement.column_count();
+        let mut query = statement.query([]).unwrap();
+        while let Some(row) = query.next().unwrap() {
+            let values: Vec<String> = (0..columns)
+                .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
+                .collect();
+            rows.push(format!("{table} {}", values.join(" ")));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_bulk_import_ends_with_the_same_aggregates_as_syncing() {
+    let mut field = Field::start();
+    for i in 0..30 {
+        let extra = if i % 3 == 0 {
+            r#","status":"closed","adm1":"MX-SON""#
+        } else {
+            ""
+        };
+        field.sonora.log(&encounter(
+            SONOYTA,
+            i,
+            1 + (i % 5) as u32,
+            &["rescue", "orientation"],
+            extra,
+        ));
+    }
+    // The same changes, stored through `ledger::import` in another data directory with the
+    // aggregates recomputed at the end, and through a normal sync.
+    let request = field.sonora.store.sync_request().unwrap();
+    let imported = tempfile::tempdir().unwrap();
+    add_team(imported.path(), "sonora");
+    let database = auxilio_server::Database::open(imported.path()).unwrap();
+    let device = auxilio_server::directory::Device {
+        id: field.sonora.enrolled.device_id,
+        team: "sonora".into(),
+        role: Role::Field,
+        label: String::new(),
+        enrolled_at: String::new(),
+        revoked_at: None,
+    };
+    let rejected = database
+        .write(|conn| auxilio_server::ledger::import(conn, &device, &request))
+        .unwrap();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    database
+        .write(|conn| auxilio_server::index::facts::recompute_aggregates(conn))
+        .unwrap();
+    field.sync_all();
+    let synced = aggregate_rows(field.fixture.data.path());
+    assert!(synced.len() > 30, "{synced:?}");
+    assert_eq!(aggregate_rows(imported.path()), synced);
+}
