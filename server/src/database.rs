@@ -195,10 +195,14 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     -- Pre-aggregated counts per day (`grain` 'day', period YYYY-MM-DD) and per month ('month',
     -- YYYY-MM), team, adm1, status and UASC flag; encounters and people per service and per
-    -- triage category are columns, so the breakdowns need no more rows.
+    -- triage category are columns, so the breakdowns need no more rows. `facet` '' counts every
+    -- encounter; `facet` 'service' (or 'triage') with `facet_value` a service code (or triage
+    -- category, 'none' without one) counts only the encounters with it, for those filters.
     CREATE TABLE stats_cells (
         grain TEXT NOT NULL,
         period TEXT NOT NULL,
+        facet TEXT NOT NULL,
+        facet_value TEXT NOT NULL,
         team TEXT NOT NULL,
         adm1 TEXT NOT NULL,
         status TEXT NOT NULL,
@@ -262,17 +266,19 @@ const MIGRATIONS: &[&str] = &[
         triage_black_people INTEGER NOT NULL DEFAULT 0,
         triage_none_encounters INTEGER NOT NULL DEFAULT 0,
         triage_none_people INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (grain, period, team, adm1, status, uasc_flag)
+        PRIMARY KEY (grain, facet, facet_value, period, team, adm1, status, uasc_flag)
     ) WITHOUT ROWID;
     CREATE TABLE stats_nationalities (
         grain TEXT NOT NULL,
         period TEXT NOT NULL,
+        facet TEXT NOT NULL,
+        facet_value TEXT NOT NULL,
         team TEXT NOT NULL,
         status TEXT NOT NULL,
         uasc_flag INTEGER NOT NULL,
         nationality TEXT NOT NULL,
         people INTEGER NOT NULL,
-        PRIMARY KEY (grain, period, team, status, uasc_flag, nationality)
+        PRIMARY KEY (grain, facet, facet_value, period, team, status, uasc_flag, nationality)
     ) WITHOUT ROWID;
 ",
 ];

@@ -264,6 +264,7 @@ fn ingest_encounter(
     device: &Device,
     uploader_actor: Option<&[u8]>,
     upload: Upload,
+    aggregates: index::facts::Aggregates,
 ) -> Result<Result<Vec<ByteBuf>, Rejection>, LedgerError> {
     let id = upload.encounter;
     for change in &upload.changes {
@@ -390,7 +391,7 @@ fn ingest_encounter(
             params![id.as_bytes(), saved, complete, received_at],
         )?;
     }
-    index::update(tx, id, &team, &document)?;
+    index::update_with(tx, id, &team, &document, aggregates)?;
     Ok(Ok(hashes))
 }
 
@@ -422,6 +423,33 @@ pub fn encounters_stored_after(
         out.push((id, team));
     }
     Ok(out)
+}
+
+/// Stores a batch of changes exactly as a sync request from `device` would (same checks, same
+/// tables, one transaction), but leaves the map and stats aggregates alone and answers only the
+/// refusals. For bulk loads (the map benchmark, imports), which call
+/// [`index::facts::recompute_aggregates`] once after the last batch, as [`rebuild`] does.
+pub fn import(
+    conn: &mut Connection,
+    device: &Device,
+    request: &SyncRequest,
+) -> Result<Vec<Rejection>, LedgerError> {
+    let DecodedRequest { request, uploads } = decode(request.clone())?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut rejected = Vec::new();
+    for upload in uploads {
+        if let Err(rejection) = ingest_encounter(
+            &tx,
+            device,
+            request.actor.as_deref().map(Vec::as_slice),
+            upload,
+            index::facts::Aggregates::Skip,
+        )? {
+            rejected.push(rejection);
+        }
+    }
+    tx.commit()?;
+    Ok(rejected)
 }
 
 /// Handles one sync request from `device`: [`decode`], then [`sync_decoded`].
@@ -458,6 +486,7 @@ pub fn sync_decoded(
             device,
             request.actor.as_deref().map(Vec::as_slice),
             upload,
+            index::facts::Aggregates::Maintain,
         )? {
             Ok(hashes) => accepted.extend(hashes),
             Err(rejection) => rejected.push(rejection),

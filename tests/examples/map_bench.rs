@@ -7,8 +7,9 @@
 //! ```
 //!
 //! For each size it fills a new data directory with that many encounters (real Automerge
-//! documents made by `EncounterDocument::create`, stored through `ledger::sync_decoded` and so
-//! `index::update`, thousands per transaction, not over HTTP), starts the real `auxilio serve`,
+//! documents made by `EncounterDocument::create`, stored through `ledger::sync` and so
+//! `index::update`, thousands per transaction, not over HTTP; above 200,000 through
+//! `ledger::import` with the aggregates recomputed at the end), starts the real `auxilio serve`,
 //! and times requests from one client over loopback: the map at random viewports and zooms
 //! (with no filter, with the last 30 days, with one other filter) and the stats (random ranges
 //! and filters, and the whole history by month). It prints one JSON line per size; progress goes
@@ -25,6 +26,7 @@ use auxilio_core::protocol::{EncounterChanges, PROTOCOL_VERSION, SyncRequest};
 use auxilio_core::{Encounter, EncounterId, SCHEMA_VERSION};
 use auxilio_server::Database;
 use auxilio_server::directory::{Device, Role};
+use auxilio_server::index;
 use auxilio_server::ledger::{self, PageLimits};
 use auxilio_tests::{ServerProcess, add_team, enroll, get_text};
 use chrono::{DateTime, Duration as Span, Utc};
@@ -144,8 +146,11 @@ fn generated(random: &mut Random, place: usize, end: DateTime<Utc>, years: f64) 
     serde_json::from_value(json).expect("generated encounters follow the schema")
 }
 
-/// Fills `data` with `count` encounters of nine teams; returns the seconds it took.
-fn fill(data: &std::path::Path, count: usize) -> f64 {
+/// Fills `data` with `count` encounters of nine teams; returns the seconds it took. Each batch
+/// is stored as a sync request (`ledger::sync`, which keeps every aggregate in step), or, when
+/// not `incremental`, through `ledger::import` with the aggregates recomputed once at the end
+/// (what `auxilio reindex` does; the tables end the same).
+fn fill(data: &std::path::Path, count: usize, incremental: bool) -> f64 {
     let started = Instant::now();
     let devices: Vec<Device> = PLACES
         .iter()
@@ -221,11 +226,18 @@ fn fill(data: &std::path::Path, count: usize) -> f64 {
                 max_response_bytes: None,
             };
             let storing_started = Instant::now();
-            let response = database
-                .write(|conn| ledger::sync(conn, &devices[place], &request, PageLimits::default()))
+            let rejected = database
+                .write(|conn| {
+                    if incremental {
+                        ledger::sync(conn, &devices[place], &request, PageLimits::default())
+                            .map(|response| response.rejected)
+                    } else {
+                        ledger::import(conn, &devices[place], &request)
+                    }
+                })
                 .unwrap();
             storing += storing_started.elapsed();
-            assert!(response.rejected.is_empty(), "{:?}", response.rejected);
+            assert!(rejected.is_empty(), "{rejected:?}");
             stored += size;
             if last_report.elapsed() > Duration::from_secs(5) || stored == count {
                 eprintln!(
@@ -237,6 +249,20 @@ fn fill(data: &std::path::Path, count: usize) -> f64 {
             }
         }
     });
+    if !incremental {
+        let recomputing = Instant::now();
+        database
+            .write(|conn| {
+                let tx = conn.transaction()?;
+                index::facts::recompute_aggregates(&tx)?;
+                tx.commit()
+            })
+            .unwrap();
+        eprintln!(
+            "recomputed the aggregates in {:.0} s",
+            recomputing.elapsed().as_secs_f64()
+        );
+    }
     database
         .write(|conn| conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;"))
         .unwrap();
@@ -328,9 +354,43 @@ fn time(server: &ServerProcess, token: &str, queries: &[String]) -> serde_json::
     latencies(samples)
 }
 
+/// Encounters stored in the data directory at `path`, if it has a database.
+fn stored_encounters(path: &std::path::Path) -> Option<usize> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path.join("auxilio.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .ok()?;
+    conn.query_row("SELECT count(*) FROM encounter_facts", [], |row| {
+        row.get::<_, i64>(0)
+    })
+    .ok()
+    .map(|n| n as usize)
+}
+
 fn run(count: usize) -> serde_json::Value {
-    let data = tempfile::tempdir().unwrap();
-    let fill_seconds = fill(data.path(), count);
+    // MAP_BENCH_DATA=DIR keeps each size's data directory in DIR/<size> and reuses a full one,
+    // so the latencies can be measured again without filling a million encounters again.
+    let kept = std::env::var_os("MAP_BENCH_DATA")
+        .map(|dir| std::path::PathBuf::from(dir).join(count.to_string()));
+    let temporary = tempfile::tempdir().unwrap();
+    let data = kept
+        .clone()
+        .unwrap_or_else(|| temporary.path().to_path_buf());
+    let fill_seconds = if stored_encounters(&data) == Some(count) {
+        eprintln!("reusing the {count} encounters in {}", data.display());
+        None
+    } else {
+        if kept.is_some() {
+            let _ = std::fs::remove_dir_all(&data);
+        }
+        std::fs::create_dir_all(&data).unwrap();
+        // Filling through the sync path keeps the aggregates in step batch by batch; past
+        // 200,000 encounters the bulk path is used (MAP_BENCH_INCREMENTAL=1 forces the sync path).
+        let incremental = count <= 200_000 || std::env::var_os("MAP_BENCH_INCREMENTAL").is_some();
+        Some(fill(&data, count, incremental))
+    };
+    let data = Dir(data);
     let database_bytes = std::fs::metadata(data.path().join("auxilio.sqlite"))
         .map(|m| m.len())
         .unwrap_or(0);
@@ -393,14 +453,23 @@ fn run(count: usize) -> serde_json::Value {
     serde_json::json!({
         "encounters": count,
         "years": count as f64 / PER_YEAR,
-        "fill_s": (fill_seconds * 10.0).round() / 10.0,
-        "fill_per_s": (count as f64 / fill_seconds).round(),
+        "fill_s": fill_seconds.map(|s| (s * 10.0).round() / 10.0),
+        "fill_per_s": fill_seconds.map(|s| (count as f64 / s).round()),
         "database_mib": database_bytes / (1024 * 1024),
         "rss_idle_mib": idle_rss / 1024,
         "rss_after_mib": memory_kib(pid, "VmRSS:") / 1024,
         "rss_peak_mib": memory_kib(pid, "VmHWM:") / 1024,
         "latency": results,
     })
+}
+
+/// A data directory path with the `path()` of a `TempDir`.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
 }
 
 fn main() {

@@ -367,6 +367,7 @@ fn only_coordinators_are_served_and_bad_parameters_are_named() {
         (&format!("bbox={EVERYWHERE}") as &str, "zoom"),
         (&format!("bbox={EVERYWHERE}&zoom=21"), "zoom"),
         (&format!("bbox={EVERYWHERE}&zoom=five"), "zoom"),
+        (&format!("bbox={EVERYWHERE}&zoom=14"), "bbox"),
         (&format!("bbox={EVERYWHERE}&zoom=5&from=yesterday"), "from"),
         (
             &format!("bbox={EVERYWHERE}&zoom=5&to=2026-13-01T00:00:00Z"),
@@ -509,6 +510,19 @@ fn stats_count_totals_and_every_breakdown_with_the_same_filters() {
     assert_eq!(encounters("team=chihuahua"), 3);
     assert_eq!(encounters("service=rescue"), 2);
     assert_eq!(encounters("triage=green"), 1);
+    assert_eq!(encounters("service=rescue&triage=red"), 1);
+    assert_eq!(
+        encounters("service=first_aid&triage=yellow&period=month"),
+        0
+    );
+    assert_eq!(
+        pick(
+            &field.ok("/v1/stats?service=rescue")["by_service"],
+            "service"
+        ),
+        [("rescue".into(), 2, 4), ("first_aid".into(), 1, 3)],
+        "under a service filter, the services given with it"
+    );
     assert_eq!(encounters("status=closed"), 1);
     assert_eq!(encounters("uasc=true"), 1);
     assert_eq!(encounters(&format!("bbox={SONORA_BOX}")), 2);
@@ -544,6 +558,12 @@ fn stats_count_totals_and_every_breakdown_with_the_same_filters() {
         );
         assert_eq!(
             encounters(&format!(
+                "period={period}&triage=green&from=2026-11-01T12:00:00Z&to=2026-11-21T17:00:00Z"
+            )),
+            1
+        );
+        assert_eq!(
+            encounters(&format!(
                 "period={period}&from=2026-10-15T05:00:00Z&to=2026-12-03T00:00:00Z"
             )),
             5
@@ -573,6 +593,20 @@ fn stats_count_totals_and_every_breakdown_with_the_same_filters() {
                 "period={period}&bbox={EVERYWHERE}&from=2026-11-20T16:00:00Z"
             )),
             2
+        );
+    }
+    for (query, parameter) in [
+        ("/v1/hotspots?zoom=13", "bbox"),
+        ("/v1/hotspots?zoom=21", "zoom"),
+        ("/v1/hotspots?bbox=-120,20,-90,35&zoom=14", "bbox"),
+        ("/v1/stats?bbox=1,2", "bbox"),
+        ("/v1/stats?uasc=1", "uasc"),
+    ] {
+        let (status, body) = field.get(query);
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(parameter),
+            "{query}: {body}"
         );
     }
     let (status, body) = field.get("/v1/stats?period=year");
@@ -930,4 +964,67 @@ fn reindex_rebuilds_the_map_and_stats_tables_to_the_same_answers() {
     assert!(output.status.success());
     assert_eq!(field.ok(&queries[0]), before[0]);
     assert_eq!(field.ok(&queries[4]), before[4]);
+}
+
+/// Every row of the map and stats aggregates, as text, in key order.
+fn aggregate_rows(data: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(data.join("auxilio.sqlite")).unwrap();
+    let mut rows = Vec::new();
+    for table in ["map_cells", "stats_cells", "stats_nationalities"] {
+        let mut statement = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
+        let columns = statement.column_count();
+        let mut query = statement.query([]).unwrap();
+        while let Some(row) = query.next().unwrap() {
+            let values: Vec<String> = (0..columns)
+                .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
+                .collect();
+            rows.push(format!("{table} {}", values.join(" ")));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_bulk_import_ends_with_the_same_aggregates_as_syncing() {
+    let mut field = Field::start();
+    for i in 0..30 {
+        let extra = if i % 3 == 0 {
+            r#","status":"closed","adm1":"MX-SON""#
+        } else {
+            ""
+        };
+        field.sonora.log(&encounter(
+            SONOYTA,
+            i,
+            1 + (i % 5) as u32,
+            &["rescue", "orientation"],
+            extra,
+        ));
+    }
+    // The same changes, stored through `ledger::import` in another data directory with the
+    // aggregates recomputed at the end, and through a normal sync.
+    let request = field.sonora.store.sync_request().unwrap();
+    let imported = tempfile::tempdir().unwrap();
+    add_team(imported.path(), "sonora");
+    let database = auxilio_server::Database::open(imported.path()).unwrap();
+    let device = auxilio_server::directory::Device {
+        id: field.sonora.enrolled.device_id,
+        team: "sonora".into(),
+        role: Role::Field,
+        label: String::new(),
+        enrolled_at: String::new(),
+        revoked_at: None,
+    };
+    let rejected = database
+        .write(|conn| auxilio_server::ledger::import(conn, &device, &request))
+        .unwrap();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    database
+        .write(|conn| auxilio_server::index::facts::recompute_aggregates(conn))
+        .unwrap();
+    field.sync_all();
+    let synced = aggregate_rows(field.fixture.data.path());
+    assert!(synced.len() > 30, "{synced:?}");
+    assert_eq!(aggregate_rows(imported.path()), synced);
 }

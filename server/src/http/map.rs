@@ -43,6 +43,9 @@ pub fn query_pairs(
         .map_err(|e| AppError::BadRequest(e.body_text()))
 }
 
+/// The closest hotspot zoom allowed without a box (cells of about 5 km).
+const MAX_ZOOM_WITHOUT_BBOX: u32 = 12;
+
 fn parse_zoom(text: &str) -> Result<u32, AppError> {
     text.parse().ok().filter(|z| *z <= MAX_ZOOM).ok_or_else(|| {
         AppError::BadRequest(format!(
@@ -71,6 +74,7 @@ async fn map_view(
         ))
     })?;
     let zoom = parse_zoom(zoom_text)?;
+    map::check_view(bbox, zoom).map_err(AppError::BadRequest)?;
     let answer = state
         .blocking(move |database| Ok(database.read(|conn| map::query(conn, &filter, bbox, zoom))?))
         .await?;
@@ -108,6 +112,16 @@ async fn hotspots_view(
         (None, Some(bbox)) => hotspots::zoom_for(bbox),
         (None, None) => DEFAULT_HOTSPOT_ZOOM,
     };
+    match filter.bbox {
+        Some(bbox) => map::check_view(bbox, zoom).map_err(AppError::BadRequest)?,
+        // Without a box the cells cover all the data: fine cells would be millions.
+        None if zoom > MAX_ZOOM_WITHOUT_BBOX => {
+            return Err(AppError::BadRequest(format!(
+                "`zoom={zoom}` needs a `bbox`: without one, hotspots cover all the data at zoom {MAX_ZOOM_WITHOUT_BBOX} or lower"
+            )));
+        }
+        None => {}
+    }
     let answer = state
         .blocking(move |database| Ok(database.read(|conn| hotspots::query(conn, &filter, zoom))?))
         .await?;

@@ -318,6 +318,24 @@ impl Facts {
         values
     }
 
+    /// The stats facets this encounter counts in: every encounter (`""`), each of its services,
+    /// and its triage category (`none` without one).
+    pub fn facets(&self) -> Vec<(&'static str, String)> {
+        let mut facets = vec![("", String::new())];
+        facets.extend(
+            service_codes(self.services)
+                .into_iter()
+                .map(|service| ("service", service)),
+        );
+        let triage = if self.triage.is_empty() {
+            "none".to_string()
+        } else {
+            self.triage.clone()
+        };
+        facets.push(("triage", triage));
+        facets
+    }
+
     fn day(&self) -> &str {
         self.occurred_at.get(..10).unwrap_or(&self.occurred_at)
     }
@@ -526,14 +544,14 @@ fn aggregate(conn: &Connection, facts: &Facts, sign: i64) -> Result<(), rusqlite
         }
     }
     let columns = stats_columns();
-    let placeholders: Vec<String> = (0..columns.len()).map(|i| format!("?{}", i + 7)).collect();
+    let placeholders: Vec<String> = (0..columns.len()).map(|i| format!("?{}", i + 9)).collect();
     let additions: Vec<String> = columns
         .iter()
         .map(|name| format!("{name} = {name} + excluded.{name}"))
         .collect();
     let mut upsert = conn.prepare_cached(&format!(
-        "INSERT INTO stats_cells (grain, period, team, adm1, status, uasc_flag, {})
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, {})
+        "INSERT INTO stats_cells (grain, period, facet, facet_value, team, adm1, status, uasc_flag, {})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {})
          ON CONFLICT DO UPDATE SET {}
          RETURNING encounters",
         columns.join(", "),
@@ -541,57 +559,66 @@ fn aggregate(conn: &Connection, facts: &Facts, sign: i64) -> Result<(), rusqlite
         additions.join(", ")
     ))?;
     let mut delete = conn.prepare_cached(
-        "DELETE FROM stats_cells WHERE grain = ?1 AND period = ?2 AND team = ?3 AND adm1 = ?4 AND status = ?5
-             AND uasc_flag = ?6",
+        "DELETE FROM stats_cells WHERE grain = ?1 AND period = ?2 AND facet = ?3 AND facet_value = ?4
+             AND team = ?5 AND adm1 = ?6 AND status = ?7 AND uasc_flag = ?8",
     )?;
     let mut upsert_nationality = conn.prepare_cached(
-        "INSERT INTO stats_nationalities (grain, period, team, status, uasc_flag, nationality, people)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO stats_nationalities (grain, period, facet, facet_value, team, status, uasc_flag, nationality, people)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT DO UPDATE SET people = people + excluded.people
          RETURNING people",
     )?;
     let mut delete_nationality = conn.prepare_cached(
-        "DELETE FROM stats_nationalities WHERE grain = ?1 AND period = ?2 AND team = ?3 AND status = ?4
-             AND uasc_flag = ?5 AND nationality = ?6",
+        "DELETE FROM stats_nationalities WHERE grain = ?1 AND period = ?2 AND facet = ?3 AND facet_value = ?4
+             AND team = ?5 AND status = ?6 AND uasc_flag = ?7 AND nationality = ?8",
     )?;
     let stats_values = facts.stats_values();
     for (grain, period) in [("day", facts.day()), ("month", facts.month())] {
-        let key: Vec<Value> = vec![
-            Value::Text(grain.into()),
-            Value::Text(period.into()),
-            Value::Text(facts.team.clone()),
-            Value::Text(facts.adm1.clone()),
-            Value::Text(facts.status.clone()),
-            Value::Integer(i64::from(facts.uasc_flag)),
-        ];
-        let mut values = key.clone();
-        values.extend(stats_values.iter().map(|v| Value::Integer(sign * v)));
-        let left: i64 = upsert.query_row(params_from_iter(values), |row| row.get(0))?;
-        if left <= 0 {
-            delete.execute(params_from_iter(key))?;
-        }
-        for (nationality, people) in &facts.nationalities {
-            let left: i64 = upsert_nationality.query_row(
-                params![
-                    grain,
-                    period,
-                    facts.team,
-                    facts.status,
-                    facts.uasc_flag,
-                    nationality,
-                    sign * people
-                ],
-                |row| row.get(0),
-            )?;
+        for (facet, facet_value) in facts.facets() {
+            let key: Vec<Value> = vec![
+                Value::Text(grain.into()),
+                Value::Text(period.into()),
+                Value::Text(facet.into()),
+                Value::Text(facet_value.clone()),
+                Value::Text(facts.team.clone()),
+                Value::Text(facts.adm1.clone()),
+                Value::Text(facts.status.clone()),
+                Value::Integer(i64::from(facts.uasc_flag)),
+            ];
+            let mut values = key.clone();
+            values.extend(stats_values.iter().map(|v| Value::Integer(sign * v)));
+            let left: i64 = upsert.query_row(params_from_iter(values), |row| row.get(0))?;
             if left <= 0 {
-                delete_nationality.execute(params![
+                delete.execute(params_from_iter(key))?;
+            }
+            for (nationality, people) in &facts.nationalities {
+                let key = params![
                     grain,
                     period,
+                    facet,
+                    facet_value,
                     facts.team,
                     facts.status,
                     facts.uasc_flag,
                     nationality
-                ])?;
+                ];
+                let left: i64 = upsert_nationality.query_row(
+                    params![
+                        grain,
+                        period,
+                        facet,
+                        facet_value,
+                        facts.team,
+                        facts.status,
+                        facts.uasc_flag,
+                        nationality,
+                        sign * people
+                    ],
+                    |row| row.get(0),
+                )?;
+                if left <= 0 {
+                    delete_nationality.execute(key)?;
+                }
             }
         }
     }
@@ -602,10 +629,6 @@ fn aggregate(conn: &Connection, facts: &Facts, sign: i64) -> Result<(), rusqlite
 /// `encounter_nationalities`, in SQL, in the caller's transaction.
 pub fn recompute_aggregates(conn: &Connection) -> Result<(), rusqlite::Error> {
     let columns = stats_columns().join(", ");
-    let sums: Vec<String> = stats_expressions("")
-        .iter()
-        .map(|e| format!("sum({e})"))
-        .collect();
     conn.execute_batch(&format!(
         "DELETE FROM map_cells;
          WITH RECURSIVE levels (level, size) AS (
@@ -617,21 +640,41 @@ pub fn recompute_aggregates(conn: &Connection) -> Result<(), rusqlite::Error> {
          FROM encounter_facts, levels WHERE lat IS NOT NULL AND lon IS NOT NULL
          GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
          DELETE FROM stats_cells;
-         INSERT INTO stats_cells (grain, period, team, adm1, status, uasc_flag, {columns})
-         SELECT 'day', day, team, adm1, status, uasc_flag, {sums}
-         FROM encounter_facts GROUP BY 2, 3, 4, 5, 6;
-         INSERT INTO stats_cells (grain, period, team, adm1, status, uasc_flag, {columns})
-         SELECT 'month', substr(day, 1, 7), team, adm1, status, uasc_flag, {sums}
-         FROM encounter_facts GROUP BY 2, 3, 4, 5, 6;
-         DELETE FROM stats_nationalities;
-         INSERT INTO stats_nationalities (grain, period, team, status, uasc_flag, nationality, people)
-         SELECT 'day', f.day, f.team, f.status, f.uasc_flag, n.nationality, sum(n.people)
-         FROM encounter_nationalities n JOIN encounter_facts f ON f.key = n.key GROUP BY 2, 3, 4, 5, 6;
-         INSERT INTO stats_nationalities (grain, period, team, status, uasc_flag, nationality, people)
-         SELECT 'month', substr(f.day, 1, 7), f.team, f.status, f.uasc_flag, n.nationality, sum(n.people)
-         FROM encounter_nationalities n JOIN encounter_facts f ON f.key = n.key GROUP BY 2, 3, 4, 5, 6;",
-        sums = sums.join(", ")
-    ))
+         DELETE FROM stats_nationalities;",
+    ))?;
+    // Each encounter's facets, as (key, facet, facet_value): every encounter, each service of
+    // its mask, its triage category.
+    let service_values: Vec<String> = SERVICES
+        .iter()
+        .map(|service| format!("('{}', {})", code(*service), service_bit(*service)))
+        .collect();
+    let facets = format!(
+        "WITH services (code, bit) AS (VALUES {}),
+         facets (key, facet, facet_value) AS (
+             SELECT key, '', '' FROM encounter_facts
+             UNION ALL SELECT f.key, 'service', s.code FROM encounter_facts f JOIN services s ON f.services & s.bit != 0
+             UNION ALL SELECT key, 'triage', CASE triage WHEN '' THEN 'none' ELSE triage END FROM encounter_facts)",
+        service_values.join(", ")
+    );
+    let f_sums: Vec<String> = stats_expressions("f.")
+        .iter()
+        .map(|e| format!("sum({e})"))
+        .collect();
+    for (grain, period) in [("day", "f.day"), ("month", "substr(f.day, 1, 7)")] {
+        conn.execute_batch(&format!(
+            "{facets}
+             INSERT INTO stats_cells (grain, period, facet, facet_value, team, adm1, status, uasc_flag, {columns})
+             SELECT '{grain}', {period}, x.facet, x.facet_value, f.team, f.adm1, f.status, f.uasc_flag, {}
+             FROM facets x JOIN encounter_facts f ON f.key = x.key GROUP BY 2, 3, 4, 5, 6, 7, 8;
+             {facets}
+             INSERT INTO stats_nationalities (grain, period, facet, facet_value, team, status, uasc_flag, nationality, people)
+             SELECT '{grain}', {period}, x.facet, x.facet_value, f.team, f.status, f.uasc_flag, n.nationality, sum(n.people)
+             FROM facets x JOIN encounter_facts f ON f.key = x.key JOIN encounter_nationalities n ON n.key = f.key
+             GROUP BY 2, 3, 4, 5, 6, 7, 8;",
+            f_sums.join(", ")
+        ))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -684,9 +727,18 @@ mod tests {
                     .collect::<Result<Vec<String>, _>>()
             })
             .unwrap();
-        let mut expected: Vec<String> = ["grain", "period", "team", "adm1", "status", "uasc_flag"]
-            .map(String::from)
-            .to_vec();
+        let mut expected: Vec<String> = [
+            "grain",
+            "period",
+            "facet",
+            "facet_value",
+            "team",
+            "adm1",
+            "status",
+            "uasc_flag",
+        ]
+        .map(String::from)
+        .to_vec();
         expected.extend(stats_columns());
         assert_eq!(columns, expected);
         assert_eq!(stats_expressions("f.").len(), stats_columns().len());

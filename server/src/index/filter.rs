@@ -67,7 +67,10 @@ impl Filter {
                 "bbox" => filter.bbox = Some(parse_bbox(value)?),
                 "from" => filter.from = Some(normalise_time("from", value, false)?),
                 "to" => filter.to = Some(normalise_time("to", value, true)?),
-                "team" if !value.is_empty() => filter.team = Some(value.clone()),
+                "team" if value.is_empty() => {
+                    return Err("`team` must name a team, e.g. team=sonora".into());
+                }
+                "team" => filter.team = Some(value.clone()),
                 "service" => {
                     filter.service = Some(parse_enum(
                         "service",
@@ -184,6 +187,7 @@ mod tests {
             ("status", "pending"),
             ("uasc", "yes"),
             ("service", "taxi"),
+            ("team", ""),
             ("colour", "red"),
         ] {
             let err = Filter::parse(&pairs(&[(name, value)]), &[]).unwrap_err();

@@ -30,6 +30,22 @@ pub const POINTS_WHEN_AT_MOST: i64 = 500;
 pub const POINTS_FROM_ZOOM: u32 = 15;
 /// The most points in one answer; beyond it, encounters stay in clusters.
 pub const MAX_POINTS: usize = 2000;
+/// The most cells a box may span across or down at its zoom: a 16,000-pixel screen. A larger
+/// box is a client asking for a continent at street level, which would cost a scan of
+/// everything and an answer of millions of clusters.
+pub const MAX_CELLS_ACROSS: f64 = 256.0;
+
+/// Checks that `bbox` is a plausible view at `zoom`, or says what to change.
+pub fn check_view(bbox: [f64; 4], zoom: u32) -> Result<(), String> {
+    let size = cell_size(zoom);
+    let across = ((bbox[2] - bbox[0]) / size).max((bbox[3] - bbox[1]) / size);
+    if across > MAX_CELLS_ACROSS {
+        return Err(format!(
+            "`bbox` is too large for `zoom={zoom}`: it spans {across:.0} map cells of {size} degrees, at most {MAX_CELLS_ACROSS:.0}; send the box the map shows, or a lower zoom"
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MapAnswer {

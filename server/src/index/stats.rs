@@ -1,14 +1,15 @@
 //! The coordinator's figures (`GET /v1/stats`): totals and breakdowns by period, adm1, service,
 //! sex × age band, nationality and triage, for the same filters as the map.
 //!
-//! Without a bounding box, a service or a triage filter, the figures come from the
-//! pre-aggregated `stats_cells` and `stats_nationalities` (rows per day or month, team, adm1,
-//! status and UASC flag; services and triage categories are columns): the time range is cut
-//! into whole months (when the breakdown is by month), whole days, and the partial days at its
-//! two ends, which are read from the per-encounter facts. The work grows with the number of days
-//! or months and teams in the range, not with the number of encounters. With a service or triage
-//! filter the encounters in the time range are summed from their facts (through the time
-//! index), and with a bounding box those the R*Tree finds.
+//! Without a bounding box the figures come from the pre-aggregated `stats_cells` and
+//! `stats_nationalities` (rows per day or month, team, adm1, status and UASC flag, for every
+//! encounter and again per service and per triage category; services and triage categories are
+//! also columns): the time range is cut into whole months (when the breakdown is by month),
+//! whole days, and the partial days at its two ends, which are read from the per-encounter
+//! facts. The work grows with the number of days or months and teams in the range, not with the
+//! number of encounters. With both a service and a triage filter the encounters in the time
+//! range are summed from their facts (through the time index), and with a bounding box those
+//! the R*Tree finds.
 
 use std::collections::BTreeMap;
 
@@ -272,6 +273,35 @@ fn range_sql(
     sql
 }
 
+/// The aggregate rows that answer `filter`'s service or triage filter (at most one of them), and
+/// the rest of the filter, which the aggregates' columns answer.
+fn facet_of(filter: &Filter) -> ((&'static str, String), Filter) {
+    let facet = match (filter.service, filter.triage) {
+        (Some(service), _) => ("service", code(service)),
+        (None, Some(triage)) => ("triage", code(triage)),
+        (None, None) => ("", String::new()),
+    };
+    let rest = Filter {
+        service: None,
+        triage: None,
+        ..filter.clone()
+    };
+    (facet, rest)
+}
+
+/// Conditions on an aggregate table for `filter` (facet and dimensions).
+fn cells_sql(filter: &Filter, values: &mut Vec<Value>) -> String {
+    let ((facet, facet_value), rest) = facet_of(filter);
+    values.push(Value::Text(facet.to_string()));
+    values.push(Value::Text(facet_value));
+    format!(
+        " AND facet = ?{} AND facet_value = ?{}{}",
+        values.len() - 1,
+        values.len(),
+        rest.dimension_sql("", values)
+    )
+}
+
 /// One SELECT of (bucket, adm1, the stats columns…) over a source, for the UNION.
 fn select_measures(
     source: &Source,
@@ -306,7 +336,7 @@ fn select_measures(
             format!(
                 "SELECT {bucket} AS bucket, adm1, {} FROM stats_cells WHERE grain = ?{grain_parameter}{time}{}",
                 stats_columns().join(", "),
-                filter.dimension_sql("", values)
+                cells_sql(filter, values)
             )
         }
     }
@@ -330,7 +360,7 @@ fn select_nationalities(source: &Source, filter: &Filter, values: &mut Vec<Value
             let time = range_sql("period", from, to, values);
             format!(
                 "SELECT nationality, people FROM stats_nationalities WHERE grain = ?{grain_parameter}{time}{}",
-                filter.dimension_sql("", values)
+                cells_sql(filter, values)
             )
         }
     }
@@ -367,8 +397,9 @@ pub fn query(
                 "SELECT nationality, people FROM encounter_nationalities WHERE key IN (SELECT f.key{located})"
             ),
         )
-    } else if filter.service.is_some() || filter.triage.is_some() {
-        // The aggregates have no rows per service or triage category: the facts in range.
+    } else if filter.service.is_some() && filter.triage.is_some() {
+        // The aggregates have rows per service and per triage category, not per both: the
+        // facts in range.
         let whole = Source::Facts {
             from: filter.from.clone(),
             to: filter.to.clone(),
