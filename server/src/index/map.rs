@@ -249,6 +249,54 @@ fn located_cells(
     rows.collect()
 }
 
+fn intersection(a: [f64; 4], b: [f64; 4]) -> [f64; 4] {
+    [
+        a[0].max(b[0]),
+        a[1].max(b[1]),
+        a[2].min(b[2]),
+        a[3].min(b[3]),
+    ]
+}
+
+/// Every encounter in `bbox` matching `filter`, newest first (at most [`MAX_POINTS`]), looked
+/// up only where `cells` hold some: by key for a cell of one, through the R*Tree in the cell's
+/// part of the box otherwise. A filter that matches little in a crowded box then costs what it
+/// matches, not a scan of the box.
+fn every_point(
+    conn: &Connection,
+    filter: &Filter,
+    bbox: [f64; 4],
+    cells: &[Cell],
+) -> Result<Vec<Point>, rusqlite::Error> {
+    let mut single_keys = Vec::new();
+    let mut points = Vec::new();
+    for cell in cells {
+        if single_keys.len() + points.len() >= MAX_POINTS {
+            break;
+        }
+        match cell.single_key {
+            Some(key) => single_keys.push(key),
+            None => points.extend(points_in(
+                conn,
+                filter,
+                intersection(cell.bounds, bbox),
+                MAX_POINTS,
+            )?),
+        }
+    }
+    points.extend(points_by_key(conn, &single_keys)?);
+    // Aggregated cells are whole: their single encounter may lie just outside the box.
+    let [min_lon, min_lat, max_lon, max_lat] = bbox;
+    points.retain(|p| (min_lon..=max_lon).contains(&p.lon) && (min_lat..=max_lat).contains(&p.lat));
+    points.sort_by(|a, b| {
+        b.occurred_at
+            .cmp(&a.occurred_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    points.truncate(MAX_POINTS);
+    Ok(points)
+}
+
 /// Answers `GET /v1/map` for `bbox` at `zoom`.
 pub fn query(
     conn: &Connection,
@@ -266,7 +314,7 @@ pub fn query(
     let all_points =
         total <= POINTS_WHEN_AT_MOST || (zoom >= POINTS_FROM_ZOOM && total <= MAX_POINTS as i64);
     if all_points {
-        let points = points_in(conn, filter, bbox, MAX_POINTS)?;
+        let points = every_point(conn, filter, bbox, &cells)?;
         return Ok(MapAnswer {
             zoom,
             total: points.len() as i64,
