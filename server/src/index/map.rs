@@ -12,7 +12,9 @@
 //!
 //! Cells holding one encounter, and every encounter when there are few (at most
 //! [`POINTS_WHEN_AT_MOST`], or at most [`MAX_POINTS`] from zoom [`POINTS_FROM_ZOOM`]), come back
-//! as points.
+//! as points. A cell's single encounter is found by its key (`map_cells` keeps the sum of its
+//! encounters' keys, which for one encounter is its key), so points cost a lookup each, and
+//! cells of several are searched through the R*Tree only within their own bounds.
 
 use auxilio_core::EncounterId;
 use rusqlite::types::Value;
