@@ -173,12 +173,15 @@ const MIGRATIONS: &[&str] = &[
         people INTEGER NOT NULL,
         PRIMARY KEY (key, nationality)
     ) WITHOUT ROWID;
-    -- Where and when: longitude, latitude and day number (days since 1970-01-01), keyed by
+    -- Where and when: longitude, latitude and time in years since 1970 (the day's number over
+    -- 365.25: a year weighs about as much as a degree in the tree's splits, where days would
+    -- make nodes thin slices of time spread over the whole map), keyed by
     -- `encounter_facts.key`. Boxes are 32-bit floats rounded outwards; queries re-check the
-    -- exact coordinates in `encounter_facts`.
-    CREATE VIRTUAL TABLE encounter_locations USING rtree(key, min_lon, max_lon, min_lat, max_lat, min_day, max_day);
-    -- Pre-aggregated map cells, one level per zoom: encounters and the sum of their coordinates
-    -- (in millionths of a degree, so sums stay exact) per cell and filter combination.
+    -- exact coordinates and time in `encounter_facts`.
+    CREATE VIRTUAL TABLE encounter_locations USING rtree(key, min_lon, max_lon, min_lat, max_lat, min_year, max_year);
+    -- Pre-aggregated map cells, one level per zoom: encounters, the sum of their coordinates
+    -- (in millionths of a degree, so sums stay exact) and the sum of their keys (for a row of
+    -- one encounter, its key) per cell and filter combination.
     CREATE TABLE map_cells (
         level INTEGER NOT NULL,
         cx INTEGER NOT NULL,
@@ -191,6 +194,7 @@ const MIGRATIONS: &[&str] = &[
         encounters INTEGER NOT NULL,
         sum_lat_e6 INTEGER NOT NULL,
         sum_lon_e6 INTEGER NOT NULL,
+        sum_key INTEGER NOT NULL,
         PRIMARY KEY (level, cx, cy, team, status, triage, uasc_flag, services)
     ) WITHOUT ROWID;
     -- Pre-aggregated counts per day (`grain` 'day', period YYYY-MM-DD) and per month ('month',

@@ -3,14 +3,15 @@
 //!
 //! Everything here is derived from the stored changes and can be rebuilt from them; lists are
 //! answered from these columns without loading any Automerge document. The coordinator's map,
-//! stats and exports read the per-encounter facts and aggregates of [`facts`], refreshed from
-//! here too, through [`filter`], [`map`] and [`stats`].
+//! stats, hotspots and exports read the per-encounter facts and aggregates of [`facts`],
+//! refreshed from here too, through [`filter`], [`map`], [`stats`] and [`hotspots`].
 
 pub mod facts;
 pub mod filter;
 pub mod hotspots;
 pub mod map;
 pub mod stats;
+
 use auxilio_core::EncounterId;
 use auxilio_core::document::EncounterDocument;
 use auxilio_core::validation::validate;

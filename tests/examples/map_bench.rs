@@ -345,11 +345,18 @@ fn time_range(random: &mut Random) -> (String, &'static str) {
 
 fn time(server: &ServerProcess, token: &str, queries: &[String]) -> serde_json::Value {
     let mut samples = Vec::with_capacity(queries.len());
+    let mut slowest: Vec<(Duration, &String)> = Vec::new();
     for query in queries {
         let started = Instant::now();
         let (status, _, _, body) = get_text(&server.url, query, Some(token));
-        samples.push(started.elapsed());
+        let took = started.elapsed();
+        samples.push(took);
+        slowest.push((took, query));
         assert_eq!(status, 200, "{query}: {body}");
+    }
+    slowest.sort();
+    for (took, query) in slowest.iter().rev().take(3) {
+        eprintln!("slow: {:.1} ms {query}", took.as_secs_f64() * 1000.0);
     }
     latencies(samples)
 }

@@ -192,6 +192,12 @@ pub fn day_number(day: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// The R*Tree's time coordinate of a stored UTC time: years since 1970, as days / 365.25 (see
+/// the migration: a year must weigh about as much as a degree).
+pub fn year_number(time: &str) -> f64 {
+    day_number(time) as f64 / 365.25
+}
+
 /// What one encounter contributes to the map, the stats and the exports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Facts {
@@ -437,7 +443,7 @@ pub fn refresh(
     let key = match &old {
         Some((key, old_facts)) => {
             if aggregates == Aggregates::Maintain {
-                aggregate(conn, old_facts, -1)?;
+                aggregate(conn, *key, old_facts, -1)?;
             }
             values.push(Value::Integer(*key));
             let assignments: Vec<String> = MEASURES
@@ -477,12 +483,11 @@ pub fn refresh(
     }
     match facts.location {
         Some((lon, lat)) => {
-            let day = day_number(facts.day()) as f64;
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO encounter_locations (key, min_lon, max_lon, min_lat, max_lat, min_day, max_day)
+                "INSERT OR REPLACE INTO encounter_locations (key, min_lon, max_lon, min_lat, max_lat, min_year, max_year)
                  VALUES (?1, ?2, ?2, ?3, ?3, ?4, ?4)",
             )?
-            .execute(params![key, lon, lat, day])?;
+            .execute(params![key, lon, lat, year_number(facts.day())])?;
         }
         None => {
             conn.prepare_cached("DELETE FROM encounter_locations WHERE key = ?1")?
@@ -490,7 +495,7 @@ pub fn refresh(
         }
     }
     if aggregates == Aggregates::Maintain {
-        aggregate(conn, facts, 1)?;
+        aggregate(conn, key, facts, 1)?;
     }
     Ok(())
 }
@@ -498,13 +503,14 @@ pub fn refresh(
 /// Adds (`sign` 1) or removes (`sign` -1) one encounter's contribution to every aggregate row
 /// it counts in; rows that fall to zero encounters are deleted, so the tables hold only what
 /// exists.
-fn aggregate(conn: &Connection, facts: &Facts, sign: i64) -> Result<(), rusqlite::Error> {
+fn aggregate(conn: &Connection, key: i64, facts: &Facts, sign: i64) -> Result<(), rusqlite::Error> {
     if let Some((lon, lat)) = facts.location {
         let mut upsert = conn.prepare_cached(
-            "INSERT INTO map_cells (level, cx, cy, team, status, triage, uasc_flag, services, encounters, sum_lat_e6, sum_lon_e6)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+            "INSERT INTO map_cells (level, cx, cy, team, status, triage, uasc_flag, services, encounters, sum_lat_e6, sum_lon_e6, sum_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
              ON CONFLICT DO UPDATE SET encounters = encounters + excluded.encounters,
-                 sum_lat_e6 = sum_lat_e6 + excluded.sum_lat_e6, sum_lon_e6 = sum_lon_e6 + excluded.sum_lon_e6
+                 sum_lat_e6 = sum_lat_e6 + excluded.sum_lat_e6, sum_lon_e6 = sum_lon_e6 + excluded.sum_lon_e6,
+                 sum_key = sum_key + excluded.sum_key
              RETURNING encounters",
         )?;
         let mut delete = conn.prepare_cached(
@@ -525,7 +531,8 @@ fn aggregate(conn: &Connection, facts: &Facts, sign: i64) -> Result<(), rusqlite
                     facts.services,
                     sign,
                     sign * micro_degrees(lat),
-                    sign * micro_degrees(lon)
+                    sign * micro_degrees(lon),
+                    sign * key
                 ],
                 |row| row.get(0),
             )?;
@@ -633,10 +640,10 @@ pub fn recompute_aggregates(conn: &Connection) -> Result<(), rusqlite::Error> {
         "DELETE FROM map_cells;
          WITH RECURSIVE levels (level, size) AS (
              SELECT 0, 90.0 UNION ALL SELECT level + 1, size / 2 FROM levels WHERE level < {MAX_CELL_LEVEL})
-         INSERT INTO map_cells (level, cx, cy, team, status, triage, uasc_flag, services, encounters, sum_lat_e6, sum_lon_e6)
+         INSERT INTO map_cells (level, cx, cy, team, status, triage, uasc_flag, services, encounters, sum_lat_e6, sum_lon_e6, sum_key)
          SELECT level, CAST((lon + 180) / size AS INTEGER), CAST((lat + 90) / size AS INTEGER),
                 team, status, triage, uasc_flag, services, count(*),
-                sum(CAST(round(lat * 1e6) AS INTEGER)), sum(CAST(round(lon * 1e6) AS INTEGER))
+                sum(CAST(round(lat * 1e6) AS INTEGER)), sum(CAST(round(lon * 1e6) AS INTEGER)), sum(key)
          FROM encounter_facts, levels WHERE lat IS NOT NULL AND lon IS NOT NULL
          GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
          DELETE FROM stats_cells;

@@ -114,7 +114,7 @@ impl Filter {
         Ok((filter, others))
     }
 
-    /// Whether any filter besides the bounding box and the time range is set.
+    /// Whether a time range (`from` or `to`) is set.
     pub fn has_time(&self) -> bool {
         self.from.is_some() || self.to.is_some()
     }

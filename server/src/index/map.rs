@@ -6,20 +6,22 @@
 //!   [`MAX_CELL_LEVEL`]: the work is proportional to the cells in view, whatever the number of
 //!   encounters. Cells are whole: a cluster at the edge of the box may hold encounters up to one
 //!   cell outside it.
-//! - **The R*Tree** (`encounter_locations`: longitude, latitude, day) with the facts for exact
+//! - **The R*Tree** (`encounter_locations`: longitude, latitude, year) with the facts for exact
 //!   coordinates, time and filters, grouped into the same cells in SQL: the work is proportional
 //!   to the encounters in the box and time range. Used for time ranges and close zooms.
 //!
 //! Cells holding one encounter, and every encounter when there are few (at most
 //! [`POINTS_WHEN_AT_MOST`], or at most [`MAX_POINTS`] from zoom [`POINTS_FROM_ZOOM`]), come back
-//! as points.
+//! as points. A cell's single encounter is found by its key (`map_cells` keeps the sum of its
+//! encounters' keys, which for one encounter is its key), so points cost a lookup each, and
+//! cells of several are searched through the R*Tree only within their own bounds.
 
 use auxilio_core::EncounterId;
 use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
 use serde::{Deserialize, Serialize};
 
-use super::facts::{MAX_CELL_LEVEL, cell_size, day_number, service_codes};
+use super::facts::{MAX_CELL_LEVEL, cell_size, service_codes, year_number};
 use super::filter::Filter;
 
 /// Highest zoom accepted (street level).
@@ -86,6 +88,8 @@ struct Cell {
     lat: f64,
     lon: f64,
     bounds: [f64; 4],
+    /// The facts key of the cell's encounter, when it holds exactly one.
+    single_key: Option<i64>,
 }
 
 fn round6(degrees: f64) -> f64 {
@@ -109,20 +113,25 @@ pub fn located_sql(filter: &Filter, area: [f64; 4], values: &mut Vec<Value>) -> 
         c = first + 2,
         d = first + 3
     );
+    // Whole days: the exact time is checked on the facts below.
     if let Some(from) = &filter.from {
-        values.push(Value::Real(day_number(from) as f64));
-        sql.push_str(&format!(" AND l.max_day >= ?{}", values.len()));
+        values.push(Value::Real(year_number(from)));
+        sql.push_str(&format!(" AND l.max_year >= ?{}", values.len()));
     }
     if let Some(to) = &filter.to {
-        values.push(Value::Real(day_number(to) as f64));
-        sql.push_str(&format!(" AND l.min_day <= ?{}", values.len()));
+        values.push(Value::Real(year_number(to)));
+        sql.push_str(&format!(" AND l.min_year <= ?{}", values.len()));
     }
     sql.push_str(&filter.time_sql("f.", values));
     sql.push_str(&filter.dimension_sql("f.", values));
     sql
 }
 
-/// Encounters inside `area` matching `filter`, as points, at most `limit`.
+/// The columns [`point`] reads, from `encounter_facts` aliased `f`.
+const POINT_COLUMNS: &str =
+    "f.encounter, f.lat, f.lon, f.status, f.triage, f.uasc_flag, f.services, f.occurred_at";
+
+/// Encounters inside `area` matching `filter`, as points, newest first, at most `limit`.
 fn points_in(
     conn: &Connection,
     filter: &Filter,
@@ -131,12 +140,28 @@ fn points_in(
 ) -> Result<Vec<Point>, rusqlite::Error> {
     let mut values = Vec::new();
     let sql = format!(
-        "SELECT f.encounter, f.lat, f.lon, f.status, f.triage, f.uasc_flag, f.services, f.occurred_at{}
-         ORDER BY f.occurred_at DESC, f.key LIMIT {limit}",
+        "SELECT {POINT_COLUMNS}{} ORDER BY f.occurred_at DESC, f.key LIMIT {limit}",
         located_sql(filter, area, &mut values)
     );
     let mut statement = conn.prepare_cached(&sql)?;
-    let rows = statement.query_map(params_from_iter(values), |row| {
+    let rows = statement.query_map(params_from_iter(values), point)?;
+    rows.collect()
+}
+
+/// The encounters with these facts keys, as points, newest first: one lookup each.
+fn points_by_key(conn: &Connection, keys: &[i64]) -> Result<Vec<Point>, rusqlite::Error> {
+    let keys = serde_json::to_string(keys).expect("numbers serialise");
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {POINT_COLUMNS} FROM encounter_facts f WHERE f.key IN (SELECT value FROM json_each(?1))
+         ORDER BY f.occurred_at DESC, f.key"
+    ))?;
+    let rows = statement.query_map([keys], point)?;
+    rows.collect()
+}
+
+/// A point from a row of [`POINT_COLUMNS`].
+fn point(row: &rusqlite::Row<'_>) -> Result<Point, rusqlite::Error> {
+    {
         let id: Vec<u8> = row.get(0)?;
         let status: String = row.get(3)?;
         let triage: String = row.get(4)?;
@@ -152,8 +177,7 @@ fn points_in(
             services: service_codes(row.get(6)?),
             occurred_at: row.get(7)?,
         })
-    })?;
-    rows.collect()
+    }
 }
 
 /// Cells from the pre-aggregated `map_cells`.
@@ -173,7 +197,7 @@ fn aggregated_cells(
         Value::Integer(((max_lat + 90.0) / size).floor() as i64),
     ];
     let sql = format!(
-        "SELECT cx, cy, sum(encounters), sum(sum_lat_e6), sum(sum_lon_e6) FROM map_cells
+        "SELECT cx, cy, sum(encounters), sum(sum_lat_e6), sum(sum_lon_e6), sum(sum_key) FROM map_cells
          WHERE level = ?1 AND cx BETWEEN ?2 AND ?3 AND cy BETWEEN ?4 AND ?5{}
          GROUP BY cx, cy",
         filter.dimension_sql("", &mut values)
@@ -190,6 +214,7 @@ fn aggregated_cells(
             lat: round6(sum_lat as f64 / count as f64 / 1e6),
             lon: round6(sum_lon as f64 / count as f64 / 1e6),
             bounds: [west, south, west + size, south + size],
+            single_key: if count == 1 { row.get(5)? } else { None },
         })
     })?;
     rows.collect()
@@ -206,7 +231,7 @@ fn located_cells(
     let mut values = vec![Value::Real(size)];
     let sql = format!(
         "SELECT CAST((f.lon + 180) / ?1 AS INTEGER) AS cx, CAST((f.lat + 90) / ?1 AS INTEGER) AS cy,
-                count(*), avg(f.lat), avg(f.lon), min(f.lon), min(f.lat), max(f.lon), max(f.lat){}
+                count(*), avg(f.lat), avg(f.lon), min(f.lon), min(f.lat), max(f.lon), max(f.lat), min(f.key){}
          GROUP BY cx, cy",
         located_sql(filter, bbox, &mut values)
     );
@@ -214,11 +239,13 @@ fn located_cells(
     let rows = statement.query_map(params_from_iter(values), |row| {
         let lat: f64 = row.get(3)?;
         let lon: f64 = row.get(4)?;
+        let count: i64 = row.get(2)?;
         Ok(Cell {
-            count: row.get(2)?,
+            count,
             lat: round6(lat),
             lon: round6(lon),
             bounds: [row.get(5)?, row.get(6)?, row.get(7)?, row.get(8)?],
+            single_key: if count == 1 { row.get(9)? } else { None },
         })
     })?;
     rows.collect()
@@ -231,6 +258,45 @@ fn intersection(a: [f64; 4], b: [f64; 4]) -> [f64; 4] {
         a[2].min(b[2]),
         a[3].min(b[3]),
     ]
+}
+
+/// Every encounter in `bbox` matching `filter`, newest first (at most [`MAX_POINTS`]), looked
+/// up only where `cells` hold some: by key for a cell of one, through the R*Tree in the cell's
+/// part of the box otherwise. A filter that matches little in a crowded box then costs what it
+/// matches, not a scan of the box.
+fn every_point(
+    conn: &Connection,
+    filter: &Filter,
+    bbox: [f64; 4],
+    cells: &[Cell],
+) -> Result<Vec<Point>, rusqlite::Error> {
+    let mut single_keys = Vec::new();
+    let mut points = Vec::new();
+    for cell in cells {
+        if single_keys.len() + points.len() >= MAX_POINTS {
+            break;
+        }
+        match cell.single_key {
+            Some(key) => single_keys.push(key),
+            None => points.extend(points_in(
+                conn,
+                filter,
+                intersection(cell.bounds, bbox),
+                MAX_POINTS,
+            )?),
+        }
+    }
+    points.extend(points_by_key(conn, &single_keys)?);
+    // Aggregated cells are whole: their single encounter may lie just outside the box.
+    let [min_lon, min_lat, max_lon, max_lat] = bbox;
+    points.retain(|p| (min_lon..=max_lon).contains(&p.lon) && (min_lat..=max_lat).contains(&p.lat));
+    points.sort_by(|a, b| {
+        b.occurred_at
+            .cmp(&a.occurred_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    points.truncate(MAX_POINTS);
+    Ok(points)
 }
 
 /// Answers `GET /v1/map` for `bbox` at `zoom`.
@@ -250,7 +316,7 @@ pub fn query(
     let all_points =
         total <= POINTS_WHEN_AT_MOST || (zoom >= POINTS_FROM_ZOOM && total <= MAX_POINTS as i64);
     if all_points {
-        let points = points_in(conn, filter, bbox, MAX_POINTS)?;
+        let points = every_point(conn, filter, bbox, &cells)?;
         return Ok(MapAnswer {
             zoom,
             total: points.len() as i64,
@@ -258,24 +324,21 @@ pub fn query(
             points,
         });
     }
+    // A cell's one encounter is a point, found by its key (all of them in one query).
+    let mut single_keys = Vec::new();
     let mut clusters = Vec::new();
-    let mut points = Vec::new();
     for cell in cells {
-        if cell.count == 1 && points.len() < MAX_POINTS {
-            // The one encounter of the cell, found through the R*Tree in the cell's bounds.
-            let area = intersection(cell.bounds, bbox);
-            if let Some(point) = points_in(conn, filter, area, 1)?.pop() {
-                points.push(point);
-                continue;
-            }
+        match cell.single_key {
+            Some(key) if single_keys.len() < MAX_POINTS => single_keys.push(key),
+            _ => clusters.push(Cluster {
+                lat: cell.lat,
+                lon: cell.lon,
+                count: cell.count,
+                bbox: cell.bounds,
+            }),
         }
-        clusters.push(Cluster {
-            lat: cell.lat,
-            lon: cell.lon,
-            count: cell.count,
-            bbox: cell.bounds,
-        });
     }
+    let points = points_by_key(conn, &single_keys)?;
     Ok(MapAnswer {
         zoom,
         total,
