@@ -630,7 +630,6 @@ mod tests {
 
     use super::*;
     use crate::id::device_of_actor;
-    use crate::protocol::{PROTOCOL_VERSION, SyncResponse};
     use crate::schema::{Encounter, Status};
     use crate::store::{actor, heads_hex};
 
@@ -676,19 +675,7 @@ mod tests {
     fn acknowledge_everything(store: &mut DeviceStore) {
         let accepted = pending(store).into_iter().map(ByteBuf::from).collect();
         store
-            .apply_response(&SyncResponse {
-                protocol: PROTOCOL_VERSION,
-                accepted,
-                rejected: vec![],
-                wanted: vec![],
-                resumed: vec![],
-                changes: vec![],
-                cursor: 0,
-                cursor_check: ByteBuf::new(),
-                restarted: false,
-                more: false,
-                complete: true,
-            })
+            .apply_response(&crate::store::test_support::response(accepted, None, 0))
             .unwrap();
         assert_eq!(store.pending_count().unwrap(), 0);
     }

@@ -935,12 +935,40 @@ pub(crate) mod test_support {
             .unwrap();
         store
     }
+
+    /// A whole response that acknowledges `accepted`, carries `download` (one encounter's
+    /// changes) if any, and moves the cursor to `cursor`.
+    pub(crate) fn response(
+        accepted: Vec<ByteBuf>,
+        download: Option<(EncounterId, Vec<ByteBuf>)>,
+        cursor: u64,
+    ) -> SyncResponse {
+        SyncResponse {
+            protocol: PROTOCOL_VERSION,
+            accepted,
+            rejected: vec![],
+            wanted: vec![],
+            resumed: vec![],
+            changes: download
+                .map(|(encounter, changes)| crate::protocol::ResponseFrame {
+                    encounter,
+                    changes,
+                    through: 0,
+                })
+                .into_iter()
+                .collect(),
+            cursor,
+            cursor_check: ByteBuf::new(),
+            restarted: false,
+            more: false,
+            complete: true,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ResponseFrame;
 
     fn enrolled(dir: &tempfile::TempDir, name: &str) -> DeviceStore {
         test_support::enrolled_store(dir, name, "sonora")
@@ -1110,28 +1138,15 @@ mod tests {
         mut b: DeviceStore,
         id: EncounterId,
     ) -> (DeviceStore, DeviceStore) {
-        let page = |from: &DeviceStore| SyncResponse {
-            protocol: PROTOCOL_VERSION,
-            accepted: vec![],
-            rejected: vec![],
-            changes: vec![ResponseFrame {
-                through: 0,
-                encounter: id,
-                changes: from
-                    .document(id)
-                    .map(|mut document| document.changes())
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
-                    .collect(),
-            }],
-            cursor: 0,
-            cursor_check: ByteBuf::new(),
-            restarted: false,
-            more: false,
-            wanted: vec![],
-            resumed: vec![],
-            complete: true,
+        let page = |from: &DeviceStore| {
+            let changes = from
+                .document(id)
+                .map(|mut document| document.changes())
+                .unwrap_or_default()
+                .iter()
+                .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
+                .collect();
+            test_support::response(vec![], Some((id, changes)), 0)
         };
         let (to_b, to_a) = (page(&a), page(&b));
         b.apply_response(&to_b).unwrap();
@@ -1183,23 +1198,11 @@ mod tests {
         doc.put(automerge::ROOT, "status", "archived").unwrap();
         doc.commit();
         let bad = doc.get_last_local_change().unwrap();
-        let response = SyncResponse {
-            protocol: PROTOCOL_VERSION,
-            accepted: vec![],
-            rejected: vec![],
-            changes: vec![ResponseFrame {
-                through: 0,
-                encounter: id,
-                changes: vec![ByteBuf::from(bad.raw_bytes().to_vec())],
-            }],
-            cursor: 0,
-            cursor_check: ByteBuf::new(),
-            restarted: false,
-            more: false,
-            wanted: vec![],
-            resumed: vec![],
-            complete: true,
-        };
+        let response = test_support::response(
+            vec![],
+            Some((id, vec![ByteBuf::from(bad.raw_bytes().to_vec())])),
+            0,
+        );
         a.apply_response(&response).unwrap();
         assert!(matches!(a.show(id), Err(StoreError::Document(_))));
         assert_eq!(a.raw(id).unwrap()["status"], "archived");
@@ -1227,19 +1230,8 @@ mod tests {
             let bytes = request.changes[0].changes[0].to_vec();
             Change::from_bytes(bytes).unwrap().hash()
         };
-        let response = |cursor| SyncResponse {
-            protocol: PROTOCOL_VERSION,
-            cursor_check: ByteBuf::new(),
-            restarted: false,
-            accepted: vec![ByteBuf::from(hash.0.to_vec())],
-            rejected: vec![],
-            changes: vec![],
-            cursor,
-            more: false,
-            wanted: vec![],
-            resumed: vec![],
-            complete: true,
-        };
+        let response =
+            |cursor| test_support::response(vec![ByteBuf::from(hash.0.to_vec())], None, cursor);
         assert_eq!(store.apply_response(&response(10)).unwrap().acknowledged, 1);
         assert_eq!(store.pending_count().unwrap(), 0);
         store.apply_response(&response(4)).unwrap();
@@ -1255,22 +1247,8 @@ mod tests {
             .edit(id, &["status=closed".parse().unwrap()])
             .unwrap();
         let all = author.sync_request().unwrap().changes.remove(0);
-        let page = |changes: Vec<ByteBuf>, cursor| SyncResponse {
-            protocol: PROTOCOL_VERSION,
-            cursor_check: ByteBuf::new(),
-            restarted: false,
-            accepted: vec![],
-            rejected: vec![],
-            changes: vec![ResponseFrame {
-                through: 0,
-                encounter: id,
-                changes,
-            }],
-            cursor,
-            more: false,
-            wanted: vec![],
-            resumed: vec![],
-            complete: true,
+        let page = |changes: Vec<ByteBuf>, cursor| {
+            test_support::response(vec![], Some((id, changes)), cursor)
         };
 
         let mut reader = enrolled(&dir, "b.db");

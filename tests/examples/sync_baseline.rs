@@ -38,6 +38,11 @@ fn phone_with_backlog(team: &TeamFixture, name: &str, encounters: usize) -> Devi
     phone
 }
 
+/// Bytes that crossed the link both ways over the floor (every change once up, once down).
+fn wire_over_floor(wire_bytes: u64, floor_bytes_each_way: u64) -> f64 {
+    (wire_bytes as f64 / (2 * floor_bytes_each_way) as f64 * 1000.0).round() / 1000.0
+}
+
 /// A fresh phone uploads the workload and another downloads it, with `options`.
 fn auxilio(encounters: usize, options: SyncOptions) -> serde_json::Value {
     let team = TeamFixture::start("sonora", Default::default());
@@ -53,8 +58,10 @@ fn auxilio(encounters: usize, options: SyncOptions) -> serde_json::Value {
         "bytes_up": up.bytes_up + down.bytes_up,
         "bytes_down": up.bytes_down + down.bytes_down,
         "floor_bytes_each_way": floor_bytes,
-        "wire_over_floor": ((up.bytes_up + up.bytes_down + down.bytes_up + down.bytes_down) as f64
-            / (2 * floor_bytes) as f64 * 1000.0).round() / 1000.0,
+        "wire_over_floor": wire_over_floor(
+            up.bytes_up + up.bytes_down + down.bytes_up + down.bytes_down,
+            floor_bytes
+        ),
     })
 }
 
@@ -71,14 +78,16 @@ fn baseline(encounters: usize) -> serde_json::Value {
     let mut fresh_phone = BTreeMap::new();
     let download = per_document_automerge_sync(&mut server, &mut fresh_phone);
     assert_eq!(fresh_phone.len(), encounters);
-    let wire = upload.bytes_up + upload.bytes_down + download.bytes_up + download.bytes_down;
     serde_json::json!({
         "round_trips_up": upload.round_trips,
         "round_trips_down": download.round_trips,
         "bytes_up": upload.bytes_up + download.bytes_down,
         "bytes_down": upload.bytes_down + download.bytes_up,
         "floor_bytes_each_way": floor_bytes,
-        "wire_over_floor": (wire as f64 / (2 * floor_bytes) as f64 * 1000.0).round() / 1000.0,
+        "wire_over_floor": wire_over_floor(
+            upload.bytes_up + upload.bytes_down + download.bytes_up + download.bytes_down,
+            floor_bytes
+        ),
     })
 }
 

@@ -11,7 +11,7 @@
 use auxilio_core::schema::{Service, TriageCategory};
 use chrono::NaiveDate;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 use serde_json::Value as Json;
 
 /// Counted columns, in the order of [`Facts::measures`]; the same names are columns of
@@ -519,34 +519,32 @@ fn aggregate(conn: &Connection, key: i64, facts: &Facts, sign: i64) -> Result<()
         )?;
         for level in 0..=MAX_CELL_LEVEL {
             let (cx, cy) = cell_of(level, lon, lat);
+            let cell: [&dyn ToSql; 8] = [
+                &level,
+                &cx,
+                &cy,
+                &facts.team,
+                &facts.status,
+                &facts.triage,
+                &facts.uasc_flag,
+                &facts.services,
+            ];
+            let change = [
+                sign,
+                sign * micro_degrees(lat),
+                sign * micro_degrees(lon),
+                sign * key,
+            ];
             let left: i64 = upsert.query_row(
-                params![
-                    level,
-                    cx,
-                    cy,
-                    facts.team,
-                    facts.status,
-                    facts.triage,
-                    facts.uasc_flag,
-                    facts.services,
-                    sign,
-                    sign * micro_degrees(lat),
-                    sign * micro_degrees(lon),
-                    sign * key
-                ],
+                params_from_iter(
+                    cell.iter()
+                        .copied()
+                        .chain(change.iter().map(|v| v as &dyn ToSql)),
+                ),
                 |row| row.get(0),
             )?;
             if left <= 0 {
-                delete.execute(params![
-                    level,
-                    cx,
-                    cy,
-                    facts.team,
-                    facts.status,
-                    facts.triage,
-                    facts.uasc_flag,
-                    facts.services
-                ])?;
+                delete.execute(params_from_iter(cell))?;
             }
         }
     }
@@ -599,32 +597,23 @@ fn aggregate(conn: &Connection, key: i64, facts: &Facts, sign: i64) -> Result<()
                 delete.execute(params_from_iter(key))?;
             }
             for (nationality, people) in &facts.nationalities {
-                let key = params![
-                    grain,
-                    period,
-                    facet,
-                    facet_value,
-                    facts.team,
-                    facts.status,
-                    facts.uasc_flag,
-                    nationality
+                let key: [&dyn ToSql; 8] = [
+                    &grain,
+                    &period,
+                    &facet,
+                    &facet_value,
+                    &facts.team,
+                    &facts.status,
+                    &facts.uasc_flag,
+                    nationality,
                 ];
+                let change = sign * people;
                 let left: i64 = upsert_nationality.query_row(
-                    params![
-                        grain,
-                        period,
-                        facet,
-                        facet_value,
-                        facts.team,
-                        facts.status,
-                        facts.uasc_flag,
-                        nationality,
-                        sign * people
-                    ],
+                    params_from_iter(key.iter().copied().chain([&change as &dyn ToSql])),
                     |row| row.get(0),
                 )?;
                 if left <= 0 {
-                    delete_nationality.execute(key)?;
+                    delete_nationality.execute(params_from_iter(key))?;
                 }
             }
         }
