@@ -46,21 +46,50 @@ pub enum AuthError {
     Revoked,
 }
 
-/// What a device may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// Who holds a credential, and so what it may do (the whole table is in [`crate::access`]).
+///
+/// Every credential is a device's: a field phone, a team lead's phone, a coordinator's or a
+/// protection officer's laptop, an administrator's or auditor's workstation. Each has its own
+/// token; none is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Role {
-    /// Sees and writes only its own team's encounters.
+    /// A field agent's phone: syncs and writes its own team's encounters, health sub-records
+    /// included, nothing of other teams.
     Field,
-    /// Sees every team's encounters.
+    /// A team lead: what a field agent does, plus the map, stats and exports of their own team.
+    TeamLead,
+    /// Sees every team's encounters on the map, in stats and exports; no identity data and no
+    /// health detail beyond triage.
     Coordinator,
+    /// Reads sealed identity vaults and the full records of UASC and missing-person cases, and
+    /// purges.
+    ProtectionOfficer,
+    /// Enrols, rotates and revokes devices; no case data.
+    Administrator,
+    /// Reads and exports the audit log; nothing else.
+    Auditor,
 }
 
 impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Field,
+        Role::TeamLead,
+        Role::Coordinator,
+        Role::ProtectionOfficer,
+        Role::Administrator,
+        Role::Auditor,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Field => "field",
+            Role::TeamLead => "team_lead",
             Role::Coordinator => "coordinator",
+            Role::ProtectionOfficer => "protection_officer",
+            Role::Administrator => "administrator",
+            Role::Auditor => "auditor",
         }
     }
 }
@@ -75,11 +104,13 @@ impl FromStr for Role {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "field" => Ok(Role::Field),
-            "coordinator" => Ok(Role::Coordinator),
-            other => Err(format!("unknown role `{other}`")),
-        }
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Role::ALL.iter().map(|role| role.as_str()).collect();
+                format!("unknown role `{text}` (known: {})", known.join(", "))
+            })
     }
 }
 
@@ -95,9 +126,10 @@ pub struct Device {
 }
 
 impl Device {
-    /// Whether this device may see (and so read or write) encounters of `team`.
+    /// Whether this device's role reaches encounters of `team` at all (what it may do with
+    /// them is [`crate::access::allows`]'s question).
     pub fn may_see_team(&self, team: &str) -> bool {
-        self.role == Role::Coordinator || self.team == team
+        crate::access::team_scope(self).includes(team)
     }
 }
 

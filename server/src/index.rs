@@ -175,6 +175,23 @@ pub struct ListFilter {
     pub bbox: Option<String>,
     pub limit: Option<u32>,
     pub offset: Option<u32>,
+    /// Only UASC and missing-person cases (what a protection officer's role reaches); set by the
+    /// server from the role, never from the query.
+    #[serde(skip)]
+    pub protection_cases_only: bool,
+}
+
+/// SQL over `encounters e`: the encounter is a UASC or missing-person case, the cases whose
+/// full record and identity vault a protection officer reads.
+const PROTECTION_CASE_CONDITION: &str = "(e.uasc > 0 OR e.id IN (SELECT encounter FROM encounter_services WHERE service = 'located_missing'))";
+
+/// Whether encounter `id` is a UASC or missing-person case.
+pub fn is_protection_case(conn: &Connection, id: EncounterId) -> Result<bool, rusqlite::Error> {
+    conn.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM encounters e WHERE e.id = ?1 AND {PROTECTION_CASE_CONDITION})"),
+        [id.as_bytes()],
+        |row| row.get(0),
+    )
 }
 
 /// One row of the list.
@@ -251,6 +268,9 @@ pub fn list(
                 (SELECT group_concat(service, ',') FROM encounter_services s WHERE s.encounter = e.id)
          FROM encounters e WHERE 1 = 1",
     );
+    if filter.protection_cases_only {
+        sql.push_str(&format!(" AND {PROTECTION_CASE_CONDITION}"));
+    }
     let mut values: Vec<String> = Vec::new();
     let mut condition = |clause: &str, value: &str| {
         values.push(value.to_string());
@@ -259,6 +279,7 @@ pub fn list(
     if let Some(team) = visible_team {
         condition("e.team =", team);
     }
+
     if let Some(team) = &filter.team {
         condition("e.team =", team);
     }

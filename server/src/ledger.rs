@@ -19,6 +19,7 @@ use auxilio_core::{EncounterId, SCHEMA_VERSION};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_bytes::ByteBuf;
 
+use crate::access;
 use crate::database::now_text;
 use crate::directory::Device;
 use crate::index;
@@ -32,6 +33,9 @@ pub enum LedgerError {
     BadRequest(String),
     #[error("stored data could not be read: {0}")]
     Corrupt(String),
+    /// The device's role may not sync (see [`crate::access`]).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// Limits on what one response carries. A response stops adding changes past its limit (at
@@ -470,6 +474,13 @@ pub fn sync_decoded(
     decoded: DecodedRequest,
     limits: PageLimits,
 ) -> Result<SyncResponse, LedgerError> {
+    if !access::allows(device.role, access::Permission::Sync) {
+        // The HTTP handler refuses first; this keeps every other caller to the same rule.
+        return Err(LedgerError::Forbidden(format!(
+            "a {} device does not sync encounter documents",
+            device.role
+        )));
+    }
     let DecodedRequest { request, uploads } = decoded;
     let uploaded: HashSet<Vec<u8>> = uploads
         .iter()
@@ -677,22 +688,22 @@ fn page(
     let last_seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |row| {
         row.get(0)
     })?;
-    let (sql, team_filter) = if device.may_see_team("") {
-        (
+    let scope = access::team_scope(device);
+    let (sql, team_filter) = match scope.team() {
+        None => (
             "SELECT seq, encounter, hash, change FROM changes
              WHERE seq > ?1 AND ?2 IS NULL
                AND (?3 IS NULL OR (actor != ?3 AND coalesce(uploader_actor, x'') != ?3))
              ORDER BY seq",
             None,
-        )
-    } else {
-        (
+        ),
+        Some(team) => (
             "SELECT seq, encounter, hash, change FROM changes
              WHERE seq > ?1 AND team = ?2
                AND (?3 IS NULL OR (actor != ?3 AND coalesce(uploader_actor, x'') != ?3))
              ORDER BY seq",
-            Some(device.team.as_str()),
-        )
+            Some(team),
+        ),
     };
     let mut statement = tx.prepare(sql)?;
     let mut rows = statement.query(params![cursor, team_filter, own_actor])?;

@@ -9,6 +9,7 @@
 //! the tests and simulations; [`simulation`] runs a whole simulated deployment through it
 //! (`auxilio sim`, `auxilio demo`). Only this crate knows HTTP.
 
+pub mod access;
 pub mod audit;
 pub mod cli;
 pub mod client;

@@ -1,7 +1,7 @@
 //! The walking skeleton end to end: phones of two teams log and edit encounters with no server
 //! reachable, including concurrent edits of one encounter, then sync in different orders.
 //! Every device of a team converges to identical documents, the other team sees none of them,
-//! the coordinator sees everything, and the server's merged state equals what devices hold.
+//! the coordinator reads everything over HTTP, and the server's merged state equals what devices hold.
 
 use std::collections::BTreeSet;
 
@@ -72,7 +72,7 @@ fn scenario(order: [usize; 3]) {
             "notes=two men dehydrated",
         ],
     );
-    field.sonora_1.edit(shared, &[r#"casualties.a1={"sex":"m","age_band":"18-59","triage":{"method":"start","category":"yellow"}}"#]);
+    field.sonora_1.edit(shared, &[r#"casualties.a1={"sex":"m","age_band":"18-59","triage":{"method":"start","category":"yellow"},"conditions":["dehydration"]}"#]);
     field
         .sonora_2
         .edit(shared, &["counts.m.18-59=4", "hazards+=heat"]);
@@ -114,8 +114,6 @@ fn scenario(order: [usize; 3]) {
             assert_eq!(report.pending, 0);
         }
     }
-    field.coordinator.sync().unwrap();
-
     let sonora = BTreeSet::from([shared, only_sonora_1, only_sonora_2]);
     assert_eq!(ids(&field.sonora_1), sonora);
     assert_eq!(ids(&field.sonora_2), sonora);
@@ -125,7 +123,6 @@ fn scenario(order: [usize; 3]) {
         "another team's encounters never reach a field device"
     );
     let everything: BTreeSet<_> = sonora.iter().copied().chain([chihuahua_own]).collect();
-    assert_eq!(ids(&field.coordinator), everything);
 
     for &id in &sonora {
         let one = field.sonora_1.view(id);
@@ -159,16 +156,21 @@ fn scenario(order: [usize; 3]) {
     counted.sort();
     assert_eq!(counted, [3, 4]);
 
-    // The server's merged state is what the devices hold.
+    // The server's merged state is what the devices hold, read by a device of the team.
     for &id in &everything {
+        let phone = if sonora.contains(&id) {
+            &field.sonora_1
+        } else {
+            &field.chihuahua
+        };
         let (status, detail) = get_json(
             &server.url,
             &format!("/v1/encounters/{id}"),
-            Some(&field.coordinator_token),
+            Some(&phone.enrolled.token),
         )
         .unwrap();
         assert_eq!(status, 200);
-        let device_view = field.coordinator.view(id);
+        let device_view = phone.view(id);
         assert_eq!(
             detail["encounter"],
             serde_json::to_value(&device_view.encounter).unwrap(),
@@ -182,9 +184,29 @@ fn scenario(order: [usize; 3]) {
             detail["conflicts"],
             serde_json::to_value(&device_view.conflicts).unwrap()
         );
+        assert_eq!(detail["health_detail_withheld"], 0);
     }
+    // The coordinator reads every team's merged record (the same heads) without health detail.
+    let (status, detail) = get_json(
+        &server.url,
+        &format!("/v1/encounters/{shared}"),
+        Some(&field.coordinator_token),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
     let sonora_view = field.sonora_2.view(shared);
-    assert_eq!(field.coordinator.view(shared).heads, sonora_view.heads);
+    assert_eq!(
+        detail["heads"],
+        serde_json::to_value(&sonora_view.heads).unwrap()
+    );
+    assert_eq!(
+        detail["encounter"]["casualties"].as_object().unwrap().len(),
+        2
+    );
+    assert!(
+        detail["health_detail_withheld"].as_u64().unwrap() > 0,
+        "{detail}"
+    );
 
     // Scope over HTTP: the Chihuahua field phone cannot read a Sonora encounter, nor list it.
     let chihuahua_token = field.chihuahua.enrolled.token.clone();
@@ -231,7 +253,6 @@ fn coordinator_list_filters_by_team_service_status_and_time() {
     let Field {
         mut sonora_1,
         mut chihuahua,
-        mut coordinator,
         coordinator_token,
         dir: _dir,
         ..
@@ -242,7 +263,6 @@ fn coordinator_list_filters_by_team_service_status_and_time() {
     let clock_1970 = chihuahua.log(r#"{"services":["orientation"],"started_at":"1970-01-01T00:00:09+00:00","counts":{"f":{"60+":1}}}"#);
     sonora_1.sync().unwrap();
     chihuahua.sync().unwrap();
-    coordinator.sync().unwrap();
 
     let query = |q: &str| -> BTreeSet<String> {
         let (status, body) = get_json(

@@ -107,7 +107,7 @@ impl World {
             ("a", Role::Field),
             ("a", Role::Field),
             ("b", Role::Field),
-            ("b", Role::Coordinator),
+            ("b", Role::TeamLead),
         ]
         .into_iter()
         .enumerate()

@@ -1,5 +1,9 @@
 //! `GET /v1/encounters` (filtered list from the index) and `GET /v1/encounters/{id}` (the
 //! current merged state, with its unresolved conflicts and flagged problems).
+//!
+//! Scoped by role (see [`crate::access`]): field devices and team leads read their own team,
+//! coordinators every team without health detail, protection officers UASC and missing-person
+//! cases only. Every read of one record is written to the audit log.
 
 use auxilio_core::EncounterId;
 use auxilio_core::document::Conflict;
@@ -13,7 +17,8 @@ use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, AuthenticatedDevice};
-use crate::directory::Role;
+use crate::access::{self, Permission};
+use crate::audit;
 use crate::error::AppError;
 use crate::index::{self, EncounterRow, ListFilter, Problem};
 use crate::ledger;
@@ -35,6 +40,7 @@ async fn list(
     AuthenticatedDevice(device): AuthenticatedDevice,
     filter: Result<Query<ListFilter>, QueryRejection>,
 ) -> Result<Json<EncounterList>, AppError> {
+    access::require(&device, Permission::ReadEncounter)?;
     let Query(mut filter) = filter.map_err(|e| {
         AppError::BadRequest(format!(
             "{}; the parameters are team, service, status, from, to, bbox, limit (0-1000) and offset",
@@ -72,8 +78,8 @@ async fn list(
             "`from` ({from}) is after `to` ({to})"
         )));
     }
-    // A field device lists its own team only; a coordinator may list any.
-    let visible_team = (device.role != Role::Coordinator).then(|| device.team.clone());
+    let visible_team = access::team_scope(&device).team().map(str::to_string);
+    filter.protection_cases_only = access::protection_cases_only(device.role);
     let encounters = state
         .blocking(move |database| {
             Ok(database.read(|conn| index::list(conn, &filter, visible_team.as_deref()))?)
@@ -100,6 +106,10 @@ pub struct EncounterDetail {
     pub conflicts: Vec<Conflict>,
     pub problems: Vec<Problem>,
     pub heads: Vec<String>,
+    /// How many health values (and restricted fields) were left out because this device's role
+    /// may not read them; 0 when nothing was.
+    #[serde(default)]
+    pub health_detail_withheld: usize,
 }
 
 async fn show(
@@ -110,11 +120,13 @@ async fn show(
     let id: EncounterId = id
         .parse()
         .map_err(|e| AppError::BadRequest(format!("`{id}` is not an encounter id: {e}")))?;
+    access::require(&device, Permission::ReadEncounter)?;
     let not_found =
         move || AppError::NotFound(format!("no encounter {id} that this device may see"));
     let detail = state
         .blocking(move |database| {
-            database.read(|conn| {
+            // A write: the read of a case is audited in the same transaction that reads it.
+            database.write(|conn| {
                 let row: Option<(String, String, String, String, bool, bool, String)> = conn
                     .query_row(
                         "SELECT team, received_at, updated_at, occurred_at, clock_suspect, complete, problems
@@ -130,13 +142,34 @@ async fn show(
                 else {
                     return Err(not_found());
                 };
+                if access::protection_cases_only(device.role) && !index::is_protection_case(conn, id)? {
+                    return Err(not_found());
+                }
                 let mut document = ledger::load_document(conn, id)
                     .map_err(AppError::internal)?
                     .ok_or_else(not_found)?;
-                let encounter = match document.encounter() {
+                let mut encounter = match document.encounter() {
                     Ok(typed) => serde_json::to_value(typed).map_err(AppError::internal)?,
                     Err(_) => document.to_json(),
                 };
+                let mut conflicts = document.conflicts();
+                let with_health = access::allows(device.role, Permission::ReadHealth);
+                let health_detail_withheld = if with_health {
+                    0
+                } else {
+                    access::redact_health(&mut encounter, &mut conflicts)
+                };
+                audit::record(
+                    conn,
+                    &device.id.to_string(),
+                    "encounter.read",
+                    serde_json::json!({
+                        "encounter": id.to_string(),
+                        "team": team,
+                        "role": device.role,
+                        "health": with_health,
+                    }),
+                )?;
                 Ok(EncounterDetail {
                     id,
                     team,
@@ -146,9 +179,10 @@ async fn show(
                     clock_suspect,
                     complete,
                     encounter,
-                    conflicts: document.conflicts(),
+                    conflicts,
                     problems: serde_json::from_str(&problems).unwrap_or_default(),
                     heads: heads_hex(&document.heads()),
+                    health_detail_withheld,
                 })
             })
         })

@@ -7,8 +7,8 @@
 //! `resync` event instead of the ones it missed (it then re-reads what it shows).
 //!
 //! Events name encounter ids and teams only, never the content of a record: whoever reads the
-//! stream must still fetch the encounters through the scoped query API. Only coordinators may
-//! subscribe (they see every team). Revocation is checked again at every keep-alive, so a revoked
+//! stream must still fetch the encounters through the scoped query API. Coordinators hear of every
+//! team, team leads of their own team only. Revocation is checked again at every keep-alive, so a revoked
 //! coordinator's open stream ends within one interval rather than living on.
 
 use std::convert::Infallible;
@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 use super::{AppState, AuthenticatedDevice};
+use crate::access::{self, Permission, TeamScope};
 use crate::directory;
 use crate::error::AppError;
 
@@ -45,10 +46,43 @@ pub struct EncountersChanged {
     pub teams: Vec<String>,
 }
 
+impl EncountersChanged {
+    /// The event for what one sync stored: each encounter with its team.
+    pub fn from_stored(stored: Vec<(EncounterId, String)>) -> Self {
+        let mut teams: Vec<String> = stored.iter().map(|(_, team)| team.clone()).collect();
+        teams.sort();
+        teams.dedup();
+        Self {
+            ids: stored.into_iter().map(|(id, _)| id).collect(),
+            teams,
+        }
+    }
+}
+
+/// One published event, keeping which team each id belongs to so that a subscriber scoped to one
+/// team (a team lead) hears of its own team's encounters only.
+#[derive(Debug)]
+pub struct Published {
+    stored: Vec<(EncounterId, String)>,
+}
+
+impl Published {
+    /// What `scope` may hear of this event, or `None` if nothing.
+    fn for_scope(&self, scope: &TeamScope) -> Option<EncountersChanged> {
+        let visible: Vec<(EncounterId, String)> = self
+            .stored
+            .iter()
+            .filter(|(_, team)| scope.includes(team))
+            .cloned()
+            .collect();
+        (!visible.is_empty()).then(|| EncountersChanged::from_stored(visible))
+    }
+}
+
 /// The publishing side of `/v1/events`, shared by every handler through [`AppState`].
 #[derive(Debug, Clone)]
 pub struct EventHub {
-    sender: broadcast::Sender<Arc<EncountersChanged>>,
+    sender: broadcast::Sender<Arc<Published>>,
     /// Flips to true when the server shuts down, ending every open stream: a graceful shutdown
     /// waits for open responses, and an event stream would otherwise never finish.
     closing: Arc<watch::Sender<bool>>,
@@ -73,15 +107,15 @@ impl EventHub {
 
     /// Tells every subscriber; never blocks (a full channel drops its oldest event and lagging
     /// subscribers learn that they lagged).
-    pub fn publish(&self, changed: EncountersChanged) {
-        if changed.ids.is_empty() {
+    pub fn publish(&self, stored: Vec<(EncounterId, String)>) {
+        if stored.is_empty() {
             return;
         }
         // An error only means nobody is subscribed right now.
-        let _ = self.sender.send(Arc::new(changed));
+        let _ = self.sender.send(Arc::new(Published { stored }));
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EncountersChanged>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.sender.subscribe()
     }
 
@@ -99,7 +133,8 @@ pub fn router() -> Router<AppState> {
 struct Subscription {
     state: AppState,
     device: auxilio_core::DeviceId,
-    receiver: broadcast::Receiver<Arc<EncountersChanged>>,
+    scope: TeamScope,
+    receiver: broadcast::Receiver<Arc<Published>>,
     closing: watch::Receiver<bool>,
     keep_alive: tokio::time::Interval,
     started: bool,
@@ -109,7 +144,7 @@ async fn events(
     State(state): State<AppState>,
     AuthenticatedDevice(device): AuthenticatedDevice,
 ) -> Result<Response, AppError> {
-    super::map::require_coordinator(&device, "the event stream")?;
+    access::require(&device, Permission::ReadMap)?;
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick completes at once; the stream sends `ready` instead.
@@ -119,6 +154,7 @@ async fn events(
         closing: state.events.closing.subscribe(),
         state,
         device: device.id,
+        scope: access::team_scope(&device),
         keep_alive,
         started: false,
     };
@@ -146,10 +182,14 @@ fn event_stream(subscription: Subscription) -> impl Stream<Item = Result<Event, 
         }
         let event = tokio::select! {
             received = sub.receiver.recv() => match received {
-                Ok(changed) => Event::default()
-                    .event("encounters")
-                    .json_data(changed.as_ref())
-                    .unwrap_or_else(|_| Event::default().event("resync").data("{}")),
+                Ok(published) => match published.for_scope(&sub.scope) {
+                    Some(changed) => Event::default()
+                        .event("encounters")
+                        .json_data(&changed)
+                        .unwrap_or_else(|_| Event::default().event("resync").data("{}")),
+                    // Another team's news: a team lead's stream says nothing of it.
+                    None => Event::default().comment("keep-alive"),
+                },
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::info!(device = %sub.device, missed, "event subscriber lagged");
                     Event::default().event("resync").data(format!("{{\"missed\":{missed}}}"))
@@ -193,26 +233,22 @@ mod tests {
         let mut receiver = hub.subscribe();
         let id: EncounterId = EncounterId::random();
         for _ in 0..CHANNEL_CAPACITY + 10 {
-            hub.publish(EncountersChanged {
-                ids: vec![id],
-                teams: vec!["sonora".into()],
-            });
+            hub.publish(vec![(id, "sonora".into())]);
         }
         assert!(matches!(
             receiver.recv().await,
             Err(broadcast::error::RecvError::Lagged(10))
         ));
-        assert_eq!(receiver.recv().await.unwrap().ids, vec![id]);
+        let next = receiver.recv().await.unwrap();
+        assert_eq!(next.for_scope(&TeamScope::All).unwrap().ids, vec![id]);
+        assert_eq!(next.for_scope(&TeamScope::Only("altar".into())), None);
     }
 
     #[tokio::test]
     async fn nothing_is_published_for_a_sync_that_stored_nothing() {
         let hub = EventHub::default();
         let mut receiver = hub.subscribe();
-        hub.publish(EncountersChanged {
-            ids: vec![],
-            teams: vec![],
-        });
+        hub.publish(vec![]);
         assert!(matches!(
             receiver.try_recv(),
             Err(broadcast::error::TryRecvError::Empty)

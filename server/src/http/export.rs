@@ -1,4 +1,4 @@
-//! `GET /v1/export`: CSV, GeoJSON or HXL for reports, coordinators only, with a declared
+//! `GET /v1/export`: CSV, GeoJSON or HXL for reports (coordinators: every team; team leads: their own), with a declared
 //! purpose that the audit log keeps (see `crate::export`).
 
 use axum::Router;
@@ -8,11 +8,11 @@ use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::map::{query_pairs, require_coordinator};
+use super::map::scoped_filter;
 use super::{AppState, AuthenticatedDevice};
+use crate::access::Permission;
 use crate::error::AppError;
 use crate::export::{self, Format};
-use crate::index::filter::Filter;
 use crate::index::stats::Period;
 
 pub fn router() -> Router<AppState> {
@@ -24,9 +24,12 @@ async fn export_view(
     AuthenticatedDevice(device): AuthenticatedDevice,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    require_coordinator(&device, "exporting")?;
-    let (filter, others) = Filter::parse(&query_pairs(query)?, &["format", "purpose", "period"])
-        .map_err(AppError::BadRequest)?;
+    let (filter, others) = scoped_filter(
+        &device,
+        Permission::Export,
+        query,
+        &["format", "purpose", "period"],
+    )?;
     let format = match others.get("format") {
         Some(text) => Format::parse(text).map_err(AppError::BadRequest)?,
         None => {

@@ -1,6 +1,9 @@
 //! The coordinator's views over all teams: `GET /v1/map` (clusters and points for a box and a
 //! zoom), `GET /v1/stats` (totals and breakdowns) and `GET /v1/hotspots` (where rescues and
-//! injuries concentrate). Coordinators only: a field device is refused with 403.
+//! injuries concentrate). Coordinators see every team, team leads their own; every other role is
+//! refused with 403.
+
+use std::collections::BTreeMap;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -8,7 +11,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::{AppState, AuthenticatedDevice};
-use crate::directory::{Device, Role};
+use crate::access::{self, Permission};
+use crate::directory::Device;
 use crate::error::AppError;
 use crate::index::filter::Filter;
 use crate::index::hotspots::{self, DEFAULT_HOTSPOT_ZOOM};
@@ -22,16 +26,30 @@ pub fn router() -> Router<AppState> {
         .route("/v1/hotspots", get(hotspots_view))
 }
 
-/// Refuses every device but a coordinator's, saying why.
-pub fn require_coordinator(device: &Device, what: &str) -> Result<(), AppError> {
-    if device.role == Role::Coordinator {
-        Ok(())
-    } else {
-        Err(AppError::Forbidden(format!(
-            "{what} is for coordinators; this device is a {} device of team `{}`",
-            device.role, device.team
-        )))
+/// Checks that the device may do `permission`, then parses the query's filter, narrowed to the
+/// device's team when its role reaches only one (a team lead): asking for another team is a 403,
+/// not an empty answer, so a misconfigured page is noticed.
+pub fn scoped_filter(
+    device: &Device,
+    permission: Permission,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    extra_parameters: &[&str],
+) -> Result<(Filter, BTreeMap<String, String>), AppError> {
+    access::require(device, permission)?;
+    let (mut filter, others) =
+        Filter::parse(&query_pairs(query)?, extra_parameters).map_err(AppError::BadRequest)?;
+    if let Some(own) = access::team_scope(device).team() {
+        match &filter.team {
+            Some(asked) if asked != own => {
+                return Err(AppError::Forbidden(format!(
+                    "a {} device sees its own team `{own}` only, not `{asked}`",
+                    device.role
+                )));
+            }
+            _ => filter.team = Some(own.to_string()),
+        }
     }
+    Ok((filter, others))
 }
 
 /// The query's parameters as pairs, or a 400 saying what is wrong with them.
@@ -59,9 +77,7 @@ async fn map_view(
     AuthenticatedDevice(device): AuthenticatedDevice,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<MapAnswer>, AppError> {
-    require_coordinator(&device, "the map")?;
-    let (filter, others) =
-        Filter::parse(&query_pairs(query)?, &["zoom"]).map_err(AppError::BadRequest)?;
+    let (filter, others) = scoped_filter(&device, Permission::ReadMap, query, &["zoom"])?;
     let bbox = filter.bbox.ok_or_else(|| {
         AppError::BadRequest(
             "`bbox` is required: minLon,minLat,maxLon,maxLat in degrees, e.g. -112,30,-104,33"
@@ -86,9 +102,7 @@ async fn stats_view(
     AuthenticatedDevice(device): AuthenticatedDevice,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<StatsAnswer>, AppError> {
-    require_coordinator(&device, "the stats")?;
-    let (filter, others) =
-        Filter::parse(&query_pairs(query)?, &["period"]).map_err(AppError::BadRequest)?;
+    let (filter, others) = scoped_filter(&device, Permission::ReadMap, query, &["period"])?;
     let period = match others.get("period") {
         Some(text) => Period::parse(text).map_err(AppError::BadRequest)?,
         None => Period::Day,
@@ -104,9 +118,7 @@ async fn hotspots_view(
     AuthenticatedDevice(device): AuthenticatedDevice,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    require_coordinator(&device, "the hotspots")?;
-    let (filter, others) =
-        Filter::parse(&query_pairs(query)?, &["zoom"]).map_err(AppError::BadRequest)?;
+    let (filter, others) = scoped_filter(&device, Permission::ReadMap, query, &["zoom"])?;
     let zoom = match (others.get("zoom"), filter.bbox) {
         (Some(text), _) => parse_zoom(text)?,
         (None, Some(bbox)) => hotspots::zoom_for(bbox),

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::events::EncountersChanged;
 use super::{AppState, AuthenticatedDevice};
+use crate::access::{self, Permission};
 use crate::error::AppError;
 use crate::ledger::{self, LedgerError};
 
@@ -38,6 +38,8 @@ async fn sync(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
+    // Refused before the body is even read: sync carries whole documents, health included.
+    access::require(&device, Permission::Sync)?;
     let body = body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(_)
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
@@ -83,6 +85,7 @@ async fn sync(
         .blocking(move |database| {
             let ledger_error = |err| match err {
                 LedgerError::BadRequest(message) => AppError::BadRequest(message),
+                LedgerError::Forbidden(message) => AppError::Forbidden(message),
                 other => AppError::internal(other),
             };
             // Decoded before the write lock is taken: a large body does not hold up other devices.
@@ -106,16 +109,8 @@ async fn sync(
                 .map_err(ledger_error)
         })
         .await?;
-    if !stored.is_empty() {
-        // After the commit: a coordinator that re-reads on this event sees the new state.
-        let mut teams: Vec<String> = stored.iter().map(|(_, team)| team.clone()).collect();
-        teams.sort();
-        teams.dedup();
-        state.events.publish(EncountersChanged {
-            ids: stored.into_iter().map(|(id, _)| id).collect(),
-            teams,
-        });
-    }
+    // After the commit: a coordinator that re-reads on this event sees the new state.
+    state.events.publish(stored);
     let downloaded: usize = response.changes.iter().map(|g| g.changes.len()).sum();
     tracing::info!(
         device = %device_for_log,
