@@ -130,6 +130,10 @@ pub struct SyncRequest {
     /// to its own bounds); a device on a link that keeps dropping asks for less.
     #[serde(default)]
     pub max_response_bytes: Option<u64>,
+    /// The device has applied every purge notice up to this position of the server's purge log
+    /// (see [`PurgeNotice`]); the response carries the notices after it.
+    #[serde(default)]
+    pub purges_after: u64,
 }
 
 /// Why the server refused the changes of one encounter. The device keeps refused changes: a
@@ -151,6 +155,49 @@ pub enum RejectReason {
     /// the store was copied, or restored from a backup, and both copies wrote. The device gives
     /// itself a new actor and makes its edits again on top of the server's document.
     ActorReused,
+    /// The encounter was purged on the server (an authorised erasure, or its retention period
+    /// ended): its changes are never stored again. The device drops its copy, pending edits
+    /// included, instead of keeping them: a purge outranks a pending edit.
+    Purged,
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurgeKind {
+    /// The whole encounter: its document, its history and its identity vault.
+    Whole,
+    /// Only its identity vault (sealed envelopes); the record stays.
+    VaultOnly,
+}
+
+impl PurgeKind {
+    /// The stored and printed form (`whole`, `vault_only`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeKind::Whole => "whole",
+            PurgeKind::VaultOnly => "vault_only",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "whole" => Some(PurgeKind::Whole),
+            "vault_only" => Some(PurgeKind::VaultOnly),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the server's purge log, for the teams a device may see: the device drops its
+/// copy of the encounter (or of its vault). `seq` is the notice's position in that log; the
+/// device sends the last one it applied as [`SyncRequest::purges_after`]. A notice names only
+/// the encounter's random id, never what it held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeNotice {
+    pub seq: u64,
+    pub encounter: EncounterId,
+    pub kind: PurgeKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,8 +247,13 @@ pub struct SyncResponse {
     /// The request's cursor did not match this server's history, so this response starts from
     /// the beginning: the device must take the new cursor even if it is lower than its own.
     pub restarted: bool,
-    /// More changes wait after `cursor`: send another request.
+    /// More changes (or purge notices) wait after `cursor`: send another request.
     pub more: bool,
+    /// Purges after the request's `purges_after`, in order, for the teams the device may see.
+    pub purges: Vec<PurgeNotice>,
+    /// The device has every purge notice it may see up to here once it applied `purges`: its
+    /// next `purges_after`.
+    pub purges_through: u64,
     /// Every frame arrived. Not on the wire: a response read from a cut connection has only the
     /// frames that arrived whole, and the device's cursor moves only as far as they reach.
     pub complete: bool,
@@ -222,6 +274,10 @@ struct ResponseHead {
     restarted: bool,
     more: bool,
     frames: u64,
+    #[serde(default)]
+    purges: Vec<PurgeNotice>,
+    #[serde(default)]
+    purges_through: u64,
 }
 
 /// The binary form of a request (or of any single-item message).
@@ -244,6 +300,8 @@ pub fn encode_response(response: &SyncResponse) -> Vec<u8> {
         restarted: response.restarted,
         more: response.more,
         frames: response.changes.len() as u64,
+        purges: response.purges.clone(),
+        purges_through: response.purges_through,
     };
     let mut out = encode(&head);
     for frame in &response.changes {
@@ -359,6 +417,8 @@ pub fn read_response(reader: impl Read) -> Result<SyncResponse, ProtocolError> {
         cursor_check: head.cursor_check,
         restarted: head.restarted,
         more: head.more,
+        purges: head.purges,
+        purges_through: head.purges_through,
         complete,
     })
 }
@@ -380,6 +440,7 @@ mod tests {
             request_id: Some(ByteBuf::from(vec![4; 16])),
             resume: vec![ByteBuf::from(vec![5; 16])],
             max_response_bytes: Some(4096),
+            purges_after: 3,
         }
     }
 
@@ -401,6 +462,12 @@ mod tests {
             cursor_check: ByteBuf::from(vec![2; 32]),
             restarted: false,
             more: true,
+            purges: vec![PurgeNotice {
+                seq: 4,
+                encounter: EncounterId::random(),
+                kind: PurgeKind::VaultOnly,
+            }],
+            purges_through: 4,
             complete: true,
         }
     }

@@ -35,7 +35,7 @@ use crate::document::EncounterDocument;
 use crate::id::{DeviceId, EncounterId};
 use crate::protocol::{describe_cbor_error, is_compressed_change};
 use crate::store::{
-    DeviceStore, StoreError, add_pending, encounter_ids, enrolment, load_document, merge_with_held,
+    DeviceStore, StoreError, add_pending, encounter_ids, enrolment, is_purged, load_document, merge_with_held,
     save_merged,
 };
 
@@ -471,6 +471,12 @@ impl DeviceStore {
         let tx = self.write()?;
         let mut accepted = RelayAccepted::default();
         for (id, changes) in received {
+            // A teammate that has not synced since the server purged it still offers it.
+            if is_purged(&tx, id)? {
+                tracing::info!(encounter = %id, "relayed changes refused: the encounter was purged");
+                accepted.refused_encounters.push(id);
+                continue;
+            }
             let mut document =
                 load_document(&tx, id, None)?.unwrap_or_else(EncounterDocument::empty);
             let mut new = Vec::new();

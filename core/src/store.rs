@@ -20,8 +20,8 @@ use crate::document::{Conflict, DocumentError, EncounterDocument};
 use crate::edit::{EditError, FieldEdit, apply_edits_to_json, edits_between};
 use crate::id::{DeviceId, EncounterId, new_actor_id};
 use crate::protocol::{
-    EncounterChanges, PROTOCOL_VERSION, RejectReason, Rejection, SyncRequest, SyncResponse,
-    WantedChanges,
+    EncounterChanges, PROTOCOL_VERSION, PurgeKind, RejectReason, Rejection, SyncRequest,
+    SyncResponse, WantedChanges,
 };
 use crate::schema::{Encounter, SCHEMA_VERSION, Status};
 use crate::validation::{FieldError, ValidationErrors, validate};
@@ -129,6 +129,12 @@ pub struct SyncApplied {
     pub actor_renewed: bool,
     /// Encounters whose refused edits were made again as new changes, waiting to be sent.
     pub rebased: u64,
+    /// Encounters this store held and dropped because the server purged them (a purge notice,
+    /// or a `purged` refusal of their pending changes).
+    pub dropped: u64,
+    /// Encounters whose identity vault copies (outbox rows) this store dropped after a vault
+    /// purge.
+    pub vaults_dropped: u64,
 }
 
 /// Hex form of change hashes, as shown to people.
@@ -163,6 +169,10 @@ const MIGRATIONS: &[&str] = &[r"
         encounter BLOB NOT NULL,
         change BLOB NOT NULL
     );
+", r"
+    -- Encounters the server purged, by id only: a teammate's phone that has not heard of the
+    -- purge yet may relay them again, and they are refused instead of stored.
+    CREATE TABLE purged_encounters (id BLOB PRIMARY KEY) WITHOUT ROWID;
 "];
 
 /// A device's store: one SQLite file.
@@ -398,13 +408,7 @@ fn renew_actor(conn: &Connection, reused: &BTreeSet<EncounterId>) -> Result<(), 
                 ],
             )?;
         }
-        for table in [
-            "encounters WHERE id",
-            "pending_changes WHERE encounter",
-            "held_changes WHERE encounter",
-        ] {
-            conn.execute(&format!("DELETE FROM {table} = ?1"), [id.as_bytes()])?;
-        }
+        delete_copy(conn, *id)?;
     }
     conn.execute(
         "DELETE FROM settings WHERE key IN ('cursor', 'cursor_check')",
@@ -415,6 +419,85 @@ fn renew_actor(conn: &Connection, reused: &BTreeSet<EncounterId>) -> Result<(), 
         "this store's actor was used by a copy of it; took a new one"
     );
     Ok(())
+}
+
+/// Deletes this store's copy of encounter `id`: its document, and its pending and held changes.
+/// Returns how many rows went.
+fn delete_copy(conn: &Connection, id: EncounterId) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for table in [
+        "encounters WHERE id",
+        "pending_changes WHERE encounter",
+        "held_changes WHERE encounter",
+    ] {
+        removed += conn.execute(&format!("DELETE FROM {table} = ?1"), [id.as_bytes()])?;
+    }
+    Ok(removed)
+}
+
+/// The identity vault's outbox (sealed envelopes waiting for upload) lives in a table that only
+/// builds with the vault have; a purge deletes from it when it exists.
+const VAULT_OUTBOX_TABLE: &str = "vault_outbox";
+
+fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [name],
+        |row| row.get(0),
+    )?)
+}
+
+/// Deletes encounter `id`'s sealed envelopes still waiting in the vault outbox, if this store
+/// has one (see [`VAULT_OUTBOX_TABLE`]).
+fn drop_vault_outbox(conn: &Connection, id: EncounterId) -> Result<usize, StoreError> {
+    if !has_table(conn, VAULT_OUTBOX_TABLE)? {
+        return Ok(0);
+    }
+    Ok(conn.execute(
+        &format!("DELETE FROM {VAULT_OUTBOX_TABLE} WHERE encounter = ?1"),
+        [id.as_bytes()],
+    )?)
+}
+
+/// Drops what this store holds of encounter `id` after the server purged it (`kind`), in the
+/// caller's transaction; returns whether anything was held. A whole purge drops the document,
+/// its pending changes (unsent edits too: a purge outranks a pending edit), its held changes,
+/// any edits waiting to be made again and its vault outbox, and remembers the id so a relayed
+/// copy is refused; a vault purge drops only the vault outbox.
+pub(crate) fn drop_purged(
+    conn: &Connection,
+    id: EncounterId,
+    kind: PurgeKind,
+) -> Result<bool, StoreError> {
+    let mut removed = drop_vault_outbox(conn, id)?;
+    if kind == PurgeKind::Whole {
+        removed += delete_copy(conn, id)?;
+        removed += conn.execute("DELETE FROM rebases WHERE encounter = ?1", [id.as_bytes()])?;
+        conn.execute(
+            "INSERT OR IGNORE INTO purged_encounters (id) VALUES (?1)",
+            [id.as_bytes()],
+        )?;
+    }
+    if removed > 0 {
+        tracing::info!(encounter = %id, kind = kind.as_str(), "purged on the server: this device's copy dropped");
+    }
+    Ok(removed > 0)
+}
+
+/// Whether the server purged encounter `id` (as far as this store has heard).
+pub(crate) fn is_purged(conn: &Connection, id: EncounterId) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM purged_encounters WHERE id = ?1)",
+        [id.as_bytes()],
+        |row| row.get(0),
+    )?)
+}
+
+/// The position in the server's purge log up to which this store applied every notice.
+fn purges_cursor(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(setting(conn, "purges_cursor")?
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
 }
 
 /// Re-makes the edits [`renew_actor`] kept, on the documents now downloaded again, as new changes
@@ -477,6 +560,9 @@ impl DeviceStore {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Deleted rows are overwritten with zeros, so a purged encounter's text does not linger
+        // in free pages of the phone's file (see `checkpoint`).
+        conn.pragma_update(None, "secure_delete", "ON")?;
         // The version is read inside the write transaction, so two processes opening a new store
         // at once cannot both run the migrations.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -527,7 +613,7 @@ impl DeviceStore {
             }
             tx.execute_batch(
                 "DELETE FROM encounters; DELETE FROM held_changes;
-                 DELETE FROM settings WHERE key IN ('cursor', 'cursor_check');",
+                 DELETE FROM settings WHERE key IN ('cursor', 'cursor_check', 'purges_cursor');",
             )?;
         }
         put_setting(
@@ -785,6 +871,7 @@ impl DeviceStore {
             request_id: None,
             resume: Vec::new(),
             max_response_bytes: None,
+            purges_after: purges_cursor(&self.conn)?,
         };
         Ok(UploadPage {
             request,
@@ -825,6 +912,30 @@ impl DeviceStore {
         };
 
         let tx = self.write()?;
+        // Purges first, so nothing below (a download, a requeue after a restart) brings back
+        // what the server erased.
+        let mut dropped = 0u64;
+        let mut vaults_dropped = 0u64;
+        for notice in &response.purges {
+            if drop_purged(&tx, notice.encounter, notice.kind)? {
+                match notice.kind {
+                    PurgeKind::Whole => dropped += 1,
+                    PurgeKind::VaultOnly => vaults_dropped += 1,
+                }
+            }
+        }
+        for rejection in &response.rejected {
+            if rejection.reason == RejectReason::Purged
+                && drop_purged(&tx, rejection.encounter, PurgeKind::Whole)?
+            {
+                dropped += 1;
+            }
+        }
+        put_setting(
+            &tx,
+            "purges_cursor",
+            &response.purges_through.to_string(),
+        )?;
         let mut acknowledged = 0u64;
         for hash in &response.accepted {
             acknowledged += tx.execute(
@@ -839,6 +950,9 @@ impl DeviceStore {
             )?;
         }
         for (id, changes) in downloads {
+            if is_purged(&tx, id)? {
+                continue;
+            }
             let mut document =
                 load_document(&tx, id, None)?.unwrap_or_else(EncounterDocument::empty);
             let candidates = merge_with_held(&tx, id, &mut document, changes)?;
@@ -868,13 +982,45 @@ impl DeviceStore {
             make_edits_again(&tx)?
         };
         tx.commit()?;
+        if dropped + vaults_dropped > 0 {
+            self.checkpoint()?;
+        }
         Ok(SyncApplied {
             acknowledged,
             downloaded,
             rejected: response.rejected.clone(),
             actor_renewed,
             rebased,
+            dropped,
+            vaults_dropped,
         })
+    }
+
+    /// Drops this store's copy of encounter `id` (or only of its identity vault, for
+    /// [`PurgeKind::VaultOnly`]) in one transaction, then clears the bytes from the files (see
+    /// [`DeviceStore::checkpoint`]). Returns whether the store held anything of it. Sync calls
+    /// this for every purge notice; a whole purge also drops unsent edits.
+    pub fn drop_encounter(&mut self, id: EncounterId, kind: PurgeKind) -> Result<bool, StoreError> {
+        let tx = self.write()?;
+        let dropped = drop_purged(&tx, id, kind)?;
+        tx.commit()?;
+        self.checkpoint()?;
+        Ok(dropped)
+    }
+
+    /// Copies the write-ahead log into the store file and truncates it to nothing. Deleted rows
+    /// are zeroed in the file (`secure_delete`), but older copies of their pages stay in the
+    /// log until it is checkpointed; after a purge they must not.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy != 0 {
+            // Another connection (the app's UI thread) is reading: the log is cleared at the
+            // next checkpoint.
+            tracing::warn!("the store's log could not be truncated yet: another reader is open");
+        }
+        Ok(())
     }
 
     /// The changes among `wanted` that this store holds (acknowledged long ago or not), grouped
@@ -961,6 +1107,8 @@ pub(crate) mod test_support {
             cursor_check: ByteBuf::new(),
             restarted: false,
             more: false,
+            purges: vec![],
+            purges_through: 0,
             complete: true,
         }
     }

@@ -61,6 +61,13 @@ pub struct SyncReport {
     /// Changes still waiting for acknowledgement (refused ones stay here, never deleted).
     pub pending: u64,
     pub rejected: Vec<Rejection>,
+    /// Encounters this device dropped because the server purged them (their unsent edits
+    /// included: a purge outranks a pending edit).
+    #[serde(default)]
+    pub dropped: u64,
+    /// Encounters whose identity vault copies this device dropped after a vault purge.
+    #[serde(default)]
+    pub vaults_dropped: u64,
 }
 
 /// How a sync behaves.
@@ -395,6 +402,8 @@ pub fn sync_with(
         let applied = store.apply_response(&response)?;
         report.uploaded += applied.acknowledged;
         report.downloaded += applied.downloaded;
+        report.dropped += applied.dropped;
+        report.vaults_dropped += applied.vaults_dropped;
         // Pages of requests that never reached the server go again, from the earliest of them.
         uploaded_up_to = in_doubt
             .iter()
@@ -405,12 +414,11 @@ pub fn sync_with(
             in_doubt.clear();
             remember_lost_requests(store, &in_doubt)?;
         }
-        // A reused actor is mended by the store itself (it re-makes its edits), not a refusal to report.
-        for rejection in applied
-            .rejected
-            .into_iter()
-            .filter(|r| r.reason != RejectReason::ActorReused)
-        {
+        // A reused actor is mended by the store itself (it re-makes its edits), and a purged
+        // encounter was dropped (counted in `dropped`): neither is a refusal to report.
+        for rejection in applied.rejected.into_iter().filter(|r| {
+            r.reason != RejectReason::ActorReused && r.reason != RejectReason::Purged
+        }) {
             if !report
                 .rejected
                 .iter()

@@ -285,6 +285,25 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (grain, facet, facet_value, period, team, status, uasc_flag, nationality)
     ) WITHOUT ROWID;
 ",
+    r"
+    -- Issue 5, erasure: one tombstone per purge, in the order purges happened. `seq` is the
+    -- position devices' purge cursors point into; no reason text here (it is in the audit log).
+    CREATE TABLE purges (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        encounter BLOB NOT NULL,
+        team TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        purged_at TEXT NOT NULL
+    );
+    CREATE INDEX purges_by_encounter ON purges (encounter, kind);
+    CREATE INDEX purges_by_team ON purges (team, seq);
+    -- The log positions and hashes of purged changes, so a device cursor that points at one
+    -- is still recognised (hashes say nothing of the content).
+    CREATE TABLE purged_changes (
+        seq INTEGER PRIMARY KEY,
+        hash BLOB NOT NULL
+    );
+",
 ];
 
 const READER_POOL: usize = 4;
@@ -300,6 +319,9 @@ fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted rows (a purge above all) are overwritten with zeros instead of left in free
+    // space; see `purge`.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(())
 }
 

@@ -160,6 +160,17 @@ pub fn update_with(
     facts::refresh(conn, id.as_bytes(), &derived, aggregates)
 }
 
+/// Deletes every index row of one encounter (its columns' row in `encounters` stays for the
+/// caller to delete), and takes it out of the map and stats aggregates: a purge.
+pub fn remove(conn: &Connection, id: EncounterId) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "DELETE FROM encounter_services WHERE encounter = ?1",
+        [id.as_bytes()],
+    )?;
+    facts::remove(conn, id.as_bytes())?;
+    Ok(())
+}
+
 /// Filters of `GET /v1/encounters`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

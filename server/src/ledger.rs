@@ -23,6 +23,7 @@ use crate::access;
 use crate::database::now_text;
 use crate::directory::Device;
 use crate::index;
+use crate::purge;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -155,13 +156,15 @@ pub fn decode(request: SyncRequest) -> Result<DecodedRequest, LedgerError> {
     Ok(DecodedRequest { request, uploads })
 }
 
-/// The hash of the change at log position `seq` (empty for position 0).
+/// The hash of the change at log position `seq` (empty for position 0), purged changes included:
+/// a device whose cursor points at a purged change still holds everything up to it.
 fn hash_at(conn: &Connection, seq: u64) -> Result<Vec<u8>, rusqlite::Error> {
     if seq == 0 {
         return Ok(Vec::new());
     }
     conn.query_row(
-        "SELECT hash FROM changes WHERE seq = ?1",
+        "SELECT hash FROM changes WHERE seq = ?1
+         UNION ALL SELECT hash FROM purged_changes WHERE seq = ?1 LIMIT 1",
         [i64::try_from(seq).unwrap_or(-1)],
         |row| row.get(0),
     )
@@ -271,6 +274,14 @@ fn ingest_encounter(
     aggregates: index::facts::Aggregates,
 ) -> Result<Result<Vec<ByteBuf>, Rejection>, LedgerError> {
     let id = upload.encounter;
+    // Checked first: whoever sends them, a purged encounter's changes are never stored again.
+    if let Some(purged_at) = purge::whole_purge_time(tx, id)? {
+        return Ok(Err(reject(
+            id,
+            RejectReason::Purged,
+            format!("encounter {id} was purged on {purged_at}; drop this device's copy"),
+        )));
+    }
     for change in &upload.changes {
         if let Err(message) = check_author(tx, device, change)? {
             return Ok(Err(reject(id, RejectReason::WrongAuthor, message)));
@@ -531,6 +542,8 @@ pub fn sync_decoded(
         limits.for_request(request.max_response_bytes),
     )?;
     let cursor_check = ByteBuf::from(hash_at(&tx, cursor)?);
+    let (purges, purges_through, more_purges) =
+        purge::notices_after(&tx, &access::team_scope(device), request.purges_after)?;
     tx.commit()?;
     Ok(SyncResponse {
         protocol: PROTOCOL_VERSION,
@@ -541,8 +554,10 @@ pub fn sync_decoded(
         changes,
         cursor_check,
         cursor,
-        more,
+        more: more || more_purges,
         restarted: !matches,
+        purges,
+        purges_through,
         complete: true,
     })
 }
@@ -580,6 +595,36 @@ fn record_outcome(
              SELECT seq FROM request_outcomes WHERE device = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
         params![device.id.as_bytes(), OUTCOMES_KEPT_PER_DEVICE],
     )?;
+    Ok(())
+}
+
+/// Removes encounter `encounter` from every stored request outcome (its refusals, and the
+/// hashes of its changes among those acknowledged): a purge leaves nothing naming its changes.
+/// There are at most [`OUTCOMES_KEPT_PER_DEVICE`] per device.
+pub fn forget_outcomes_of(tx: &Connection, encounter: EncounterId) -> Result<(), LedgerError> {
+    let hashes: HashSet<Vec<u8>> = tx
+        .prepare("SELECT hash FROM changes WHERE encounter = ?1")?
+        .query_map([encounter.as_bytes()], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let stored: Vec<(i64, Vec<u8>)> = tx
+        .prepare("SELECT seq, outcome FROM request_outcomes")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (seq, bytes) in stored {
+        let mut outcome: Outcome = ciborium::from_reader(bytes.as_slice())
+            .map_err(|e| LedgerError::Corrupt(format!("a stored request outcome: {e}")))?;
+        let before = outcome.accepted.len() + outcome.rejected.len();
+        outcome
+            .accepted
+            .retain(|hash| !hashes.contains(hash.as_slice()));
+        outcome.rejected.retain(|r| r.encounter != encounter);
+        if outcome.accepted.len() + outcome.rejected.len() != before {
+            tx.execute(
+                "UPDATE request_outcomes SET outcome = ?2 WHERE seq = ?1",
+                params![seq, protocol::encode(&outcome)],
+            )?;
+        }
+    }
     Ok(())
 }
 

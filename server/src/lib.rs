@@ -21,6 +21,8 @@ pub mod http;
 pub mod index;
 pub mod ledger;
 pub mod link_simulator;
+pub mod purge;
+pub mod retention;
 pub mod simulation;
 
 pub use database::Database;

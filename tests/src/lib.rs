@@ -490,6 +490,28 @@ pub fn get_text(base: &str, path: &str, token: Option<&str>) -> (u16, String, St
     (response.status().as_u16(), content_type, disposition, body)
 }
 
+/// `POST base+path` with a JSON body and an optional bearer token: status and JSON body.
+pub fn post_json(
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut request = agent()
+        .post(format!("{base}{path}"))
+        .header("Content-Type", "application/json");
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.send(body.to_string().as_bytes()).unwrap();
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec().unwrap();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// `POST base+path` with raw bytes: status and body bytes.
 pub fn post_bytes(base: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
     post_bytes_with_headers(base, path, token, &[], body)

@@ -1,10 +1,15 @@
-//! `auxilio admin`: teams and devices, straight on the data directory's database.
+//! `auxilio admin`: teams and devices, purges and the retention policy, straight on the data
+//! directory's database.
 
-use auxilio_core::DeviceId;
+use auxilio_core::protocol::PurgeKind;
+use auxilio_core::{DeviceId, EncounterId};
 use clap::{Args, Subcommand};
 
-use super::{DataDirArg, print_json, print_line};
+use super::{DataDirArg, RetentionArgs, print_json, print_line};
+use crate::database::Database;
 use crate::directory::{self, Role};
+use crate::purge::{self, PurgeReport};
+use crate::retention;
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
@@ -31,6 +36,43 @@ enum AdminCommand {
         after_help = "Examples:\n  auxilio admin device enroll --team sonora --role field\n  auxilio admin device list\n  auxilio admin device revoke DEVICE_ID"
     )]
     Device(DeviceCommand),
+    /// Erase an encounter (or only its identity vault) from the server's stored history:
+    /// changes, merged document, index rows, map and stats counts, vault envelopes. Devices
+    /// drop their copies at their next sync; the reason goes to the audit log.
+    #[command(
+        after_help = "Examples:\n  auxilio admin purge 7Yq3...Kd --reason \"consent withdrawn (request 2026-114)\"\n  auxilio admin purge 7Yq3...Kd --vault-only --reason \"child handed over to DIF\" --data /var/lib/auxilio"
+    )]
+    Purge {
+        /// The encounter's id, as `auxilio device list` or GET /v1/encounters show it.
+        encounter: EncounterId,
+        /// Erase only the identity vault (sealed envelopes); the record stays.
+        #[arg(long)]
+        vault_only: bool,
+        /// Why, for the audit log (required; do not repeat what is erased).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// The retention policy: what `auxilio serve` purges on its own.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  auxilio admin retention run --dry-run\n  auxilio admin retention run --retain-vault-days 30 --retain-encounter-days 1825"
+    )]
+    Retention(RetentionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RetentionCommand {
+    /// Purge now everything the policy says is due (each purge audited as `retention`).
+    #[command(
+        after_help = "Examples:\n  auxilio admin retention run --dry-run\n  auxilio admin retention run --retain-encounter-days 3650 --json"
+    )]
+    Run {
+        #[command(flatten)]
+        policy: RetentionArgs,
+        /// Print what would be purged, and purge nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,11 +120,96 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             | AdminCommand::Device(DeviceCommand::Enroll { .. })
     );
     let database = args.data.open(creates)?;
+    let (json, text) = match args.command {
+        AdminCommand::Purge {
+            encounter,
+            vault_only,
+            reason,
+        } => run_purge(&database, encounter, vault_only, &reason)?,
+        AdminCommand::Retention(RetentionCommand::Run { policy, dry_run }) => {
+            run_retention(&database, policy.policy(), dry_run)?
+        }
+        command => run_directory(&database, command)?,
+    };
+    if args.json {
+        print_json(&json);
+    } else if !text.is_empty() {
+        print_line(&text);
+    }
+    Ok(())
+}
+
+fn describe_purge(report: &PurgeReport) -> String {
+    match report.kind {
+        PurgeKind::Whole => format!(
+            "encounter {} (team {}) purged: {} stored changes, its document, index rows and map and stats counts, {} identity envelopes removed; devices drop their copies at their next sync",
+            report.encounter, report.team, report.changes_removed, report.vault_envelopes_removed
+        ),
+        PurgeKind::VaultOnly => format!(
+            "identity vault of encounter {} (team {}) purged: {} envelopes removed; the record stays",
+            report.encounter, report.team, report.vault_envelopes_removed
+        ),
+    }
+}
+
+fn run_purge(
+    database: &Database,
+    encounter: EncounterId,
+    vault_only: bool,
+    reason: &str,
+) -> anyhow::Result<(serde_json::Value, String)> {
+    let kind = if vault_only {
+        PurgeKind::VaultOnly
+    } else {
+        PurgeKind::Whole
+    };
+    let report = database.write(|conn| purge::purge(conn, encounter, kind, reason, "admin-cli"))?;
+    Ok((serde_json::to_value(&report)?, describe_purge(&report)))
+}
+
+fn run_retention(
+    database: &Database,
+    policy: retention::Policy,
+    dry_run: bool,
+) -> anyhow::Result<(serde_json::Value, String)> {
+    let now = chrono::Utc::now();
+    if dry_run {
+        let due = database.read(|conn| retention::due(conn, policy, now, usize::MAX))?;
+        let text = if due.is_empty() {
+            "nothing is due for purging".to_string()
+        } else {
+            due.iter()
+                .map(|d| format!("would purge {} ({}): {}", d.encounter, d.kind.as_str(), d.reason))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        return Ok((
+            serde_json::json!({ "policy": policy, "dry_run": true, "due": due }),
+            text,
+        ));
+    }
+    let purged = retention::sweep(database, policy, now)?;
+    let text = if purged.is_empty() {
+        "nothing was due for purging".to_string()
+    } else {
+        purged.iter().map(describe_purge).collect::<Vec<_>>().join("\n")
+    };
+    Ok((
+        serde_json::json!({ "policy": policy, "dry_run": false, "purged": purged }),
+        text,
+    ))
+}
+
+/// Team and device commands: the change and its audit row commit in one transaction.
+fn run_directory(
+    database: &Database,
+    command: AdminCommand,
+) -> anyhow::Result<(serde_json::Value, String)> {
     // The change and its audit row commit together, and nothing is printed (a token above all)
     // before they have.
-    let (json, text) = database.write(|conn| -> anyhow::Result<(serde_json::Value, String)> {
+    database.write(|conn| -> anyhow::Result<(serde_json::Value, String)> {
         let tx = conn.transaction()?;
-        let output = match args.command {
+        let output = match command {
             AdminCommand::Team(TeamCommand::Add { name }) => {
                 directory::add_team(&tx, &name)?;
                 (serde_json::json!({ "team": name }), format!("team {name} added"))
@@ -119,14 +246,11 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     .join("\n");
                 (serde_json::json!({ "devices": devices }), text)
             }
+            AdminCommand::Purge { .. } | AdminCommand::Retention(_) => {
+                unreachable!("handled by run_purge and run_retention")
+            }
         };
         tx.commit()?;
         Ok(output)
-    })?;
-    if args.json {
-        print_json(&json);
-    } else if !text.is_empty() {
-        print_line(&text);
-    }
-    Ok(())
+    })
 }

@@ -312,6 +312,12 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 );
             })?;
             print_json(&report);
+            if report.dropped + report.vaults_dropped > 0 {
+                eprintln!(
+                    "purged on the server, dropped from this device: {} encounter(s), {} identity vault(s)",
+                    report.dropped, report.vaults_dropped
+                );
+            }
             if !report.rejected.is_empty() {
                 bail!(
                     "the server refused changes of {} encounter(s) (kept on this device): {}",

@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::database::Database;
+use crate::retention::Policy;
 
 /// Default data directory of the server (and of `admin`).
 pub const DEFAULT_DATA_DIR: &str = "./auxilio-data";
@@ -56,9 +57,10 @@ enum Command {
         after_help = "Examples:\n  auxilio serve\n  auxilio serve --data /var/lib/auxilio --listen 127.0.0.1:9000"
     )]
     Serve(serve::ServeArgs),
-    /// Manage teams and devices (works directly on the data directory, server running or not).
+    /// Manage teams and devices, purge encounters, run the retention policy (works directly on
+    /// the data directory, server running or not).
     #[command(
-        after_help = "Examples:\n  auxilio admin team add sonora\n  auxilio admin device enroll --team sonora --role field --label \"phone 3\"\n  auxilio admin device revoke DEVICE_ID --json"
+        after_help = "Examples:\n  auxilio admin team add sonora\n  auxilio admin device enroll --team sonora --role field --label \"phone 3\"\n  auxilio admin device revoke DEVICE_ID --json\n  auxilio admin purge ENCOUNTER_ID --reason \"consent withdrawn\"\n  auxilio admin retention run --dry-run"
     )]
     Admin(admin::AdminArgs),
     /// Rebuild merged documents and query indexes from the stored changes (server may run).
@@ -91,8 +93,30 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct DataDirArg {
     /// Data directory (holds auxilio.sqlite).
-    #[arg(long = "data", default_value = DEFAULT_DATA_DIR, env = "AUXILIO_DATA")]
+    #[arg(long = "data", global = true, default_value = DEFAULT_DATA_DIR, env = "AUXILIO_DATA")]
     data: PathBuf,
+}
+
+/// The retention policy (see `auxilio_server::retention`), for `serve` and `admin retention run`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct RetentionArgs {
+    /// Days an identity vault is kept after the UASC hand-over (or, without one, after the
+    /// encounter was closed); 0 keeps vaults until purged by hand.
+    #[arg(long, value_name = "DAYS", default_value_t = Policy::default().vault_days)]
+    retain_vault_days: u32,
+    /// Days a whole encounter is kept after it occurred; 0 keeps encounters until purged by
+    /// hand.
+    #[arg(long, value_name = "DAYS", default_value_t = Policy::default().encounter_days)]
+    retain_encounter_days: u32,
+}
+
+impl RetentionArgs {
+    fn policy(self) -> Policy {
+        Policy {
+            vault_days: self.retain_vault_days,
+            encounter_days: self.retain_encounter_days,
+        }
+    }
 }
 
 impl DataDirArg {

@@ -1,13 +1,16 @@
-//! `auxilio serve`: opens the data directory, binds, serves until Ctrl-C or SIGTERM.
+//! `auxilio serve`: opens the data directory, binds, serves until Ctrl-C or SIGTERM, and runs
+//! the retention policy on its own every `--retention-every` seconds.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
-use super::DataDirArg;
+use super::{DataDirArg, RetentionArgs};
 use crate::http::{AppState, MapPageConfig, ServerConfig, serve};
 use crate::ledger::PageLimits;
+use crate::retention::{self, Policy};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -41,6 +44,11 @@ pub struct ServeArgs {
         requires = "tile_url"
     )]
     tile_attribution: Option<String>,
+    #[command(flatten)]
+    retention: RetentionArgs,
+    /// Seconds between retention sweeps (the first runs at start).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    retention_every: u64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -71,10 +79,47 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("auxilio listening on http://{address}");
         tracing::info!("coordinators' map page: http://{address}/");
         tracing::info!(%address, data = %args.data.data.display(), "serving");
+        let policy = args.retention.policy();
+        tracing::info!(?policy, every_seconds = args.retention_every, "retention policy");
+        tokio::spawn(run_retention(
+            state.clone(),
+            policy,
+            Duration::from_secs(args.retention_every),
+        ));
         serve(listener, state, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Sweeps what the retention policy says is due, every `every`, for as long as the server runs.
+/// The work runs on a blocking thread, one batch per hold of the writer.
+async fn run_retention(state: AppState, policy: Policy, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let database = state.database.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            retention::sweep(&database, policy, chrono::Utc::now())
+        })
+        .await;
+        match swept {
+            Ok(Ok(purged)) if !purged.is_empty() => {
+                tracing::info!(purged = purged.len(), "retention sweep purged encounters or vaults");
+                state.events.publish(
+                    purged
+                        .into_iter()
+                        .filter(|p| p.kind == auxilio_core::protocol::PurgeKind::Whole)
+                        .map(|p| (p.encounter, p.team))
+                        .collect(),
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::error!(%err, "retention sweep failed; it runs again at the next interval"),
+            Err(err) => tracing::error!(%err, "retention sweep stopped"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

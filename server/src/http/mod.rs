@@ -1,5 +1,5 @@
-//! The HTTP surface: one [`AppState`], one router per feature (health, sync, encounters, map,
-//! export, the coordinators' event stream and map page), [`app`] to assemble them (tests drive
+//! The HTTP surface: one [`AppState`], one router per feature (health, sync, encounters, purge,
+//! map, export, the coordinators' event stream and map page), [`app`] to assemble them (tests drive
 //! it in process) and [`serve`] to run it until a shutdown signal.
 
 mod auth;
@@ -9,6 +9,7 @@ mod export;
 mod health;
 mod map;
 pub mod map_page;
+mod purge;
 mod sync;
 
 use std::future::Future;
@@ -87,6 +88,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(sync::router(state.config.max_request_bytes))
         .merge(encounters::router())
+        .merge(purge::router())
         .merge(map::router())
         .merge(export::router())
         .merge(events::router())

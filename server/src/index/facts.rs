@@ -500,6 +500,23 @@ pub fn refresh(
     Ok(())
 }
 
+/// Deletes an encounter's facts, its nationalities and its R*Tree entry, and takes its
+/// contribution out of the aggregates (the same subtraction a refresh makes, so the cost is one
+/// encounter's cells, not a recompute). Returns whether it had facts.
+pub fn remove(conn: &Connection, encounter: &[u8]) -> Result<bool, rusqlite::Error> {
+    let Some((key, facts)) = stored(conn, encounter)? else {
+        return Ok(false);
+    };
+    aggregate(conn, key, &facts, -1)?;
+    conn.prepare_cached("DELETE FROM encounter_nationalities WHERE key = ?1")?
+        .execute([key])?;
+    conn.prepare_cached("DELETE FROM encounter_locations WHERE key = ?1")?
+        .execute([key])?;
+    conn.prepare_cached("DELETE FROM encounter_facts WHERE key = ?1")?
+        .execute([key])?;
+    Ok(true)
+}
+
 /// Adds (`sign` 1) or removes (`sign` -1) one encounter's contribution to every aggregate row
 /// it counts in; rows that fall to zero encounters are deleted, so the tables hold only what
 /// exists.

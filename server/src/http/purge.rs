@@ -1,0 +1,95 @@
+//! `POST /v1/encounters/{id}/purge`: erases an encounter, or only its identity vault, from the
+//! server's stored history (see [`crate::purge`]), for the roles allowed to purge (protection
+//! officers). The body is `{"reason": "...", "vault_only": false}`; the reason goes to the audit
+//! log. Devices drop their copies when they next sync.
+
+use auxilio_core::EncounterId;
+use auxilio_core::protocol::PurgeKind;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{AppState, AuthenticatedDevice};
+use crate::access::{self, Permission};
+use crate::error::AppError;
+use crate::purge::{self, PurgeError, PurgeReport};
+
+/// A purge body is a reason and a flag; anything larger is not one.
+const MAX_BODY_BYTES: usize = 4 * 1024;
+/// The longest reason kept in the audit log.
+const MAX_REASON_CHARS: usize = 500;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/v1/encounters/{id}/purge",
+        post(purge_encounter).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    /// Why, for the audit log (1 to 500 characters); it should not repeat what is erased.
+    #[serde(default)]
+    reason: String,
+    /// Erase only the identity vault; the record stays.
+    #[serde(default)]
+    vault_only: bool,
+}
+
+async fn purge_encounter(
+    State(state): State<AppState>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+    Path(id): Path<String>,
+    body: Result<Json<PurgeRequest>, JsonRejection>,
+) -> Result<Json<PurgeReport>, AppError> {
+    access::require(&device, Permission::Purge)?;
+    let id: EncounterId = id
+        .parse()
+        .map_err(|e| AppError::BadRequest(format!("`{id}` is not an encounter id: {e}")))?;
+    let Json(request) = body.map_err(|rejection| match rejection {
+        too_large if too_large.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            AppError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            }
+        }
+        other => AppError::BadRequest(format!(
+            "{}; send {{\"reason\": \"...\", \"vault_only\": false}} as application/json",
+            other.body_text()
+        )),
+    })?;
+    let reason = request.reason.trim().to_string();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        return Err(AppError::BadRequest(format!(
+            "`reason` is required: 1 to {MAX_REASON_CHARS} characters saying why, for the audit log"
+        )));
+    }
+    let kind = if request.vault_only {
+        PurgeKind::VaultOnly
+    } else {
+        PurgeKind::Whole
+    };
+    let actor = device.id.to_string();
+    let report = state
+        .blocking(move |database| {
+            database
+                .write(|conn| purge::purge(conn, id, kind, &reason, &actor))
+                .map_err(|err| match err {
+                    PurgeError::NotFound(_) | PurgeError::AlreadyPurged { .. } => {
+                        AppError::NotFound(err.to_string())
+                    }
+                    PurgeError::MissingReason => AppError::BadRequest(err.to_string()),
+                    other => AppError::internal(other),
+                })
+        })
+        .await?;
+    if kind == PurgeKind::Whole {
+        // Coordinators' maps redraw without it.
+        state
+            .events
+            .publish(vec![(report.encounter, report.team.clone())]);
+    }
+    Ok(Json(report))
+}

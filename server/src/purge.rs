@@ -1,0 +1,280 @@
+//! Erasure: an authorised purge of an encounter, or of its identity vault only, that removes the
+//! data from the server's stored history, not just from its current state.
+//!
+//! Automerge keeps every change, so hiding a value in a new change would keep it in the history
+//! (and in every device's copy). A whole purge instead deletes the encounter's changes, its merged
+//! document and every index row derived from them (taking it out of the map and stats
+//! aggregates), in one transaction, and leaves a tombstone in `purges`: the encounter's id, team,
+//! kind and time, never what it held, nor the reason (that goes to the audit log). Nothing is
+//! re-created: the document is gone. The tombstone does three things:
+//!
+//! - devices that sync afterwards receive it as a [`PurgeNotice`] and drop their copies
+//!   (`DeviceStore::apply_response`);
+//! - a device that still uploads changes of the encounter is refused with
+//!   [`RejectReason::Purged`](auxilio_core::protocol::RejectReason::Purged) and drops them;
+//! - `auxilio reindex` has nothing to rebuild it from.
+//!
+//! The purged changes' log positions and hashes stay in `purged_changes`, so a device whose
+//! cursor points at one is not sent its whole team again on a 2G link.
+//!
+//! The bytes must leave the disk too: the server's connections run with `secure_delete` (deleted
+//! rows are overwritten with zeros in their pages, freed pages included), and after the purge
+//! commits the write-ahead log, which still holds the pages as they were, is checkpointed and
+//! truncated ([`clear_files`]).
+
+use auxilio_core::EncounterId;
+use auxilio_core::protocol::{PurgeKind, PurgeNotice};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::access::TeamScope;
+use crate::audit;
+use crate::database::now_text;
+use crate::index;
+use crate::ledger;
+
+/// The identity vault's sealed envelopes live in a server table outside the Automerge document,
+/// which only builds with the vault have; a purge deletes from it when it exists.
+const VAULT_ENVELOPES_TABLE: &str = "vault_envelopes";
+
+/// At most this many purge notices go in one sync response; a device with more to catch up on
+/// gets them over the next requests (`more`).
+pub const MAX_NOTICES_PER_RESPONSE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    #[error("no encounter {0} on this server: check the id (`auxilio device list`, or GET /v1/encounters)")]
+    NotFound(EncounterId),
+    #[error("encounter {encounter} was already purged on {purged_at}")]
+    AlreadyPurged {
+        encounter: EncounterId,
+        purged_at: String,
+    },
+    #[error("a purge needs a reason for the audit log (e.g. --reason \"retention: vault after hand-over\")")]
+    MissingReason,
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored data could not be read: {0}")]
+    Ledger(#[from] ledger::LedgerError),
+}
+
+/// What one purge removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    pub encounter: EncounterId,
+    pub team: String,
+    pub kind: PurgeKind,
+    /// The tombstone's position in the purge log.
+    pub seq: u64,
+    pub purged_at: String,
+    /// Stored changes deleted (0 for a vault purge).
+    pub changes_removed: u64,
+    /// Sealed identity envelopes deleted.
+    pub vault_envelopes_removed: u64,
+}
+
+/// Purges `encounter` (or only its vault), audited as `actor` with `reason`, in one immediate
+/// transaction; then clears the write-ahead log so the bytes are gone from the data directory.
+pub fn purge(
+    conn: &mut Connection,
+    encounter: EncounterId,
+    kind: PurgeKind,
+    reason: &str,
+    actor: &str,
+) -> Result<PurgeReport, PurgeError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let report = purge_in(&tx, encounter, kind, reason, actor)?;
+    tx.commit()?;
+    clear_files(conn)?;
+    Ok(report)
+}
+
+/// [`purge`] inside the caller's transaction (a retention sweep purges a batch in one); the
+/// caller runs [`clear_files`] after its commit.
+pub fn purge_in(
+    tx: &Connection,
+    encounter: EncounterId,
+    kind: PurgeKind,
+    reason: &str,
+    actor: &str,
+) -> Result<PurgeReport, PurgeError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(PurgeError::MissingReason);
+    }
+    if let Some(purged_at) = whole_purge_time(tx, encounter)? {
+        return Err(PurgeError::AlreadyPurged {
+            encounter,
+            purged_at,
+        });
+    }
+    let team: String = tx
+        .query_row(
+            "SELECT team FROM encounters WHERE id = ?1",
+            [encounter.as_bytes()],
+            |row| row.get(0),
+        )
+        .optional()?
+        .ok_or(PurgeError::NotFound(encounter))?;
+    let vault_envelopes_removed = delete_vault_envelopes(tx, encounter)?;
+    let mut changes_removed = 0;
+    if kind == PurgeKind::Whole {
+        // The positions stay recognisable to device cursors; the bytes go.
+        changes_removed = tx.execute(
+            "INSERT INTO purged_changes (seq, hash) SELECT seq, hash FROM changes WHERE encounter = ?1",
+            [encounter.as_bytes()],
+        )? as u64;
+        ledger::forget_outcomes_of(tx, encounter)?;
+        tx.execute(
+            "DELETE FROM changes WHERE encounter = ?1",
+            [encounter.as_bytes()],
+        )?;
+        index::remove(tx, encounter)?;
+        tx.execute(
+            "DELETE FROM encounters WHERE id = ?1",
+            [encounter.as_bytes()],
+        )?;
+    }
+    let purged_at = now_text();
+    tx.execute(
+        "INSERT INTO purges (encounter, team, kind, purged_at) VALUES (?1, ?2, ?3, ?4)",
+        params![encounter.as_bytes(), team, kind.as_str(), purged_at],
+    )?;
+    let seq = tx.last_insert_rowid().unsigned_abs();
+    audit::record(
+        tx,
+        actor,
+        "encounter.purge",
+        serde_json::json!({
+            "encounter": encounter.to_string(),
+            "kind": kind.as_str(),
+            "reason": reason,
+            "changes_removed": changes_removed,
+            "vault_envelopes_removed": vault_envelopes_removed,
+        }),
+    )?;
+    tracing::info!(%encounter, kind = kind.as_str(), changes_removed, vault_envelopes_removed, %actor, "purged");
+    Ok(PurgeReport {
+        encounter,
+        team,
+        kind,
+        seq,
+        purged_at,
+        changes_removed,
+        vault_envelopes_removed,
+    })
+}
+
+/// When encounter `encounter` was purged whole, if it was.
+pub fn whole_purge_time(
+    conn: &Connection,
+    encounter: EncounterId,
+) -> Result<Option<String>, rusqlite::Error> {
+    conn.query_row(
+        "SELECT purged_at FROM purges WHERE encounter = ?1 AND kind = 'whole' LIMIT 1",
+        [encounter.as_bytes()],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+fn has_table(conn: &Connection, name: &str) -> Result<bool, rusqlite::Error> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [name],
+        |row| row.get(0),
+    )
+}
+
+/// Deletes the encounter's sealed identity envelopes, if this database has the vault's table
+/// (see [`VAULT_ENVELOPES_TABLE`]).
+fn delete_vault_envelopes(tx: &Connection, encounter: EncounterId) -> Result<u64, rusqlite::Error> {
+    if !has_table(tx, VAULT_ENVELOPES_TABLE)? {
+        return Ok(0);
+    }
+    Ok(tx.execute(
+        &format!("DELETE FROM {VAULT_ENVELOPES_TABLE} WHERE encounter = ?1"),
+        [encounter.as_bytes()],
+    )? as u64)
+}
+
+/// Encounters with sealed identity envelopes, if this database has the vault's table: what a
+/// vault retention sweep looks at.
+pub fn encounters_with_vault(conn: &Connection) -> Result<Vec<EncounterId>, rusqlite::Error> {
+    if !has_table(conn, VAULT_ENVELOPES_TABLE)? {
+        return Ok(Vec::new());
+    }
+    let mut statement = conn.prepare(&format!(
+        "SELECT DISTINCT encounter FROM {VAULT_ENVELOPES_TABLE} ORDER BY encounter"
+    ))?;
+    let ids = statement
+        .query_map([], |row| row.get::<_, Vec<u8>>(0))?
+        .filter_map(|id| id.ok().and_then(|id| EncounterId::from_slice(&id).ok()))
+        .collect();
+    Ok(ids)
+}
+
+/// Copies the write-ahead log into the database file and truncates the log to nothing. The
+/// deleted rows are zeroed in the pages the purge wrote, but the log still holds those pages as
+/// they were before, until a checkpoint; TRUNCATE waits (up to the busy timeout) for readers of
+/// older snapshots to finish first.
+pub fn clear_files(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+    if busy != 0 {
+        tracing::warn!(
+            "the write-ahead log could not be truncated after a purge (a reader stayed open); it is cleared at the next checkpoint"
+        );
+    }
+    Ok(())
+}
+
+/// The purge notices a device of `scope` has not had (after position `after`), at most
+/// [`MAX_NOTICES_PER_RESPONSE`]; the position it has them all up to; and whether more wait. A
+/// position past the end of this server's purge log (a server restored from an older backup)
+/// starts again from the beginning: applying a notice twice does nothing.
+pub fn notices_after(
+    conn: &Connection,
+    scope: &TeamScope,
+    after: u64,
+) -> Result<(Vec<PurgeNotice>, u64, bool), ledger::LedgerError> {
+    let last: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM purges", [], |row| {
+        row.get(0)
+    })?;
+    let last = last.unsigned_abs();
+    let after = if after > last { 0 } else { after };
+    let mut statement = conn.prepare_cached(
+        "SELECT seq, encounter, kind FROM purges WHERE seq > ?1 AND (?2 IS NULL OR team = ?2)
+         ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = statement.query_map(
+        params![
+            i64::try_from(after).unwrap_or(i64::MAX),
+            scope.team(),
+            MAX_NOTICES_PER_RESPONSE as i64 + 1
+        ],
+        |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, Vec<u8>>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        },
+    )?;
+    let mut notices = Vec::new();
+    for row in rows {
+        let (seq, encounter, kind) = row?;
+        let corrupt = |what: String| ledger::LedgerError::Corrupt(format!("purge {seq}: {what}"));
+        notices.push(PurgeNotice {
+            seq: seq.unsigned_abs(),
+            encounter: EncounterId::from_slice(&encounter).map_err(|e| corrupt(e.to_string()))?,
+            kind: PurgeKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown kind {kind}")))?,
+        });
+    }
+    let more = notices.len() > MAX_NOTICES_PER_RESPONSE;
+    notices.truncate(MAX_NOTICES_PER_RESPONSE);
+    let through = match notices.last() {
+        Some(notice) if more => notice.seq,
+        _ => last,
+    };
+    Ok((notices, through, more))
+}

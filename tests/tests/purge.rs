@@ -1,0 +1,385 @@
+//! Erasure that really erases (issue 5): a purged encounter leaves no trace in the server's data
+//! directory nor on the devices that synced since, is refused when a device uploads it again,
+//! does not restart devices whose cursor pointed at it, is for protection officers only, and the
+//! retention policy purges on its own.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use auxilio_core::EncounterId;
+use auxilio_core::protocol::{self, RejectReason};
+use auxilio_server::directory::Role;
+use auxilio_tests::{
+    Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, auxilio_bin, enroll,
+    get_json, post_bytes, post_json, run_auxilio,
+};
+
+/// Every file under `dir` whose name starts with `prefix` (a store and its `-wal` and `-shm`).
+fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.is_file()
+                && path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The files among `paths` whose bytes contain `needle`.
+fn containing(paths: &[PathBuf], needle: &str) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .filter(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            bytes
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
+        })
+        .cloned()
+        .collect()
+}
+
+fn server_files(fixture: &TeamFixture) -> Vec<PathBuf> {
+    files(fixture.data.path(), "")
+}
+
+fn store_files(fixture: &TeamFixture, name: &str) -> Vec<PathBuf> {
+    files(fixture.devices.path(), &format!("{name}.db"))
+}
+
+/// The number of encounters `/v1/map` and `/v1/stats` count, as a coordinator sees them.
+fn map_and_stats_totals(url: &str, coordinator: &str) -> (i64, i64) {
+    let (status, map) = get_json(url, "/v1/map?bbox=-120,20,-90,35&zoom=5", Some(coordinator)).unwrap();
+    assert_eq!(status, 200, "{map}");
+    let (status, stats) = get_json(url, "/v1/stats", Some(coordinator)).unwrap();
+    assert_eq!(status, 200, "{stats}");
+    (
+        map["total"].as_i64().unwrap(),
+        stats["totals"]["encounters"].as_i64().unwrap(),
+    )
+}
+
+fn listed_ids(url: &str, token: &str) -> Vec<String> {
+    let (status, list) = get_json(url, "/v1/encounters", Some(token)).unwrap();
+    assert_eq!(status, 200, "{list}");
+    list["encounters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn purge_over_http(
+    url: &str,
+    token: Option<&str>,
+    id: EncounterId,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    post_json(url, &format!("/v1/encounters/{id}/purge"), token, &body)
+}
+
+fn server_rows_of(fixture: &TeamFixture, id: EncounterId) -> i64 {
+    let conn = rusqlite::Connection::open(
+        fixture
+            .data
+            .path()
+            .join(auxilio_server::database::DATABASE_FILE),
+    )
+    .unwrap();
+    conn.query_row(
+        "SELECT (SELECT count(*) FROM changes WHERE encounter = ?1)
+              + (SELECT count(*) FROM encounters WHERE id = ?1)
+              + (SELECT count(*) FROM encounter_facts WHERE encounter = ?1)
+              + (SELECT count(*) FROM encounter_services WHERE encounter = ?1)",
+        [id.as_bytes()],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_purged_encounter_leaves_no_trace_on_the_server_or_on_synced_devices() {
+    let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
+    let url = fixture.server.url.clone();
+    let mut phone_a = fixture.device("a", Role::Field);
+    let mut phone_b = fixture.device("b", Role::Field);
+    let coordinator = enroll(fixture.data.path(), "sonora", Role::Coordinator).token;
+    let marker = "PURGE-MARKER-Zq7v-consent-withdrawn";
+
+    let kept = phone_a.log(EXAMPLE_ENCOUNTER);
+    let purged = phone_a.log(EXAMPLE_ENCOUNTER);
+    phone_a.sync().unwrap();
+    // A small edit change: the marker is stored as it was typed, so the grep below can find it.
+    phone_a.edit(purged, &[&format!("notes={marker}")]);
+    phone_a.sync().unwrap();
+    phone_b.sync().unwrap();
+    assert!(phone_b.ids().contains(&purged));
+    assert!(
+        !containing(&server_files(&fixture), marker).is_empty(),
+        "the marker is in the server's files before the purge (the grep can fail)"
+    );
+    assert!(
+        !containing(&store_files(&fixture, "b"), marker).is_empty(),
+        "the marker is in phone B's store before the purge (the grep can fail)"
+    );
+    assert_eq!(map_and_stats_totals(&url, &coordinator), (2, 2));
+
+    let data = fixture.data.path().to_str().unwrap().to_string();
+    let id = purged.to_string();
+    let output = run_auxilio(
+        fixture.devices.path(),
+        &["admin", "purge", &id, "--reason", "consent withdrawn (request 114)", "--data", &data],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(&id) && stdout.contains("purged"), "{stdout}");
+
+    assert_eq!(
+        containing(&server_files(&fixture), marker),
+        Vec::<PathBuf>::new(),
+        "no file of the server's data directory holds the marker"
+    );
+    assert_eq!(server_rows_of(&fixture, purged), 0);
+    assert!(!listed_ids(&url, &coordinator).contains(&id));
+    assert!(listed_ids(&url, &coordinator).contains(&kept.to_string()));
+    assert_eq!(map_and_stats_totals(&url, &coordinator), (1, 1));
+
+    for (name, phone) in [("a", &mut phone_a), ("b", &mut phone_b)] {
+        let report = phone.sync().unwrap();
+        assert_eq!(report.dropped, 1, "{name}: {report:?}");
+        assert!(report.rejected.is_empty(), "{name}: {report:?}");
+        assert_eq!(phone.ids(), vec![kept], "{name}");
+        assert_eq!(
+            containing(&store_files(&fixture, name), marker),
+            Vec::<PathBuf>::new(),
+            "no file of phone {name}'s store holds the marker"
+        );
+        // A later sync has nothing more to drop or download.
+        let again = phone.sync().unwrap();
+        assert_eq!((again.dropped, again.downloaded), (0, 0), "{name}");
+    }
+}
+
+#[test]
+fn a_device_offline_during_the_purge_has_its_pending_edit_refused_and_drops_its_copy() {
+    let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
+    let url = fixture.server.url.clone();
+    let mut phone_a = fixture.device("a", Role::Field);
+    let mut offline = fixture.device("offline", Role::Field);
+    let officer = enroll(fixture.data.path(), "sonora", Role::ProtectionOfficer).token;
+    let id = phone_a.log(EXAMPLE_ENCOUNTER);
+    phone_a.sync().unwrap();
+    offline.sync().unwrap();
+    // Edited in the desert, with no signal, while the purge happens.
+    offline.edit(id, &["notes=seen again at the water station"]);
+    let (status, body) = purge_over_http(
+        &url,
+        Some(&officer),
+        id,
+        serde_json::json!({"reason": "recorded by mistake"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["changes_removed"], 1);
+
+    // The server refuses the edit as purged, and stores nothing of it.
+    let request = offline.store.sync_request().unwrap();
+    let (status, body) = post_bytes(
+        &url,
+        "/v1/sync",
+        Some(&offline.enrolled.token),
+        &protocol::encode(&request),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let response = protocol::decode_response(&body).unwrap();
+    assert_eq!(response.rejected.len(), 1);
+    assert_eq!(response.rejected[0].reason, RejectReason::Purged);
+    assert_eq!(server_rows_of(&fixture, id), 0);
+
+    let report = offline.sync().unwrap();
+    assert_eq!(report.dropped, 1, "{report:?}");
+    assert!(report.rejected.is_empty(), "a purge is not a refusal to report: {report:?}");
+    assert_eq!(offline.store.pending_count().unwrap(), 0);
+    assert!(offline.ids().is_empty());
+    let again = offline.sync().unwrap();
+    assert_eq!((again.uploaded, again.downloaded, again.dropped), (0, 0, 0));
+    assert!(offline.ids().is_empty(), "nothing comes back");
+    assert_eq!(server_rows_of(&fixture, id), 0);
+}
+
+#[test]
+fn a_device_whose_cursor_points_at_a_purged_change_does_not_start_again() {
+    let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
+    let url = fixture.server.url.clone();
+    let mut phone_a = fixture.device("a", Role::Field);
+    let mut phone_b = fixture.device("b", Role::Field);
+    let officer = enroll(fixture.data.path(), "sonora", Role::ProtectionOfficer).token;
+    let kept = phone_a.log(EXAMPLE_ENCOUNTER);
+    phone_a.sync().unwrap();
+    let purged = phone_a.log(EXAMPLE_ENCOUNTER);
+    phone_a.sync().unwrap();
+    phone_b.sync().unwrap();
+    // B's cursor is the log position of the purged encounter's change, the last one stored.
+    let (status, body) = purge_over_http(
+        &url,
+        Some(&officer),
+        purged,
+        serde_json::json!({"reason": "duplicate record"}),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let request = phone_b.store.sync_request().unwrap();
+    let (status, body) = post_bytes(
+        &url,
+        "/v1/sync",
+        Some(&phone_b.enrolled.token),
+        &protocol::encode(&request),
+    );
+    assert_eq!(status, 200);
+    let response = protocol::decode_response(&body).unwrap();
+    assert!(!response.restarted, "the purged position is still recognised");
+    assert!(response.changes.is_empty(), "nothing is sent again");
+    assert_eq!(response.purges.len(), 1);
+
+    let report = phone_b.sync().unwrap();
+    assert_eq!((report.downloaded, report.uploaded, report.dropped), (0, 0, 1));
+    assert_eq!(phone_b.ids(), vec![kept]);
+}
+
+#[test]
+fn only_protection_officers_purge_and_the_audit_log_keeps_the_reason() {
+    let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
+    let url = fixture.server.url.clone();
+    let mut phone = fixture.device("a", Role::Field);
+    let id = phone.log(EXAMPLE_ENCOUNTER);
+    phone.sync().unwrap();
+    let body = serde_json::json!({"reason": "consent withdrawn"});
+    for role in [
+        Role::Field,
+        Role::TeamLead,
+        Role::Coordinator,
+        Role::Administrator,
+        Role::Auditor,
+    ] {
+        let token = enroll(fixture.data.path(), "sonora", role).token;
+        let (status, answer) = purge_over_http(&url, Some(&token), id, body.clone());
+        assert_eq!(status, 403, "{role}: {answer}");
+    }
+    assert_eq!(purge_over_http(&url, None, id, body.clone()).0, 401);
+    let officer = enroll(fixture.data.path(), "sonora", Role::ProtectionOfficer).token;
+    let (status, answer) =
+        purge_over_http(&url, Some(&officer), id, serde_json::json!({"reason": "  "}));
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        purge_over_http(&url, Some(&officer), EncounterId::random(), body.clone()).0,
+        404
+    );
+    assert_eq!(server_rows_of(&fixture, id), 5, "nothing was purged yet");
+
+    let (status, answer) = purge_over_http(&url, Some(&officer), id, body.clone());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["kind"], "whole");
+    let (status, answer) = purge_over_http(&url, Some(&officer), id, body);
+    assert_eq!(status, 404, "purged already: {answer}");
+
+    let conn = rusqlite::Connection::open(
+        fixture
+            .data
+            .path()
+            .join(auxilio_server::database::DATABASE_FILE),
+    )
+    .unwrap();
+    let details: Vec<(String, String)> = conn
+        .prepare("SELECT actor, detail FROM audit_log WHERE action = 'encounter.purge'")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(details.len(), 1);
+    let detail: serde_json::Value = serde_json::from_str(&details[0].1).unwrap();
+    assert_eq!(detail["reason"], "consent withdrawn");
+    assert_eq!(detail["encounter"], id.to_string());
+    assert_eq!(detail["changes_removed"], 1);
+    let tombstone: (String, String) = conn
+        .query_row("SELECT team, kind FROM purges", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(tombstone, ("sonora".to_string(), "whole".to_string()));
+}
+
+#[test]
+fn the_retention_policy_purges_old_encounters_on_its_own() {
+    let data = tempfile::tempdir().unwrap();
+    let devices = tempfile::tempdir().unwrap();
+    add_team(data.path(), "sonora");
+    let field = enroll(data.path(), "sonora", Role::Field);
+    let coordinator = enroll(data.path(), "sonora", Role::Coordinator).token;
+    let old_record = EXAMPLE_ENCOUNTER.replacen('{', r#"{"started_at":"2018-03-01T10:00:00Z","#, 1);
+    let (old, recent) = {
+        // Retention off while the records arrive.
+        let server = ServerProcess::spawn_with(
+            &auxilio_bin(),
+            data.path(),
+            &["--retain-encounter-days", "0", "--retain-vault-days", "0"],
+        );
+        let mut phone = Device::new(devices.path(), "a", &server.url, &field);
+        let old = phone.log(&old_record);
+        let recent = phone.log(EXAMPLE_ENCOUNTER);
+        phone.sync().unwrap();
+        assert_eq!(listed_ids(&server.url, &coordinator).len(), 2);
+        server.kill();
+        (old, recent)
+    };
+
+    let data_arg = data.path().to_str().unwrap();
+    let output = run_auxilio(
+        devices.path(),
+        &["admin", "retention", "run", "--dry-run", "--retain-encounter-days", "365", "--data", data_arg],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("would purge {old}")), "{stdout}");
+    assert!(!stdout.contains(&recent.to_string()), "{stdout}");
+
+    let server = ServerProcess::spawn_with(
+        &auxilio_bin(),
+        data.path(),
+        &["--retain-encounter-days", "365", "--retention-every", "1"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ids = listed_ids(&server.url, &coordinator);
+        if !ids.contains(&old.to_string()) {
+            assert_eq!(ids, vec![recent.to_string()]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old encounter was not purged in time");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let conn = rusqlite::Connection::open(
+        data.path().join(auxilio_server::database::DATABASE_FILE),
+    )
+    .unwrap();
+    let actor: String = conn
+        .query_row(
+            "SELECT actor FROM audit_log WHERE action = 'encounter.purge'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(actor, "retention");
+}
