@@ -35,8 +35,8 @@ use crate::document::EncounterDocument;
 use crate::id::{DeviceId, EncounterId};
 use crate::protocol::{describe_cbor_error, is_compressed_change};
 use crate::store::{
-    DeviceStore, StoreError, add_pending, encounter_ids, enrolment, is_purged, load_document, merge_with_held,
-    save_merged,
+    DeviceStore, StoreError, add_pending, encounter_ids, enrolment, is_purged, load_document,
+    merge_with_held, save_merged,
 };
 
 /// The relay protocol version this build speaks (independent of the sync protocol's).

@@ -144,7 +144,8 @@ pub fn heads_hex(heads: &[ChangeHash]) -> Vec<String> {
     out
 }
 
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE encounters (
         id BLOB PRIMARY KEY,
@@ -169,11 +170,13 @@ const MIGRATIONS: &[&str] = &[r"
         encounter BLOB NOT NULL,
         change BLOB NOT NULL
     );
-", r"
+",
+    r"
     -- Encounters the server purged, by id only: a teammate's phone that has not heard of the
     -- purge yet may relay them again, and they are refused instead of stored.
     CREATE TABLE purged_encounters (id BLOB PRIMARY KEY) WITHOUT ROWID;
-"];
+",
+];
 
 /// A device's store: one SQLite file.
 #[derive(Debug)]
@@ -931,11 +934,7 @@ impl DeviceStore {
                 dropped += 1;
             }
         }
-        put_setting(
-            &tx,
-            "purges_cursor",
-            &response.purges_through.to_string(),
-        )?;
+        put_setting(&tx, "purges_cursor", &response.purges_through.to_string())?;
         let mut acknowledged = 0u64;
         for hash in &response.accepted {
             acknowledged += tx.execute(

@@ -416,9 +416,11 @@ pub fn sync_with(
         }
         // A reused actor is mended by the store itself (it re-makes its edits), and a purged
         // encounter was dropped (counted in `dropped`): neither is a refusal to report.
-        for rejection in applied.rejected.into_iter().filter(|r| {
-            r.reason != RejectReason::ActorReused && r.reason != RejectReason::Purged
-        }) {
+        for rejection in applied
+            .rejected
+            .into_iter()
+            .filter(|r| r.reason != RejectReason::ActorReused && r.reason != RejectReason::Purged)
+        {
             if !report
                 .rejected
                 .iter()

@@ -306,6 +306,14 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
+/// The position (counted from 1, as `user_version` counts) of the migration that added purges.
+fn erasure_migration() -> i64 {
+    MIGRATIONS
+        .iter()
+        .position(|migration| migration.contains("CREATE TABLE purges"))
+        .map_or(0, |index| index as i64 + 1)
+}
+
 const READER_POOL: usize = 4;
 
 #[derive(Debug)]
@@ -368,6 +376,14 @@ impl Database {
             tracing::info!(version = index + 1, "database migrated");
         }
         tx.commit()?;
+        if version > 0 && version <= erasure_migration() {
+            // This data directory ran before deletes were zeroed (`secure_delete`): its free
+            // space may still hold old versions of documents. Rewritten once, so a purge leaves
+            // nothing behind (a few seconds per 100 MB, once, at the first start after upgrading).
+            tracing::info!(path = %path.display(), "rewriting the database once so deleted data leaves no trace");
+            writer.execute_batch("VACUUM")?;
+            writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
         Ok(Self {
             path,
             writer: Mutex::new(writer),
@@ -420,4 +436,46 @@ impl Database {
 /// Current time as stored in the database: UTC RFC 3339 with seconds, so text order is time order.
 pub fn now_text() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data directory from before purges existed deleted rows without zeroing them; opening it
+    /// with this build rewrites it once, so that text is gone from the file.
+    #[test]
+    fn upgrading_to_purges_clears_text_deleted_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DATABASE_FILE);
+        let marker = "DELETED-BEFORE-THE-UPGRADE-4f2c";
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            let before = erasure_migration() - 1;
+            for migration in &MIGRATIONS[..before as usize] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", before).unwrap();
+            conn.execute(
+                "INSERT INTO audit_log (at, actor, action, detail) VALUES ('t', 'a', 'b', ?1)",
+                [marker.repeat(20)],
+            )
+            .unwrap();
+            conn.execute("DELETE FROM audit_log", []).unwrap();
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+        }
+        let holds = || {
+            std::fs::read_dir(dir.path()).unwrap().any(|entry| {
+                std::fs::read(entry.unwrap().path())
+                    .unwrap()
+                    .windows(marker.len())
+                    .any(|w| w == marker.as_bytes())
+            })
+        };
+        assert!(holds(), "a delete without secure_delete leaves the text");
+        Database::open(dir.path()).unwrap();
+        assert!(!holds());
+    }
 }

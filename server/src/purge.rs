@@ -43,14 +43,18 @@ pub const MAX_NOTICES_PER_RESPONSE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PurgeError {
-    #[error("no encounter {0} on this server: check the id (`auxilio device list`, or GET /v1/encounters)")]
+    #[error(
+        "no encounter {0} on this server: check the id (`auxilio device list`, or GET /v1/encounters)"
+    )]
     NotFound(EncounterId),
     #[error("encounter {encounter} was already purged on {purged_at}")]
     AlreadyPurged {
         encounter: EncounterId,
         purged_at: String,
     },
-    #[error("a purge needs a reason for the audit log (e.g. --reason \"retention: vault after hand-over\")")]
+    #[error(
+        "a purge needs a reason for the audit log (e.g. --reason \"retention: vault after hand-over\")"
+    )]
     MissingReason,
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -277,4 +281,108 @@ pub fn notices_after(
         _ => last,
     };
     Ok((notices, through, more))
+}
+
+#[cfg(test)]
+mod tests {
+    use auxilio_core::store::Enrolment;
+    use auxilio_core::{DeviceStore, Encounter};
+    use sha2::Digest;
+
+    use super::*;
+    use crate::database::Database;
+    use crate::directory::{self, Role};
+    use crate::ledger::PageLimits;
+
+    /// Text that does not compress, so it is stored as written wherever it is stored.
+    fn incompressible(seed: &str, chars: usize) -> String {
+        let mut out = String::new();
+        let mut counter = 0u64;
+        while out.len() < chars {
+            let digest = sha2::Sha256::digest(format!("{seed}{counter}"));
+            out.extend(digest.iter().map(|b| format!("{b:02x}")));
+            counter += 1;
+        }
+        out.truncate(chars);
+        out
+    }
+
+    fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                std::fs::read(path)
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_bytes())
+            })
+            .map(|path| path.display().to_string())
+            .collect()
+    }
+
+    /// A change larger than a page spills into overflow pages; a purge must zero those too, in
+    /// the database file and not only in the log.
+    #[test]
+    fn a_purge_leaves_no_text_in_overflow_pages_or_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let database = Database::open(&data).unwrap();
+        let enrolled = database
+            .write(|conn| {
+                directory::add_team(conn, "sonora")?;
+                directory::enroll(conn, "sonora", Role::Field, "test")
+            })
+            .unwrap();
+        let device = database
+            .read(|conn| directory::authenticate(conn, &enrolled.token))
+            .unwrap()
+            .unwrap();
+        let mut store = DeviceStore::open(dir.path().join("phone.db")).unwrap();
+        store
+            .enrol(&Enrolment {
+                server_url: "http://127.0.0.1:9".into(),
+                token: enrolled.token.clone(),
+                device_id: enrolled.device_id,
+                team: "sonora".into(),
+                role: "field".into(),
+                agent: "a".into(),
+            })
+            .unwrap();
+        let marker = format!("MARKER-{}", incompressible("marker", 40));
+        let interventions: Vec<String> = (0..40)
+            .map(|i| incompressible(&format!("intervention {i}"), 150))
+            .collect();
+        let record = serde_json::json!({
+            "services": ["first_aid"],
+            "notes": format!("{marker} {}", incompressible("notes", 1500)),
+            "casualties": {"c1": {"interventions": interventions}},
+        });
+        let encounter: Encounter = serde_json::from_value(record).unwrap();
+        let id = store.log(encounter).unwrap();
+        let request = store.sync_request().unwrap();
+        assert!(
+            request.changes[0].changes[0].len() > 8 * 1024,
+            "spills over pages"
+        );
+        database
+            .write(|conn| ledger::sync(conn, &device, &request, PageLimits::default()))
+            .unwrap();
+        database.write(|conn| clear_files(conn)).unwrap();
+        assert_eq!(
+            files_holding(&data, &marker),
+            vec![
+                data.join(crate::database::DATABASE_FILE)
+                    .display()
+                    .to_string()
+            ],
+            "the checkpointed change is in the database file"
+        );
+
+        let report = database
+            .write(|conn| purge(conn, id, PurgeKind::Whole, "test", "admin-cli"))
+            .unwrap();
+        assert_eq!(report.changes_removed, 1);
+        assert_eq!(files_holding(&data, &marker), Vec::<String>::new());
+    }
 }

@@ -86,7 +86,11 @@ fn vault_period_start(record: &Json, updated_at: &str) -> Option<(DateTime<Utc>,
         })
         .collect();
     if !hand_overs.is_empty() && hand_overs.iter().all(Option::is_some) {
-        return hand_overs.into_iter().flatten().max().map(|t| (t, "hand-over"));
+        return hand_overs
+            .into_iter()
+            .flatten()
+            .max()
+            .map(|t| (t, "hand-over"));
     }
     if record["status"].as_str() == Some("closed") {
         let closed = record["ended_at"]

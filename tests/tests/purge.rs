@@ -10,8 +10,8 @@ use auxilio_core::EncounterId;
 use auxilio_core::protocol::{self, RejectReason};
 use auxilio_server::directory::Role;
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, auxilio_bin, enroll,
-    get_json, post_bytes, post_json, run_auxilio,
+    Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, auxilio_bin, enroll, get_json,
+    post_bytes, post_json, run_auxilio,
 };
 
 /// Every file under `dir` whose name starts with `prefix` (a store and its `-wal` and `-shm`).
@@ -55,7 +55,8 @@ fn store_files(fixture: &TeamFixture, name: &str) -> Vec<PathBuf> {
 
 /// The number of encounters `/v1/map` and `/v1/stats` count, as a coordinator sees them.
 fn map_and_stats_totals(url: &str, coordinator: &str) -> (i64, i64) {
-    let (status, map) = get_json(url, "/v1/map?bbox=-120,20,-90,35&zoom=5", Some(coordinator)).unwrap();
+    let (status, map) =
+        get_json(url, "/v1/map?bbox=-120,20,-90,35&zoom=5", Some(coordinator)).unwrap();
     assert_eq!(status, 200, "{map}");
     let (status, stats) = get_json(url, "/v1/stats", Some(coordinator)).unwrap();
     assert_eq!(status, 200, "{stats}");
@@ -135,7 +136,15 @@ fn a_purged_encounter_leaves_no_trace_on_the_server_or_on_synced_devices() {
     let id = purged.to_string();
     let output = run_auxilio(
         fixture.devices.path(),
-        &["admin", "purge", &id, "--reason", "consent withdrawn (request 114)", "--data", &data],
+        &[
+            "admin",
+            "purge",
+            &id,
+            "--reason",
+            "consent withdrawn (request 114)",
+            "--data",
+            &data,
+        ],
         None,
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -144,7 +153,14 @@ fn a_purged_encounter_leaves_no_trace_on_the_server_or_on_synced_devices() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains(&id) && stdout.contains("purged"), "{stdout}");
+    assert!(
+        stdout.contains(&id) && stdout.contains("purged"),
+        "{stdout}"
+    );
+    // The write-ahead log held the marker's pages as they were (that is where the grep above
+    // found it): the purge checkpointed it into the database file and truncated it.
+    let wal = fixture.data.path().join("auxilio.sqlite-wal");
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
 
     assert_eq!(
         containing(&server_files(&fixture), marker),
@@ -154,6 +170,15 @@ fn a_purged_encounter_leaves_no_trace_on_the_server_or_on_synced_devices() {
     assert_eq!(server_rows_of(&fixture, purged), 0);
     assert!(!listed_ids(&url, &coordinator).contains(&id));
     assert!(listed_ids(&url, &coordinator).contains(&kept.to_string()));
+    assert_eq!(map_and_stats_totals(&url, &coordinator), (1, 1));
+    // Nothing is left to rebuild it from.
+    let output = run_auxilio(fixture.devices.path(), &["reindex", "--data", &data], None);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(server_rows_of(&fixture, purged), 0);
     assert_eq!(map_and_stats_totals(&url, &coordinator), (1, 1));
 
     for (name, phone) in [("a", &mut phone_a), ("b", &mut phone_b)] {
@@ -209,7 +234,10 @@ fn a_device_offline_during_the_purge_has_its_pending_edit_refused_and_drops_its_
 
     let report = offline.sync().unwrap();
     assert_eq!(report.dropped, 1, "{report:?}");
-    assert!(report.rejected.is_empty(), "a purge is not a refusal to report: {report:?}");
+    assert!(
+        report.rejected.is_empty(),
+        "a purge is not a refusal to report: {report:?}"
+    );
     assert_eq!(offline.store.pending_count().unwrap(), 0);
     assert!(offline.ids().is_empty());
     let again = offline.sync().unwrap();
@@ -248,12 +276,18 @@ fn a_device_whose_cursor_points_at_a_purged_change_does_not_start_again() {
     );
     assert_eq!(status, 200);
     let response = protocol::decode_response(&body).unwrap();
-    assert!(!response.restarted, "the purged position is still recognised");
+    assert!(
+        !response.restarted,
+        "the purged position is still recognised"
+    );
     assert!(response.changes.is_empty(), "nothing is sent again");
     assert_eq!(response.purges.len(), 1);
 
     let report = phone_b.sync().unwrap();
-    assert_eq!((report.downloaded, report.uploaded, report.dropped), (0, 0, 1));
+    assert_eq!(
+        (report.downloaded, report.uploaded, report.dropped),
+        (0, 0, 1)
+    );
     assert_eq!(phone_b.ids(), vec![kept]);
 }
 
@@ -278,8 +312,12 @@ fn only_protection_officers_purge_and_the_audit_log_keeps_the_reason() {
     }
     assert_eq!(purge_over_http(&url, None, id, body.clone()).0, 401);
     let officer = enroll(fixture.data.path(), "sonora", Role::ProtectionOfficer).token;
-    let (status, answer) =
-        purge_over_http(&url, Some(&officer), id, serde_json::json!({"reason": "  "}));
+    let (status, answer) = purge_over_http(
+        &url,
+        Some(&officer),
+        id,
+        serde_json::json!({"reason": "  "}),
+    );
     assert_eq!(status, 400, "{answer}");
     assert_eq!(
         purge_over_http(&url, Some(&officer), EncounterId::random(), body.clone()).0,
@@ -347,7 +385,16 @@ fn the_retention_policy_purges_old_encounters_on_its_own() {
     let data_arg = data.path().to_str().unwrap();
     let output = run_auxilio(
         devices.path(),
-        &["admin", "retention", "run", "--dry-run", "--retain-encounter-days", "365", "--data", data_arg],
+        &[
+            "admin",
+            "retention",
+            "run",
+            "--dry-run",
+            "--retain-encounter-days",
+            "365",
+            "--data",
+            data_arg,
+        ],
         None,
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -367,13 +414,15 @@ fn the_retention_policy_purges_old_encounters_on_its_own() {
             assert_eq!(ids, vec![recent.to_string()]);
             break;
         }
-        assert!(Instant::now() < deadline, "the old encounter was not purged in time");
+        assert!(
+            Instant::now() < deadline,
+            "the old encounter was not purged in time"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let conn = rusqlite::Connection::open(
-        data.path().join(auxilio_server::database::DATABASE_FILE),
-    )
-    .unwrap();
+    let conn =
+        rusqlite::Connection::open(data.path().join(auxilio_server::database::DATABASE_FILE))
+            .unwrap();
     let actor: String = conn
         .query_row(
             "SELECT actor FROM audit_log WHERE action = 'encounter.purge'",

@@ -179,7 +179,14 @@ fn run_retention(
             "nothing is due for purging".to_string()
         } else {
             due.iter()
-                .map(|d| format!("would purge {} ({}): {}", d.encounter, d.kind.as_str(), d.reason))
+                .map(|d| {
+                    format!(
+                        "would purge {} ({}): {}",
+                        d.encounter,
+                        d.kind.as_str(),
+                        d.reason
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("\n")
         };
@@ -192,7 +199,11 @@ fn run_retention(
     let text = if purged.is_empty() {
         "nothing was due for purging".to_string()
     } else {
-        purged.iter().map(describe_purge).collect::<Vec<_>>().join("\n")
+        purged
+            .iter()
+            .map(describe_purge)
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     Ok((
         serde_json::json!({ "policy": policy, "dry_run": false, "purged": purged }),

@@ -80,7 +80,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("coordinators' map page: http://{address}/");
         tracing::info!(%address, data = %args.data.data.display(), "serving");
         let policy = args.retention.policy();
-        tracing::info!(?policy, every_seconds = args.retention_every, "retention policy");
+        tracing::info!(
+            ?policy,
+            every_seconds = args.retention_every,
+            "retention policy"
+        );
         tokio::spawn(run_retention(
             state.clone(),
             policy,
@@ -106,7 +110,10 @@ async fn run_retention(state: AppState, policy: Policy, every: Duration) {
         .await;
         match swept {
             Ok(Ok(purged)) if !purged.is_empty() => {
-                tracing::info!(purged = purged.len(), "retention sweep purged encounters or vaults");
+                tracing::info!(
+                    purged = purged.len(),
+                    "retention sweep purged encounters or vaults"
+                );
                 state.events.publish(
                     purged
                         .into_iter()
@@ -116,7 +123,9 @@ async fn run_retention(state: AppState, policy: Policy, every: Duration) {
                 );
             }
             Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::error!(%err, "retention sweep failed; it runs again at the next interval"),
+            Ok(Err(err)) => {
+                tracing::error!(%err, "retention sweep failed; it runs again at the next interval")
+            }
             Err(err) => tracing::error!(%err, "retention sweep stopped"),
         }
     }
