@@ -479,6 +479,16 @@ mod tests {
     }
 
     #[test]
+    fn a_request_of_a_build_without_purges_reads_as_having_applied_none() {
+        let mut old_request = ciborium::Value::serialized(&request()).unwrap();
+        if let ciborium::Value::Map(fields) = &mut old_request {
+            fields.retain(|(key, _)| key.as_text() != Some("purges_after"));
+        }
+        let decoded = decode_request(&encode(&old_request)).unwrap();
+        assert_eq!(decoded.purges_after, 0);
+    }
+
+    #[test]
     fn a_response_round_trips() {
         let response = response(3);
         assert_eq!(

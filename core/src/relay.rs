@@ -691,6 +691,21 @@ mod tests {
     }
 
     #[test]
+    fn an_encounter_this_store_heard_was_purged_is_refused_when_a_teammate_relays_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = enrolled(&dir, "a.db", "sonora");
+        let mut b = enrolled(&dir, "b.db", "sonora");
+        let purged = a.log(example()).unwrap();
+        let kept = a.log(example()).unwrap();
+        b.drop_encounter(purged, crate::protocol::PurgeKind::Whole)
+            .unwrap();
+        let (from_a, from_b) = relay(&mut a, &mut b);
+        from_a.unwrap();
+        assert_eq!(from_b.unwrap().refused_encounters, vec![purged]);
+        assert_eq!(b.encounter_ids().unwrap(), vec![kept]);
+    }
+
+    #[test]
     fn a_peers_encounters_arrive_whole_and_its_unacknowledged_changes_wait_for_upload_here() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = enrolled(&dir, "a.db", "sonora");

@@ -1125,6 +1125,72 @@ mod tests {
         serde_json::from_str(r#"{"services":["rescue"],"counts":{"m":{"18-59":2}}}"#).unwrap()
     }
 
+    fn purge_notice(seq: u64, encounter: EncounterId, kind: PurgeKind) -> SyncResponse {
+        let mut response = test_support::response(vec![], None, 0);
+        response.purges = vec![crate::protocol::PurgeNotice {
+            seq,
+            encounter,
+            kind,
+        }];
+        response.purges_through = seq;
+        response
+    }
+
+    #[test]
+    fn a_purge_notice_drops_the_copy_with_its_unsent_edits_and_moves_the_purge_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = enrolled(&dir, "s.db");
+        let purged = store.log(example()).unwrap();
+        let kept = store.log(example()).unwrap();
+        store
+            .edit(purged, &["notes=seen again".parse().unwrap()])
+            .unwrap();
+        let applied = store
+            .apply_response(&purge_notice(7, purged, PurgeKind::Whole))
+            .unwrap();
+        assert_eq!((applied.dropped, applied.vaults_dropped), (1, 0));
+        assert_eq!(store.encounter_ids().unwrap(), vec![kept]);
+        assert_eq!(
+            store.pending_count().unwrap(),
+            1,
+            "only the kept one's change"
+        );
+        assert_eq!(store.sync_request().unwrap().purges_after, 7);
+        // Told again (a replayed response): nothing more to drop.
+        let again = store
+            .apply_response(&purge_notice(7, purged, PurgeKind::Whole))
+            .unwrap();
+        assert_eq!(again.dropped, 0);
+    }
+
+    #[test]
+    fn a_vault_purge_drops_only_the_vault_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = enrolled(&dir, "s.db");
+        let id = store.log(example()).unwrap();
+        // The identity vault's outbox, as a build with the vault has it.
+        store
+            .conn
+            .execute_batch("CREATE TABLE vault_outbox (id INTEGER PRIMARY KEY, encounter BLOB NOT NULL, envelope BLOB NOT NULL)")
+            .unwrap();
+        store
+            .conn
+            .execute(
+                "INSERT INTO vault_outbox (encounter, envelope) VALUES (?1, x'00')",
+                [id.as_bytes()],
+            )
+            .unwrap();
+        let applied = store
+            .apply_response(&purge_notice(1, id, PurgeKind::VaultOnly))
+            .unwrap();
+        assert_eq!((applied.dropped, applied.vaults_dropped), (0, 1));
+        assert_eq!(store.encounter_ids().unwrap(), vec![id]);
+        assert_eq!(
+            count(&store.conn, "SELECT count(*) FROM vault_outbox", []).unwrap(),
+            0
+        );
+    }
+
     #[test]
     fn logging_needs_enrolment() {
         let dir = tempfile::tempdir().unwrap();
