@@ -86,14 +86,67 @@ fn purge_over_http(
     post_json(url, &format!("/v1/encounters/{id}/purge"), token, &body)
 }
 
+/// What the server answers to `phone`'s next sync request, sent as is (the store applies
+/// nothing of it).
+fn answer_to_next_sync(url: &str, phone: &Device) -> protocol::SyncResponse {
+    let request = phone.store.sync_request().unwrap();
+    let (status, body) = post_bytes(
+        url,
+        "/v1/sync",
+        Some(&phone.enrolled.token),
+        &protocol::encode(&request),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    protocol::decode_response(&body).unwrap()
+}
+
+/// Purges `id` over HTTP as a protection officer; the answer must be 200.
+fn purge_as_officer(url: &str, officer: &str, id: EncounterId, reason: &str) -> serde_json::Value {
+    let (status, body) = purge_over_http(
+        url,
+        Some(officer),
+        id,
+        serde_json::json!({"reason": reason}),
+    );
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// A team's server, two field phones (stores `a` and `b`), and a protection officer's and a
+/// coordinator's tokens.
+struct Team {
+    fixture: TeamFixture,
+    url: String,
+    phone_a: Device,
+    phone_b: Device,
+    officer: String,
+    coordinator: String,
+}
+
+fn team() -> Team {
+    let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
+    let url = fixture.server.url.clone();
+    let phone_a = fixture.device("a", Role::Field);
+    let phone_b = fixture.device("b", Role::Field);
+    let officer = enroll(fixture.data.path(), "sonora", Role::ProtectionOfficer).token;
+    let coordinator = enroll(fixture.data.path(), "sonora", Role::Coordinator).token;
+    Team {
+        fixture,
+        url,
+        phone_a,
+        phone_b,
+        officer,
+        coordinator,
+    }
+}
+
+/// A connection to the database of the data directory `data`, beside the running server.
+fn server_database(data: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(data.join(auxilio_server::database::DATABASE_FILE)).unwrap()
+}
+
 fn server_rows_of(fixture: &TeamFixture, id: EncounterId) -> i64 {
-    let conn = rusqlite::Connection::open(
-        fixture
-            .data
-            .path()
-            .join(auxilio_server::database::DATABASE_FILE),
-    )
-    .unwrap();
+    let conn = server_database(fixture.data.path());
     conn.query_row(
         "SELECT (SELECT count(*) FROM changes WHERE encounter = ?1)
               + (SELECT count(*) FROM encounters WHERE id = ?1)
@@ -107,11 +160,14 @@ fn server_rows_of(fixture: &TeamFixture, id: EncounterId) -> i64 {
 
 #[test]
 fn a_purged_encounter_leaves_no_trace_on_the_server_or_on_synced_devices() {
-    let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
-    let url = fixture.server.url.clone();
-    let mut phone_a = fixture.device("a", Role::Field);
-    let mut phone_b = fixture.device("b", Role::Field);
-    let coordinator = enroll(fixture.data.path(), "sonora", Role::Coordinator).token;
+    let Team {
+        fixture,
+        url,
+        mut phone_a,
+        mut phone_b,
+        coordinator,
+        ..
+    } = team();
     let marker = "PURGE-MARKER-Zq7v-consent-withdrawn";
 
     let kept = phone_a.log(EXAMPLE_ENCOUNTER);
@@ -199,35 +255,24 @@ fn a_purged_encounter_leaves_no_trace_on_the_server_or_on_synced_devices() {
 
 #[test]
 fn a_device_offline_during_the_purge_has_its_pending_edit_refused_and_drops_its_copy() {
-    let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
-    let url = fixture.server.url.clone();
-    let mut phone_a = fixture.device("a", Role::Field);
-    let mut offline = fixture.device("offline", Role::Field);
-    let officer = enroll(fixture.data.path(), "sonora", Role::ProtectionOfficer).token;
+    let Team {
+        fixture,
+        url,
+        mut phone_a,
+        phone_b: mut offline,
+        officer,
+        ..
+    } = team();
     let id = phone_a.log(EXAMPLE_ENCOUNTER);
     phone_a.sync().unwrap();
     offline.sync().unwrap();
     // Edited in the desert, with no signal, while the purge happens.
     offline.edit(id, &["notes=seen again at the water station"]);
-    let (status, body) = purge_over_http(
-        &url,
-        Some(&officer),
-        id,
-        serde_json::json!({"reason": "recorded by mistake"}),
-    );
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["changes_removed"], 1);
+    let purged = purge_as_officer(&url, &officer, id, "recorded by mistake");
+    assert_eq!(purged["changes_removed"], 1);
 
     // The server refuses the edit as purged, and stores nothing of it.
-    let request = offline.store.sync_request().unwrap();
-    let (status, body) = post_bytes(
-        &url,
-        "/v1/sync",
-        Some(&offline.enrolled.token),
-        &protocol::encode(&request),
-    );
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let response = protocol::decode_response(&body).unwrap();
+    let response = answer_to_next_sync(&url, &offline);
     assert_eq!(response.rejected.len(), 1);
     assert_eq!(response.rejected[0].reason, RejectReason::Purged);
     assert_eq!(server_rows_of(&fixture, id), 0);
@@ -248,34 +293,23 @@ fn a_device_offline_during_the_purge_has_its_pending_edit_refused_and_drops_its_
 
 #[test]
 fn a_device_whose_cursor_points_at_a_purged_change_does_not_start_again() {
-    let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
-    let url = fixture.server.url.clone();
-    let mut phone_a = fixture.device("a", Role::Field);
-    let mut phone_b = fixture.device("b", Role::Field);
-    let officer = enroll(fixture.data.path(), "sonora", Role::ProtectionOfficer).token;
+    let Team {
+        fixture: _server,
+        url,
+        mut phone_a,
+        mut phone_b,
+        officer,
+        ..
+    } = team();
     let kept = phone_a.log(EXAMPLE_ENCOUNTER);
     phone_a.sync().unwrap();
     let purged = phone_a.log(EXAMPLE_ENCOUNTER);
     phone_a.sync().unwrap();
     phone_b.sync().unwrap();
     // B's cursor is the log position of the purged encounter's change, the last one stored.
-    let (status, body) = purge_over_http(
-        &url,
-        Some(&officer),
-        purged,
-        serde_json::json!({"reason": "duplicate record"}),
-    );
-    assert_eq!(status, 200, "{body}");
+    purge_as_officer(&url, &officer, purged, "duplicate record");
 
-    let request = phone_b.store.sync_request().unwrap();
-    let (status, body) = post_bytes(
-        &url,
-        "/v1/sync",
-        Some(&phone_b.enrolled.token),
-        &protocol::encode(&request),
-    );
-    assert_eq!(status, 200);
-    let response = protocol::decode_response(&body).unwrap();
+    let response = answer_to_next_sync(&url, &phone_b);
     assert!(
         !response.restarted,
         "the purged position is still recognised"
@@ -325,19 +359,12 @@ fn only_protection_officers_purge_and_the_audit_log_keeps_the_reason() {
     );
     assert_eq!(server_rows_of(&fixture, id), 5, "nothing was purged yet");
 
-    let (status, answer) = purge_over_http(&url, Some(&officer), id, body.clone());
-    assert_eq!(status, 200, "{answer}");
+    let answer = purge_as_officer(&url, &officer, id, "consent withdrawn");
     assert_eq!(answer["kind"], "whole");
     let (status, answer) = purge_over_http(&url, Some(&officer), id, body);
     assert_eq!(status, 404, "purged already: {answer}");
 
-    let conn = rusqlite::Connection::open(
-        fixture
-            .data
-            .path()
-            .join(auxilio_server::database::DATABASE_FILE),
-    )
-    .unwrap();
+    let conn = server_database(fixture.data.path());
     let details: Vec<(String, String)> = conn
         .prepare("SELECT actor, detail FROM audit_log WHERE action = 'encounter.purge'")
         .unwrap()
@@ -420,9 +447,7 @@ fn the_retention_policy_purges_old_encounters_on_its_own() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let conn =
-        rusqlite::Connection::open(data.path().join(auxilio_server::database::DATABASE_FILE))
-            .unwrap();
+    let conn = server_database(data.path());
     let actor: String = conn
         .query_row(
             "SELECT actor FROM audit_log WHERE action = 'encounter.purge'",
