@@ -167,7 +167,11 @@ pub fn redact_health(
     let mut removed = 0;
     if let Some(fields) = encounter.as_object_mut() {
         for field in RESTRICTED_ENCOUNTER_FIELDS {
-            removed += usize::from(fields.remove(field).is_some());
+            // Always left out; counted only when it held something.
+            let held = fields.remove(field).is_some_and(|value| {
+                !(value.is_null() || value.as_array().is_some_and(Vec::is_empty))
+            });
+            removed += usize::from(held);
         }
     }
     if let Some(casualties) = encounter

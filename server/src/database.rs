@@ -286,6 +286,21 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
 ",
     r"
+    -- Issue 5, audit: the log becomes append-only in the database itself, and each row carries
+    -- the SHA-256 of the previous row's hash and its own content, so a row edited or removed
+    -- behind the server's back (with the sqlite3 shell) breaks the chain that
+    -- `auxilio admin audit verify` checks. Rows written before this migration have no hash.
+    ALTER TABLE audit_log ADD COLUMN hash BLOB;
+    CREATE TRIGGER audit_log_is_append_only_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_is_append_only_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    -- Issue 5, tokens: a device rotating its own token gets a new one that becomes the only
+    -- valid one the first time it is used, so a rotation whose answer is lost on a dropping
+    -- link does not lock the phone out (its old token still works until then).
+    ALTER TABLE devices ADD COLUMN next_token_hash BLOB;
+",
+    r"
     -- Issue 5, erasure: one tombstone per purge, in the order purges happened. `seq` is the
     -- position devices' purge cursors point into; no reason text here (it is in the audit log).
     CREATE TABLE purges (
@@ -458,11 +473,11 @@ mod tests {
             }
             conn.pragma_update(None, "user_version", before).unwrap();
             conn.execute(
-                "INSERT INTO audit_log (at, actor, action, detail) VALUES ('t', 'a', 'b', ?1)",
+                "INSERT INTO teams (name, created_at) VALUES (?1, 't')",
                 [marker.repeat(20)],
             )
             .unwrap();
-            conn.execute("DELETE FROM audit_log", []).unwrap();
+            conn.execute("DELETE FROM teams", []).unwrap();
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                 .unwrap();
         }

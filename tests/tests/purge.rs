@@ -10,46 +10,28 @@ use auxilio_core::EncounterId;
 use auxilio_core::protocol::{self, RejectReason};
 use auxilio_server::directory::Role;
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, auxilio_bin, enroll, get_json,
-    post_bytes, post_json, run_auxilio,
+    Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, auxilio_bin, enroll,
+    files_containing, files_in, get_json, post_bytes, post_json, run_auxilio,
 };
 
-/// Every file under `dir` whose name starts with `prefix` (a store and its `-wal` and `-shm`).
-fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| {
-            path.is_file()
-                && path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(prefix))
+/// Every file of `dir` whose name starts with `prefix` (a store and its `-wal` and `-shm`), with
+/// its bytes.
+fn files(dir: &Path, prefix: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    files_in(dir)
+        .into_iter()
+        .filter(|(path, _)| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
         })
-        .collect();
-    out.sort();
-    out
-}
-
-/// The files among `paths` whose bytes contain `needle`.
-fn containing(paths: &[PathBuf], needle: &str) -> Vec<PathBuf> {
-    paths
-        .iter()
-        .filter(|path| {
-            let bytes = std::fs::read(path).unwrap();
-            bytes
-                .windows(needle.len())
-                .any(|window| window == needle.as_bytes())
-        })
-        .cloned()
         .collect()
 }
 
-fn server_files(fixture: &TeamFixture) -> Vec<PathBuf> {
+fn server_files(fixture: &TeamFixture) -> Vec<(PathBuf, Vec<u8>)> {
     files(fixture.data.path(), "")
 }
 
-fn store_files(fixture: &TeamFixture, name: &str) -> Vec<PathBuf> {
+fn store_files(fixture: &TeamFixture, name: &str) -> Vec<(PathBuf, Vec<u8>)> {
     files(fixture.devices.path(), &format!("{name}.db"))
 }
 
@@ -179,11 +161,11 @@ fn a_purged_encounter_leaves_no_trace_on_the_server_or_on_synced_devices() {
     phone_b.sync().unwrap();
     assert!(phone_b.ids().contains(&purged));
     assert!(
-        !containing(&server_files(&fixture), marker).is_empty(),
+        !files_containing(&server_files(&fixture), marker).is_empty(),
         "the marker is in the server's files before the purge (the grep can fail)"
     );
     assert!(
-        !containing(&store_files(&fixture, "b"), marker).is_empty(),
+        !files_containing(&store_files(&fixture, "b"), marker).is_empty(),
         "the marker is in phone B's store before the purge (the grep can fail)"
     );
     assert_eq!(map_and_stats_totals(&url, &coordinator), (2, 2));
@@ -219,7 +201,7 @@ fn a_purged_encounter_leaves_no_trace_on_the_server_or_on_synced_devices() {
     assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
 
     assert_eq!(
-        containing(&server_files(&fixture), marker),
+        files_containing(&server_files(&fixture), marker),
         Vec::<PathBuf>::new(),
         "no file of the server's data directory holds the marker"
     );
@@ -243,7 +225,7 @@ fn a_purged_encounter_leaves_no_trace_on_the_server_or_on_synced_devices() {
         assert!(report.rejected.is_empty(), "{name}: {report:?}");
         assert_eq!(phone.ids(), vec![kept], "{name}");
         assert_eq!(
-            containing(&store_files(&fixture, name), marker),
+            files_containing(&store_files(&fixture, name), marker),
             Vec::<PathBuf>::new(),
             "no file of phone {name}'s store holds the marker"
         );

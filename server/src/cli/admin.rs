@@ -1,11 +1,12 @@
-//! `auxilio admin`: teams and devices, purges and the retention policy, straight on the data
-//! directory's database.
+//! `auxilio admin`: teams, devices, the audit log, purges and the retention policy, straight on
+//! the data directory's database.
 
 use auxilio_core::protocol::PurgeKind;
 use auxilio_core::{DeviceId, EncounterId};
 use clap::{Args, Subcommand};
 
 use super::{DataDirArg, RetentionArgs, print_json, print_line};
+use crate::audit;
 use crate::database::Database;
 use crate::directory::{self, Role};
 use crate::purge::{self, PurgeReport};
@@ -36,6 +37,12 @@ enum AdminCommand {
         after_help = "Examples:\n  auxilio admin device enroll --team sonora --role field\n  auxilio admin device list\n  auxilio admin device revoke DEVICE_ID"
     )]
     Device(DeviceCommand),
+    /// The audit log: export it for an auditor, or check that nobody edited it.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  auxilio admin audit verify\n  auxilio admin audit export --format csv > audit.csv"
+    )]
+    Audit(AuditCommand),
     /// Erase an encounter (or only its identity vault) from the server's stored history:
     /// changes, merged document, index rows, map and stats counts, vault envelopes. Devices
     /// drop their copies at their next sync; the reason goes to the audit log.
@@ -76,6 +83,30 @@ enum RetentionCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain: exits non-zero if a row was edited or removed around the server.
+    #[command(after_help = "Example:\n  auxilio admin audit verify --data /var/lib/auxilio")]
+    Verify,
+    /// Print the log (all of it, or after row SEQ) as JSON lines or CSV on stdout.
+    #[command(
+        after_help = "Example:\n  auxilio admin audit export --format csv --after 1200 > audit.csv"
+    )]
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: AuditFormat,
+        /// Only rows after this `seq`.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuditFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Debug, Subcommand)]
 enum TeamCommand {
     /// Add a team.
     #[command(after_help = "Example:\n  auxilio admin team add sonora")]
@@ -103,15 +134,24 @@ enum DeviceCommand {
         #[arg(long, default_value = "")]
         label: String,
     },
-    /// Revoke a device: its next request is refused with 401.
+    /// Revoke a device (a lost or stolen phone): its next request is refused with 401 and it is
+    /// told to erase its store.
     #[command(after_help = "Example:\n  auxilio admin device revoke DEVICE_ID")]
     Revoke { device_id: DeviceId },
+    /// Give a device a new token now (its token leaked); the old one fails from now on. Put the
+    /// new token on the device with `auxilio device init` (same store: nothing is lost).
+    #[command(after_help = "Example:\n  auxilio admin device rotate DEVICE_ID")]
+    Rotate { device_id: DeviceId },
     /// List devices (never their tokens).
     #[command(after_help = "Example:\n  auxilio admin device list --json")]
     List,
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::Audit(command) = args.command {
+        let database = args.data.open(false)?;
+        return run_audit(&database, command);
+    }
     // Adding a team or enrolling a device may start a new data directory; anything else works
     // on an existing one, so a mistyped --data is an error rather than an empty answer.
     let creates = matches!(
@@ -163,7 +203,8 @@ fn run_purge(
     } else {
         PurgeKind::Whole
     };
-    let report = database.write(|conn| purge::purge(conn, encounter, kind, reason, "admin-cli"))?;
+    let report =
+        database.write(|conn| purge::purge(conn, encounter, kind, reason, directory::ADMIN_CLI))?;
     Ok((serde_json::to_value(&report)?, describe_purge(&report)))
 }
 
@@ -211,13 +252,12 @@ fn run_retention(
     ))
 }
 
-/// Team and device commands: the change and its audit row commit in one transaction.
+/// Team and device commands: the change and its audit row commit together, and nothing is
+/// printed (a token above all) before they have.
 fn run_directory(
     database: &Database,
     command: AdminCommand,
 ) -> anyhow::Result<(serde_json::Value, String)> {
-    // The change and its audit row commit together, and nothing is printed (a token above all)
-    // before they have.
     database.write(|conn| -> anyhow::Result<(serde_json::Value, String)> {
         let tx = conn.transaction()?;
         let output = match command {
@@ -245,6 +285,18 @@ fn run_directory(
                     format!("device {device_id} revoked: its next request will be refused"),
                 )
             }
+            AdminCommand::Device(DeviceCommand::Rotate { device_id }) => {
+                let token = directory::rotate_by(&tx, directory::ADMIN_CLI, device_id)?;
+                (
+                    serde_json::json!({ "device_id": device_id, "token": token }),
+                    format!(
+                        "device {device_id} has a new token; the old one is refused from now on\nnew token (shown only now; put it on the device with `auxilio device init`):\n{token}"
+                    ),
+                )
+            }
+            AdminCommand::Audit(_) | AdminCommand::Purge { .. } | AdminCommand::Retention(_) => {
+                unreachable!("handled by run_audit, run_purge and run_retention")
+            }
             AdminCommand::Device(DeviceCommand::List) => {
                 let devices = directory::list_devices(&tx)?;
                 let text = devices
@@ -257,11 +309,61 @@ fn run_directory(
                     .join("\n");
                 (serde_json::json!({ "devices": devices }), text)
             }
-            AdminCommand::Purge { .. } | AdminCommand::Retention(_) => {
-                unreachable!("handled by run_purge and run_retention")
-            }
         };
         tx.commit()?;
         Ok(output)
     })
+}
+
+fn run_audit(database: &Database, command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify => {
+            let report = database.read(audit::verify)?;
+            print_json(&serde_json::to_value(&report)?);
+            if !report.intact() {
+                anyhow::bail!(
+                    "the audit log was altered outside the server (first broken row: {:?}, first missing row: {:?}); keep a copy of this data directory as evidence and compare it with an earlier backup",
+                    report.first_broken_seq,
+                    report.first_missing_seq
+                );
+            }
+            Ok(())
+        }
+        AuditCommand::Export { format, after } => {
+            let mut after = after;
+            let mut first_page = true;
+            let mut rows = 0u64;
+            // Page by page, so a long log is never all in memory.
+            loop {
+                let entries = database.read(|conn| audit::entries(conn, after, 5000))?;
+                let Some(last) = entries.last() else { break };
+                after = last.seq;
+                rows += entries.len() as u64;
+                let text = match format {
+                    AuditFormat::Csv => {
+                        let csv = audit::to_csv(&entries);
+                        if first_page {
+                            csv
+                        } else {
+                            csv.split_once('\n')
+                                .map(|(_, rest)| rest.to_string())
+                                .unwrap_or_default()
+                        }
+                    }
+                    AuditFormat::Jsonl => entries
+                        .iter()
+                        .map(|entry| serde_json::to_string(entry).map(|line| line + "\n"))
+                        .collect::<Result<String, _>>()?,
+                };
+                print!("{text}");
+                first_page = false;
+                eprint!("\r{rows} audit rows exported");
+            }
+            if first_page && matches!(format, AuditFormat::Csv) {
+                print!("{}", audit::to_csv(&[]));
+            }
+            eprintln!("\r{rows} audit rows exported");
+            Ok(())
+        }
+    }
 }
