@@ -334,7 +334,7 @@ mod tests {
                 directory::enroll(conn, "sonora", Role::Field, "test")
             })
             .unwrap();
-        let device = database
+        let (device, _) = database
             .read(|conn| directory::authenticate(conn, &enrolled.token))
             .unwrap()
             .unwrap();
