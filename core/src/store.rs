@@ -186,6 +186,15 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
+/// The number (counted from 1, as `user_version` counts) of the migration that came with
+/// purges and `secure_delete`.
+fn erasure_migration() -> usize {
+    MIGRATIONS
+        .iter()
+        .position(|migration| migration.contains("CREATE TABLE purged_encounters"))
+        .map_or(0, |index| index + 1)
+}
+
 /// A device's store: one SQLite file.
 #[derive(Debug)]
 pub struct DeviceStore {
@@ -590,7 +599,14 @@ impl DeviceStore {
             tx.pragma_update(None, "user_version", index as i64 + 1)?;
         }
         tx.commit()?;
-        Ok(Self { conn })
+        let store = Self { conn };
+        if version > 0 && version < erasure_migration() {
+            // A store from before deletes were zeroed may hold acknowledged changes and old
+            // document versions in its free pages: rewritten once (a phone's store is small).
+            store.conn.execute_batch("VACUUM")?;
+            store.checkpoint()?;
+        }
+        Ok(store)
     }
 
     /// A write transaction that takes SQLite's write lock at once, so that what a change is
@@ -1035,8 +1051,9 @@ impl DeviceStore {
 
     /// Drops this store's copy of encounter `id` (or only of its identity vault, for
     /// [`PurgeKind::VaultOnly`]) in one transaction, then clears the bytes from the files (see
-    /// [`DeviceStore::checkpoint`]). Returns whether the store held anything of it. Sync calls
-    /// this for every purge notice; a whole purge also drops unsent edits.
+    /// [`DeviceStore::checkpoint`]). Returns whether the store held anything of it; a whole purge
+    /// also drops unsent edits. Sync applies purge notices the same way, in
+    /// [`DeviceStore::apply_response`].
     pub fn drop_encounter(&mut self, id: EncounterId, kind: PurgeKind) -> Result<bool, StoreError> {
         let tx = self.write()?;
         let dropped = drop_purged(&tx, id, kind)?;
@@ -1199,6 +1216,38 @@ mod tests {
             .apply_response(&purge_notice(7, purged, PurgeKind::Whole))
             .unwrap();
         assert_eq!(again.dropped, 0);
+    }
+
+    #[test]
+    fn a_store_from_before_purges_is_rewritten_once_so_deleted_text_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let marker = "ACKNOWLEDGED-BEFORE-THE-UPGRADE-9d1e";
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES ('k', ?1)",
+                [marker.repeat(20)],
+            )
+            .unwrap();
+            conn.execute("DELETE FROM settings", []).unwrap();
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+        }
+        let holds = || {
+            std::fs::read_dir(dir.path()).unwrap().any(|entry| {
+                std::fs::read(entry.unwrap().path())
+                    .unwrap()
+                    .windows(marker.len())
+                    .any(|w| w == marker.as_bytes())
+            })
+        };
+        assert!(holds(), "a delete without secure_delete leaves the text");
+        DeviceStore::open(&path).unwrap();
+        assert!(!holds());
     }
 
     #[test]
