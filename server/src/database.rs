@@ -481,14 +481,7 @@ mod tests {
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                 .unwrap();
         }
-        let holds = || {
-            std::fs::read_dir(dir.path()).unwrap().any(|entry| {
-                std::fs::read(entry.unwrap().path())
-                    .unwrap()
-                    .windows(marker.len())
-                    .any(|w| w == marker.as_bytes())
-            })
-        };
+        let holds = || !crate::purge::tests::files_holding(dir.path(), marker).is_empty();
         assert!(holds(), "a delete without secure_delete leaves the text");
         Database::open(dir.path()).unwrap();
         assert!(!holds());

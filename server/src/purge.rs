@@ -284,10 +284,12 @@ pub fn notices_after(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use auxilio_core::store::Enrolment;
     use auxilio_core::{DeviceStore, Encounter};
     use sha2::Digest;
+
+    use auxilio_core::protocol::SyncRequest;
 
     use super::*;
     use crate::database::Database;
@@ -307,7 +309,8 @@ mod tests {
         out
     }
 
-    fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    /// The files of `dir` whose bytes contain `needle`.
+    pub(crate) fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<String> {
         std::fs::read_dir(dir)
             .unwrap()
             .map(|entry| entry.unwrap().path())
@@ -321,11 +324,12 @@ mod tests {
             .collect()
     }
 
-    /// A change larger than a page spills into overflow pages; a purge must zero those too, in
-    /// the database file and not only in the log.
-    #[test]
-    fn a_purge_leaves_no_text_in_overflow_pages_or_the_log() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A data directory with one team and encounter `record` logged on a phone and synced;
+    /// answers the database, the data directory, the encounter's id and the sync request.
+    fn stored_encounter(
+        dir: &tempfile::TempDir,
+        record: serde_json::Value,
+    ) -> (Database, std::path::PathBuf, EncounterId, SyncRequest) {
         let data = dir.path().join("data");
         let database = Database::open(&data).unwrap();
         let enrolled = database
@@ -349,6 +353,21 @@ mod tests {
                 agent: "a".into(),
             })
             .unwrap();
+        let id = store
+            .log(serde_json::from_value::<Encounter>(record).unwrap())
+            .unwrap();
+        let request = store.sync_request().unwrap();
+        database
+            .write(|conn| ledger::sync(conn, &device, &request, PageLimits::default()))
+            .unwrap();
+        (database, data, id, request)
+    }
+
+    /// A change larger than a page spills into overflow pages; a purge must zero those too, in
+    /// the database file and not only in the log.
+    #[test]
+    fn a_purge_leaves_no_text_in_overflow_pages_or_the_log() {
+        let dir = tempfile::tempdir().unwrap();
         let marker = format!("MARKER-{}", incompressible("marker", 40));
         let interventions: Vec<String> = (0..40)
             .map(|i| incompressible(&format!("intervention {i}"), 150))
@@ -358,16 +377,11 @@ mod tests {
             "notes": format!("{marker} {}", incompressible("notes", 1500)),
             "casualties": {"c1": {"interventions": interventions}},
         });
-        let encounter: Encounter = serde_json::from_value(record).unwrap();
-        let id = store.log(encounter).unwrap();
-        let request = store.sync_request().unwrap();
+        let (database, data, id, request) = stored_encounter(&dir, record);
         assert!(
             request.changes[0].changes[0].len() > 8 * 1024,
             "spills over pages"
         );
-        database
-            .write(|conn| ledger::sync(conn, &device, &request, PageLimits::default()))
-            .unwrap();
         database.write(|conn| clear_files(conn)).unwrap();
         assert_eq!(
             files_holding(&data, &marker),
@@ -384,5 +398,55 @@ mod tests {
             .unwrap();
         assert_eq!(report.changes_removed, 1);
         assert_eq!(files_holding(&data, &marker), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_vault_purge_deletes_only_the_envelopes_and_tells_only_the_team() {
+        let dir = tempfile::tempdir().unwrap();
+        let (database, data, id, _) =
+            stored_encounter(&dir, serde_json::json!({"services": ["first_aid"]}));
+        let sealed = "SEALED-ENVELOPE-BYTES-61c0";
+        // The identity vault's table, as a build with the vault has it.
+        database
+            .write(|conn| {
+                conn.execute_batch(
+                    "CREATE TABLE vault_envelopes (id BLOB PRIMARY KEY, encounter BLOB NOT NULL, team TEXT, sealed BLOB NOT NULL)",
+                )?;
+                conn.execute(
+                    "INSERT INTO vault_envelopes VALUES (x'01', ?1, 'sonora', CAST(?2 AS BLOB))",
+                    params![id.as_bytes(), sealed],
+                )
+            })
+            .unwrap();
+        let report = database
+            .write(|conn| purge(conn, id, PurgeKind::VaultOnly, "handed over", "admin-cli"))
+            .unwrap();
+        assert_eq!(
+            (report.changes_removed, report.vault_envelopes_removed),
+            (0, 1)
+        );
+        assert_eq!(files_holding(&data, sealed), Vec::<String>::new());
+        let records: i64 = database
+            .read(|conn| {
+                conn.query_row(
+                    "SELECT count(*) FROM encounters WHERE id = ?1",
+                    [id.as_bytes()],
+                    |row| row.get(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(records, 1, "the record stays");
+        let notices = |team: &str| {
+            database
+                .read(|conn| notices_after(conn, &TeamScope::Only(team.into()), 0))
+                .unwrap()
+        };
+        let notice = PurgeNotice {
+            seq: report.seq,
+            encounter: id,
+            kind: PurgeKind::VaultOnly,
+        };
+        assert_eq!(notices("sonora"), (vec![notice], report.seq, false));
+        assert_eq!(notices("chihuahua"), (vec![], report.seq, false));
     }
 }

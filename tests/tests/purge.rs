@@ -335,6 +335,13 @@ fn only_protection_officers_purge_and_the_audit_log_keeps_the_reason() {
         serde_json::json!({"reason": "  "}),
     );
     assert_eq!(status, 400, "{answer}");
+    let (status, answer) = purge_over_http(
+        &url,
+        Some(&officer),
+        id,
+        serde_json::json!({"reason": "x".repeat(8 * 1024)}),
+    );
+    assert_eq!(status, 413, "a body is bounded: {answer}");
     assert_eq!(
         purge_over_http(&url, Some(&officer), EncounterId::random(), body.clone()).0,
         404
