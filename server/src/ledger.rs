@@ -6,7 +6,7 @@
 //! requests; a document is loaded from SQLite only while its changes are merged, so memory is
 //! bounded by the largest request, not by the number of encounters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use automerge::{AutomergeError, Change};
 use auxilio_core::document::{DocumentError, EncounterDocument};
@@ -600,30 +600,40 @@ fn record_outcome(
 
 /// Removes encounter `encounter` from every stored request outcome (its refusals, and the
 /// hashes of its changes among those acknowledged): a purge leaves nothing naming its changes.
-/// There are at most [`OUTCOMES_KEPT_PER_DEVICE`] per device.
+/// Only the outcomes holding its id or one of its hashes (found by a byte search in SQL) are
+/// decoded and rewritten.
 pub fn forget_outcomes_of(tx: &Connection, encounter: EncounterId) -> Result<(), LedgerError> {
     let hashes: HashSet<Vec<u8>> = tx
         .prepare("SELECT hash FROM changes WHERE encounter = ?1")?
         .query_map([encounter.as_bytes()], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
-    let stored: Vec<(i64, Vec<u8>)> = tx
-        .prepare("SELECT seq, outcome FROM request_outcomes")?
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for (seq, bytes) in stored {
+    let mut naming = tx.prepare("SELECT seq FROM request_outcomes WHERE instr(outcome, ?1) > 0")?;
+    let mut candidates: BTreeSet<i64> = BTreeSet::new();
+    for needle in hashes
+        .iter()
+        .map(Vec::as_slice)
+        .chain([encounter.as_bytes().as_slice()])
+    {
+        for seq in naming.query_map([needle], |row| row.get(0))? {
+            candidates.insert(seq?);
+        }
+    }
+    for seq in candidates {
+        let bytes: Vec<u8> = tx.query_row(
+            "SELECT outcome FROM request_outcomes WHERE seq = ?1",
+            [seq],
+            |row| row.get(0),
+        )?;
         let mut outcome: Outcome = ciborium::from_reader(bytes.as_slice())
             .map_err(|e| LedgerError::Corrupt(format!("a stored request outcome: {e}")))?;
-        let before = outcome.accepted.len() + outcome.rejected.len();
         outcome
             .accepted
             .retain(|hash| !hashes.contains(hash.as_slice()));
         outcome.rejected.retain(|r| r.encounter != encounter);
-        if outcome.accepted.len() + outcome.rejected.len() != before {
-            tx.execute(
-                "UPDATE request_outcomes SET outcome = ?2 WHERE seq = ?1",
-                params![seq, protocol::encode(&outcome)],
-            )?;
-        }
+        tx.execute(
+            "UPDATE request_outcomes SET outcome = ?2 WHERE seq = ?1",
+            params![seq, protocol::encode(&outcome)],
+        )?;
     }
     Ok(())
 }

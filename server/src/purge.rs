@@ -356,7 +356,9 @@ pub(crate) mod tests {
         let id = store
             .log(serde_json::from_value::<Encounter>(record).unwrap())
             .unwrap();
-        let request = store.sync_request().unwrap();
+        let mut request = store.sync_request().unwrap();
+        // Named, so the server keeps its outcome (what a purge must scrub too).
+        request.request_id = Some(serde_bytes::ByteBuf::from(vec![7; 16]));
         database
             .write(|conn| ledger::sync(conn, &device, &request, PageLimits::default()))
             .unwrap();
@@ -393,11 +395,32 @@ pub(crate) mod tests {
             "the checkpointed change is in the database file"
         );
 
+        let hash = automerge::Change::from_bytes(request.changes[0].changes[0].to_vec())
+            .unwrap()
+            .hash();
+        let outcomes_naming_it = || -> i64 {
+            database
+                .read(|conn| {
+                    conn.query_row(
+                        "SELECT count(*) FROM request_outcomes WHERE instr(outcome, ?1) > 0",
+                        [hash.0.as_slice()],
+                        |row| row.get(0),
+                    )
+                })
+                .unwrap()
+        };
+        assert_eq!(outcomes_naming_it(), 1);
+
         let report = database
             .write(|conn| purge(conn, id, PurgeKind::Whole, "test", "admin-cli"))
             .unwrap();
         assert_eq!(report.changes_removed, 1);
         assert_eq!(files_holding(&data, &marker), Vec::<String>::new());
+        assert_eq!(
+            outcomes_naming_it(),
+            0,
+            "the request's outcome forgot the change"
+        );
     }
 
     #[test]
