@@ -329,6 +329,12 @@ fn erasure_migration() -> i64 {
         .map_or(0, |index| index as i64 + 1)
 }
 
+/// Whether a database found at format `version` ran before deletes were zeroed
+/// (`secure_delete` came with the purge migration): an existing one that had not had it yet.
+fn deletes_were_not_zeroed(version: i64) -> bool {
+    version > 0 && version < erasure_migration()
+}
+
 const READER_POOL: usize = 4;
 
 #[derive(Debug)]
@@ -391,7 +397,7 @@ impl Database {
             tracing::info!(version = index + 1, "database migrated");
         }
         tx.commit()?;
-        if version > 0 && version <= erasure_migration() {
+        if deletes_were_not_zeroed(version) {
             // This data directory ran before deletes were zeroed (`secure_delete`): its free
             // space may still hold old versions of documents. Rewritten once, so a purge leaves
             // nothing behind (a few seconds per 100 MB, once, at the first start after upgrading).
@@ -485,5 +491,8 @@ mod tests {
         assert!(holds(), "a delete without secure_delete leaves the text");
         Database::open(dir.path()).unwrap();
         assert!(!holds());
+        // Only once: a new database, or one already past the purge migration, is not rewritten.
+        assert!(!deletes_were_not_zeroed(0));
+        assert!(!deletes_were_not_zeroed(MIGRATIONS.len() as i64));
     }
 }
