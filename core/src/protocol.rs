@@ -22,11 +22,14 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::id::EncounterId;
+use crate::vault::SealedVault;
 
 /// The longest request id a server accepts.
 pub const MAX_REQUEST_ID_BYTES: usize = 32;
 /// The most earlier requests one request may ask about.
 pub const MAX_RESUMED: usize = 64;
+/// The most sealed vaults one request may carry.
+pub const MAX_VAULTS_PER_REQUEST: usize = 64;
 
 /// The version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -130,6 +133,18 @@ pub struct SyncRequest {
     /// to its own bounds); a device on a link that keeps dropping asks for less.
     #[serde(default)]
     pub max_response_bytes: Option<u64>,
+    /// Sealed identity vaults the device has not had acknowledged (at most
+    /// [`MAX_VAULTS_PER_REQUEST`]); the server stores them after the request's changes, so a
+    /// vault may travel with the first changes of its encounter.
+    #[serde(default)]
+    pub vaults: Vec<SealedVault>,
+}
+
+/// Why the server refused a sealed vault. The device keeps it and offers it again next sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultRejection {
+    pub id: ByteBuf,
+    pub reason: String,
 }
 
 /// Why the server refused the changes of one encounter. The device keeps refused changes: a
@@ -205,6 +220,12 @@ pub struct SyncResponse {
     /// Every frame arrived. Not on the wire: a response read from a cut connection has only the
     /// frames that arrived whole, and the device's cursor moves only as far as they reach.
     pub complete: bool,
+    /// The protection officers' public keys (`age1...`) new vaults are sealed to, always sent:
+    /// the device replaces what it knew with them.
+    pub vault_recipients: Vec<String>,
+    /// Ids of the request's vaults that are durably stored (including ones stored before).
+    pub vaults_accepted: Vec<ByteBuf>,
+    pub vaults_rejected: Vec<VaultRejection>,
 }
 
 /// The first item of a response body; `frames` frames follow it.
@@ -222,6 +243,12 @@ struct ResponseHead {
     restarted: bool,
     more: bool,
     frames: u64,
+    #[serde(default)]
+    vault_recipients: Vec<String>,
+    #[serde(default)]
+    vaults_accepted: Vec<ByteBuf>,
+    #[serde(default)]
+    vaults_rejected: Vec<VaultRejection>,
 }
 
 /// The binary form of a request (or of any single-item message).
@@ -244,6 +271,9 @@ pub fn encode_response(response: &SyncResponse) -> Vec<u8> {
         restarted: response.restarted,
         more: response.more,
         frames: response.changes.len() as u64,
+        vault_recipients: response.vault_recipients.clone(),
+        vaults_accepted: response.vaults_accepted.clone(),
+        vaults_rejected: response.vaults_rejected.clone(),
     };
     let mut out = encode(&head);
     for frame in &response.changes {
@@ -360,6 +390,9 @@ pub fn read_response(reader: impl Read) -> Result<SyncResponse, ProtocolError> {
         restarted: head.restarted,
         more: head.more,
         complete,
+        vault_recipients: head.vault_recipients,
+        vaults_accepted: head.vaults_accepted,
+        vaults_rejected: head.vaults_rejected,
     })
 }
 
@@ -380,6 +413,7 @@ mod tests {
             request_id: Some(ByteBuf::from(vec![4; 16])),
             resume: vec![ByteBuf::from(vec![5; 16])],
             max_response_bytes: Some(4096),
+            vaults: vec![],
         }
     }
 
@@ -402,6 +436,12 @@ mod tests {
             restarted: false,
             more: true,
             complete: true,
+            vault_recipients: vec!["age1example".into()],
+            vaults_accepted: vec![ByteBuf::from(vec![6; 16])],
+            vaults_rejected: vec![VaultRejection {
+                id: ByteBuf::from(vec![7; 16]),
+                reason: "not a protection case".into(),
+            }],
         }
     }
 

@@ -285,6 +285,27 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (grain, facet, facet_value, period, team, status, uasc_flag, nationality)
     ) WITHOUT ROWID;
 ",
+    r"
+    -- Issue 5: the sealed identity vault. The protection officers' public keys (age X25519),
+    -- and the envelopes devices sealed to them: ciphertext only, no key here opens it.
+    CREATE TABLE vault_keys (
+        public_key TEXT PRIMARY KEY,
+        label TEXT,
+        added_at TEXT,
+        retired_at TEXT
+    );
+    CREATE TABLE vault_envelopes (
+        id BLOB PRIMARY KEY,
+        encounter BLOB NOT NULL,
+        team TEXT NOT NULL,
+        device BLOB NOT NULL,
+        sealed_at TEXT,
+        received_at TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        ciphertext BLOB NOT NULL
+    );
+    CREATE INDEX vault_envelopes_by_encounter ON vault_envelopes (encounter);
+",
 ];
 
 const READER_POOL: usize = 4;

@@ -1,6 +1,6 @@
 //! The HTTP surface: one [`AppState`], one router per feature (health, sync, encounters, map,
-//! export, the coordinators' event stream and map page), [`app`] to assemble them (tests drive
-//! it in process) and [`serve`] to run it until a shutdown signal.
+//! export, the coordinators' event stream and map page, the protection officers' vault), [`app`]
+//! to assemble them (tests drive it in process) and [`serve`] to run it until a shutdown signal.
 
 mod auth;
 mod encounters;
@@ -10,6 +10,7 @@ mod health;
 mod map;
 pub mod map_page;
 mod sync;
+pub mod vault;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -91,6 +92,7 @@ pub fn app(state: AppState) -> Router {
         .merge(export::router())
         .merge(events::router())
         .merge(map_page::router())
+        .merge(vault::router())
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())
