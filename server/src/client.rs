@@ -1,5 +1,7 @@
 //! The device side of the HTTP transport: runs sync protocol v2 rounds between a
-//! [`DeviceStore`] and a server, and asks the server who a token belongs to.
+//! [`DeviceStore`] and a server, and asks the server who a token belongs to. The protection
+//! officer's vault calls (fetch, list, put a resealed envelope) are here too: they move
+//! ciphertext only, and decrypting is the caller's, on the officer's machine.
 //!
 //! Core builds and applies the messages; this module only moves bytes, so the phone app can swap
 //! it for its own transport.
@@ -13,7 +15,7 @@ use std::io::Read;
 use automerge::Change;
 use auxilio_core::protocol::{
     self, CONTENT_ENCODING, EncounterChanges, MEDIA_TYPE, ProtocolError, RejectReason, Rejection,
-    SyncResponse,
+    SyncResponse, VaultRejection,
 };
 use auxilio_core::store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -61,6 +63,12 @@ pub struct SyncReport {
     /// Changes still waiting for acknowledgement (refused ones stay here, never deleted).
     pub pending: u64,
     pub rejected: Vec<Rejection>,
+    /// Sealed identity vaults the server acknowledged (and this device then deleted).
+    #[serde(default)]
+    pub vaults_uploaded: u64,
+    /// Sealed vaults the server refused (kept on the device and offered again next sync).
+    #[serde(default)]
+    pub vaults_rejected: Vec<VaultRejection>,
 }
 
 /// How a sync behaves.
@@ -182,6 +190,77 @@ pub fn whoami(server_url: &str, token: &str) -> Result<WhoAmI, ClientError> {
         status: 200,
         message: format!("unexpected whoami answer: {e}"),
     })
+}
+
+fn parse_answer<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ClientError> {
+    serde_json::from_slice(body).map_err(|e| ClientError::Server {
+        status: 200,
+        message: format!("unexpected {what} answer: {e}"),
+    })
+}
+
+/// The sealed envelopes of one encounter (`GET /v1/encounters/{id}/vault`; protection officers).
+pub fn fetch_vault(
+    server_url: &str,
+    token: &str,
+    encounter: auxilio_core::EncounterId,
+) -> Result<crate::http::vault::EncounterVault, ClientError> {
+    let url = endpoint(server_url, &format!("/v1/encounters/{encounter}/vault"));
+    let body = finish(
+        &url,
+        agent()
+            .get(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .call(),
+    )?;
+    parse_answer(&body, "vault")
+}
+
+/// One page of every envelope's id, encounter and recipients (`GET /v1/vaults`).
+pub fn list_vaults(
+    server_url: &str,
+    token: &str,
+    after: Option<&str>,
+) -> Result<crate::http::vault::VaultListing, ClientError> {
+    let mut url = endpoint(server_url, "/v1/vaults");
+    if let Some(after) = after {
+        url.push_str(&format!("?after={after}"));
+    }
+    let body = finish(
+        &url,
+        agent()
+            .get(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .call(),
+    )?;
+    parse_answer(&body, "vault list")
+}
+
+/// Replaces a stored envelope with one resealed to the current keys
+/// (`PUT /v1/encounters/{id}/vault/{envelope_id}`).
+pub fn put_resealed(
+    server_url: &str,
+    token: &str,
+    resealed: &auxilio_core::vault::SealedVault,
+) -> Result<(), ClientError> {
+    let url = endpoint(
+        server_url,
+        &format!(
+            "/v1/encounters/{}/vault/{}",
+            resealed.encounter,
+            auxilio_core::vault::hex(&resealed.id)
+        ),
+    );
+    let body = serde_json::to_vec(resealed).expect("serialisable");
+    finish(
+        &url,
+        agent()
+            .put(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .send(&body[..]),
+    )?;
+    Ok(())
 }
 
 /// Syncs `store` with its server until nothing more is waiting either way; `progress` sees the
@@ -331,6 +410,8 @@ pub fn sync_with(
     let mut wanted_sent: HashSet<ByteBuf> = HashSet::new();
     let mut wanted: Vec<EncounterChanges> = Vec::new();
     let mut failed_in_a_row = 0u32;
+    // Sealed vaults the server answered for in this sync (stored or refused): each goes once.
+    let mut vaults_answered: HashSet<ByteBuf> = HashSet::new();
     loop {
         let mut page = if only_asking {
             // Asks what became of the lost requests before walking the pending list, which would
@@ -347,6 +428,15 @@ pub fn sync_with(
         page.request.resume = in_doubt.iter().map(|(id, _)| id.clone()).collect();
         page.request.max_response_bytes = Some(page_bytes as u64);
         page.request.changes.extend(wanted.iter().cloned());
+        // Vaults ride with the last page of changes, so their encounter reaches the server no
+        // later than they do; the server stores them after the request's changes.
+        let mut vaults_more = false;
+        if !only_asking && !page.more {
+            let (vaults, more) = store.vault_page(&vaults_answered, page_bytes)?;
+            page.request.vaults = vaults;
+            vaults_more = more;
+        }
+        let vault_ids: Vec<ByteBuf> = page.request.vaults.iter().map(|v| v.id.clone()).collect();
         let mut body = protocol::encode(&page.request);
         if options.compress {
             body = protocol::compress(&body);
@@ -393,6 +483,9 @@ pub fn sync_with(
         };
         only_asking = false;
         let applied = store.apply_response(&response)?;
+        vaults_answered.extend(vault_ids);
+        report.vaults_uploaded += applied.vaults_acknowledged;
+        report.vaults_rejected.extend(response.vaults_rejected.iter().cloned());
         report.uploaded += applied.acknowledged;
         report.downloaded += applied.downloaded;
         // Pages of requests that never reached the server go again, from the earliest of them.
@@ -463,6 +556,7 @@ pub fn sync_with(
         if response.complete
             && !response.more
             && !page.more
+            && !vaults_more
             && !response.restarted
             && !store_asks_again
             && wanted.is_empty()
