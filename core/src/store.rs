@@ -151,7 +151,8 @@ pub fn heads_hex(heads: &[ChangeHash]) -> Vec<String> {
     out
 }
 
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE encounters (
         id BLOB PRIMARY KEY,
@@ -176,7 +177,8 @@ const MIGRATIONS: &[&str] = &[r"
         encounter BLOB NOT NULL,
         change BLOB NOT NULL
     );
-", r"
+",
+    r"
     -- Sealed identity vaults (CBOR envelopes, ciphertext only) not yet acknowledged by the
     -- server; `rejected` says why the server last refused one (it is offered again).
     CREATE TABLE vault_outbox (
@@ -186,7 +188,8 @@ const MIGRATIONS: &[&str] = &[r"
         envelope BLOB NOT NULL,
         rejected TEXT
     );
-"];
+",
+];
 
 /// A device's store: one SQLite file.
 #[derive(Debug)]
@@ -947,8 +950,8 @@ impl DeviceStore {
 fn apply_vault_outcome(conn: &Connection, response: &SyncResponse) -> Result<u64, StoreError> {
     let mut acknowledged = 0;
     for id in &response.vaults_accepted {
-        acknowledged += conn.execute("DELETE FROM vault_outbox WHERE id = ?1", [id.as_slice()])?
-            as u64;
+        acknowledged +=
+            conn.execute("DELETE FROM vault_outbox WHERE id = ?1", [id.as_slice()])? as u64;
     }
     for rejection in &response.vaults_rejected {
         conn.execute(
@@ -1442,11 +1445,17 @@ mod tests {
             reason: "not yet".into(),
         }];
         store.apply_response(&refused).unwrap();
-        assert_eq!(store.vault_outbox().unwrap()[0].refused.as_deref(), Some("not yet"));
+        assert_eq!(
+            store.vault_outbox().unwrap()[0].refused.as_deref(),
+            Some("not yet")
+        );
         let mut acknowledged = keys;
         acknowledged.vaults_accepted = vec![sealed.id];
         assert_eq!(
-            store.apply_response(&acknowledged).unwrap().vaults_acknowledged,
+            store
+                .apply_response(&acknowledged)
+                .unwrap()
+                .vaults_acknowledged,
             1
         );
         assert!(store.vault_outbox().unwrap().is_empty());

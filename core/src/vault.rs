@@ -259,7 +259,10 @@ pub fn generate_identity() -> (String, String) {
     )
 }
 
-fn encrypt_to(plaintext: &[u8], recipients: &[String]) -> Result<(Vec<u8>, Vec<String>), VaultError> {
+fn encrypt_to(
+    plaintext: &[u8],
+    recipients: &[String],
+) -> Result<(Vec<u8>, Vec<String>), VaultError> {
     if recipients.is_empty() {
         return Err(VaultError::NoRecipients);
     }

@@ -485,7 +485,9 @@ pub fn sync_with(
         let applied = store.apply_response(&response)?;
         vaults_answered.extend(vault_ids);
         report.vaults_uploaded += applied.vaults_acknowledged;
-        report.vaults_rejected.extend(response.vaults_rejected.iter().cloned());
+        report
+            .vaults_rejected
+            .extend(response.vaults_rejected.iter().cloned());
         report.uploaded += applied.acknowledged;
         report.downloaded += applied.downloaded;
         // Pages of requests that never reached the server go again, from the earliest of them.

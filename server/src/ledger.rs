@@ -12,8 +12,8 @@ use automerge::{AutomergeError, Change};
 use auxilio_core::document::{DocumentError, EncounterDocument};
 use auxilio_core::id::device_of_actor;
 use auxilio_core::protocol::{
-    self, MAX_REQUEST_ID_BYTES, MAX_RESUMED, MAX_VAULTS_PER_REQUEST, PROTOCOL_VERSION, RejectReason, Rejection,
-    ResponseFrame, SyncRequest, SyncResponse, WantedChanges,
+    self, MAX_REQUEST_ID_BYTES, MAX_RESUMED, MAX_VAULTS_PER_REQUEST, PROTOCOL_VERSION,
+    RejectReason, Rejection, ResponseFrame, SyncRequest, SyncResponse, WantedChanges,
 };
 use auxilio_core::{EncounterId, SCHEMA_VERSION};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};

@@ -207,7 +207,7 @@ fn store_one(
         Some(encounter) if encounter == id.as_bytes() => return Ok(Ok(())),
         Some(_) => {
             return Ok(Err(
-                "this envelope id is already used for another encounter".into()
+                "this envelope id is already used for another encounter".into(),
             ));
         }
         None => {}

@@ -224,6 +224,7 @@ fn fill(data: &std::path::Path, count: usize, incremental: bool) -> f64 {
                 request_id: None,
                 resume: Vec::new(),
                 max_response_bytes: None,
+                vaults: Vec::new(),
             };
             let storing_started = Instant::now();
             let rejected = database

@@ -74,6 +74,7 @@ fn empty_request() -> SyncRequest {
         request_id: None,
         resume: vec![],
         max_response_bytes: None,
+        vaults: vec![],
     }
 }
 

@@ -184,6 +184,7 @@ fn another_teams_device_can_neither_relay_nor_upload_a_teams_changes() {
         request_id: None,
         resume: vec![],
         max_response_bytes: None,
+        vaults: vec![],
     };
     for sonora_synced in [false, true] {
         if sonora_synced {

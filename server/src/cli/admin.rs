@@ -57,8 +57,9 @@ enum VaultKeyCommand {
     /// List the keys, retired ones included.
     #[command(after_help = "Example:\n  auxilio admin vault-key list --json")]
     List,
-    /// Retire a key: devices stop sealing to it at their next sync. Reseal the stored vaults to
-    /// the other keys first (`auxilio vault reseal`), or only this key opens them.
+    /// Retire a key: devices stop sealing to it at their next sync. The vaults already sealed to
+    /// it open only with it until an officer holding it runs `auxilio vault reseal`, which moves
+    /// them to the current keys.
     #[command(after_help = "Example:\n  auxilio admin vault-key retire age1...")]
     Retire { public_key: String },
 }
@@ -161,7 +162,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 let mut text = format!("vault key {public_key} retired: devices stop sealing to it at their next sync");
                 if still_sealed > 0 {
                     text.push_str(&format!(
-                        "\n{still_sealed} stored vault(s) are still sealed to it: reseal them with `auxilio vault reseal --identity THAT_KEY_FILE`"
+                        "\n{still_sealed} stored vault(s) are still sealed to it: move them to the current keys with `auxilio vault reseal --identity THAT_KEY_FILE`"
                     ));
                 }
                 (

@@ -184,10 +184,7 @@ fn read_encounter(file: &str) -> anyhow::Result<Encounter> {
 
 /// Reads one JSON object from `file` (or standard input for `-`) as a `T`, naming the field
 /// that does not fit.
-fn read_json_object<T: serde::de::DeserializeOwned>(
-    file: &str,
-    what: &str,
-) -> anyhow::Result<T> {
+fn read_json_object<T: serde::de::DeserializeOwned>(file: &str, what: &str) -> anyhow::Result<T> {
     let text = if file == "-" {
         let mut text = String::new();
         std::io::stdin()

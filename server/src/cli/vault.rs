@@ -59,10 +59,10 @@ enum VaultCommand {
         server: ServerArgs,
     },
     /// Key rotation: re-encrypt every stored vault this identity opens to the server's current
-    /// (not retired) keys. Run it with the old key's identity after adding the new key and
-    /// before retiring the old one.
+    /// (not retired) keys. Add the new key and retire the old one first, then run it with the
+    /// old key's identity: every vault moves to the current keys.
     #[command(
-        after_help = "Example (rotating from key A to key B):\n  auxilio admin vault-key add age1...B --label \"new officer\"\n  auxilio vault reseal --server https://auxilio.example --token auxilio_... --identity a.key\n  auxilio admin vault-key retire age1...A"
+        after_help = "Example (rotating from key A to key B):\n  auxilio admin vault-key add age1...B --label \"new officer\"\n  auxilio admin vault-key retire age1...A\n  auxilio vault reseal --server https://auxilio.example --token auxilio_... --identity a.key"
     )]
     Reseal {
         #[command(flatten)]
@@ -94,11 +94,9 @@ fn keygen(out: &Path, json: bool) -> anyhow::Result<()> {
         )
     })?;
     let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    file.write_all(
-        format!("# created: {created}\n# public key: {public}\n{secret}\n").as_bytes(),
-    )
-    .and_then(|()| file.sync_all())
-    .with_context(|| format!("cannot write {}", out.display()))?;
+    file.write_all(format!("# created: {created}\n# public key: {public}\n{secret}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", out.display()))?;
     let next = format!("auxilio admin vault-key add {public} --label \"YOUR NAME\"");
     if json {
         print_json(&serde_json::json!({

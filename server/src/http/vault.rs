@@ -135,8 +135,8 @@ async fn list(
         .blocking(move |database| {
             database.write(|conn| {
                 let tx = conn.transaction()?;
-                let envelopes = vault_store::list(&tx, after.as_deref(), limit)
-                    .map_err(AppError::internal)?;
+                let envelopes =
+                    vault_store::list(&tx, after.as_deref(), limit).map_err(AppError::internal)?;
                 let current_recipients = vault_store::current_recipients(&tx)?;
                 audit::record(
                     &tx,
