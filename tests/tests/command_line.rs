@@ -49,6 +49,15 @@ fn every_command_has_help_with_an_example() {
         &["device", "--store", "x.db", "show"],
         &["device", "--store", "x.db", "sync"],
         &["device", "--store", "x.db", "relay"],
+        &["device", "--store", "x.db", "vault"],
+        &["admin", "vault-key"],
+        &["admin", "vault-key", "add"],
+        &["admin", "vault-key", "list"],
+        &["admin", "vault-key", "retire"],
+        &["vault"],
+        &["vault", "keygen"],
+        &["vault", "open"],
+        &["vault", "reseal"],
     ];
     for command in commands {
         let mut args = command.to_vec();
