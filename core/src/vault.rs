@@ -518,7 +518,8 @@ mod tests {
     #[test]
     fn contents_are_validated_before_sealing() {
         let (_, public) = generate_identity();
-        let seal_it = |c: &VaultContents| seal(c, EncounterId::random(), &[public.clone()]);
+        let seal_it =
+            |c: &VaultContents| seal(c, EncounterId::random(), std::slice::from_ref(&public));
         assert!(matches!(
             seal_it(&VaultContents::default()),
             Err(VaultError::Invalid(_))

@@ -294,7 +294,7 @@ fn random_request_id() -> Vec<u8> {
 enum Exchange {
     /// The server answered with a response, whole or cut after its head: it committed the
     /// request, and says what it stored.
-    Answered(SyncResponse),
+    Answered(Box<SyncResponse>),
     /// No usable answer (the connection failed or was cut before the head, or the server failed):
     /// the request's changes may or may not be stored.
     InDoubt(String),
@@ -370,7 +370,7 @@ fn exchange(
         protocol::read_response(reader)
     };
     match read {
-        Ok(response) => Ok(Exchange::Answered(response)),
+        Ok(response) => Ok(Exchange::Answered(Box::new(response))),
         Err(ProtocolError::CutBeforeHead) => Ok(Exchange::InDoubt(
             "the response was cut off before its first part arrived".into(),
         )),
@@ -452,7 +452,7 @@ pub fn sync_with(
             &mut report.bytes_down,
         )?;
         let response = match outcome {
-            Exchange::Answered(response) => response,
+            Exchange::Answered(response) => *response,
             Exchange::InDoubt(message) => {
                 failed_in_a_row += 1;
                 report.retries += 1;

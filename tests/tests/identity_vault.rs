@@ -125,7 +125,7 @@ fn a_sealed_name_never_reaches_the_servers_disk_in_plaintext() {
 
     let mut phone = fixture.device("sonora-1", Role::Field);
     phone.sync().unwrap();
-    assert_eq!(phone.store.vault_recipients().unwrap(), [public.clone()]);
+    assert_eq!(phone.store.vault_recipients().unwrap(), [public.as_str()]);
     let id = phone.log(&uasc_encounter());
     let sealed = phone.store.seal_vault(id, &contents()).unwrap();
     assert_eq!(sealed.recipients, [public]);
@@ -297,7 +297,7 @@ fn a_vault_is_kept_only_for_protection_cases_read_only_by_protection_officers_an
     for (rejection, sent) in response.vaults_rejected.iter().zip(&crafted) {
         assert_eq!(rejection.id, sent.id);
     }
-    assert_eq!(response.vault_recipients, [public.clone()]);
+    assert_eq!(response.vault_recipients, [public.as_str()]);
 
     // Only a protection officer reads vaults; every other role is refused.
     let officer = enroll(data, "sonora", Role::ProtectionOfficer);
@@ -382,7 +382,7 @@ fn keys_rotate_by_retiring_the_old_key_and_resealing_every_vault_to_the_current_
     assert_eq!(audit_actions(data, "vault.reseal"), 1);
 
     let envelopes = fetch(base, &officer.token, child);
-    assert_eq!(envelopes[0].recipients, [public_b.clone()]);
+    assert_eq!(envelopes[0].recipients, [public_b.as_str()]);
     let identity_b = std::fs::read_to_string(&key_b).unwrap();
     let identity_a = std::fs::read_to_string(&key_a).unwrap();
     assert_eq!(vault::open(&envelopes[0], &identity_b).unwrap(), contents());
@@ -393,7 +393,7 @@ fn keys_rotate_by_retiring_the_old_key_and_resealing_every_vault_to_the_current_
 
     // A phone that syncs after the rotation seals to B only.
     phone.sync().unwrap();
-    assert_eq!(phone.store.vault_recipients().unwrap(), [public_b.clone()]);
+    assert_eq!(phone.store.vault_recipients().unwrap(), [public_b.as_str()]);
     let missing_found = phone.log(r#"{"services":["located_missing"],"counts":{"f":{"18-59":1}}}"#);
     let sealed = phone.store.seal_vault(missing_found, &contents()).unwrap();
     assert_eq!(sealed.recipients, [public_b]);
