@@ -176,27 +176,28 @@ fn finish(
     }
 }
 
-/// Asks the server which device, team and role `token` belongs to.
-pub fn whoami(server_url: &str, token: &str) -> Result<WhoAmI, ClientError> {
-    let url = endpoint(server_url, "/v1/whoami");
+/// `GET url` with `token`, read as the JSON answer `what` names.
+fn get_json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    token: &str,
+    what: &str,
+) -> Result<T, ClientError> {
     let body = finish(
-        &url,
+        url,
         agent()
-            .get(&url)
+            .get(url)
             .header("Authorization", &format!("Bearer {token}"))
             .call(),
     )?;
     serde_json::from_slice(&body).map_err(|e| ClientError::Server {
         status: 200,
-        message: format!("unexpected whoami answer: {e}"),
+        message: format!("unexpected {what} answer: {e}"),
     })
 }
 
-fn parse_answer<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ClientError> {
-    serde_json::from_slice(body).map_err(|e| ClientError::Server {
-        status: 200,
-        message: format!("unexpected {what} answer: {e}"),
-    })
+/// Asks the server which device, team and role `token` belongs to.
+pub fn whoami(server_url: &str, token: &str) -> Result<WhoAmI, ClientError> {
+    get_json(&endpoint(server_url, "/v1/whoami"), token, "whoami")
 }
 
 /// The sealed envelopes of one encounter (`GET /v1/encounters/{id}/vault`; protection officers).
@@ -206,14 +207,7 @@ pub fn fetch_vault(
     encounter: auxilio_core::EncounterId,
 ) -> Result<crate::http::vault::EncounterVault, ClientError> {
     let url = endpoint(server_url, &format!("/v1/encounters/{encounter}/vault"));
-    let body = finish(
-        &url,
-        agent()
-            .get(&url)
-            .header("Authorization", &format!("Bearer {token}"))
-            .call(),
-    )?;
-    parse_answer(&body, "vault")
+    get_json(&url, token, "vault")
 }
 
 /// One page of every envelope's id, encounter and recipients (`GET /v1/vaults`).
@@ -226,14 +220,7 @@ pub fn list_vaults(
     if let Some(after) = after {
         url.push_str(&format!("?after={after}"));
     }
-    let body = finish(
-        &url,
-        agent()
-            .get(&url)
-            .header("Authorization", &format!("Bearer {token}"))
-            .call(),
-    )?;
-    parse_answer(&body, "vault list")
+    get_json(&url, token, "vault list")
 }
 
 /// Replaces a stored envelope with one resealed to the current keys

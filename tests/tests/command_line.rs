@@ -3,17 +3,7 @@
 
 use std::path::Path;
 
-use auxilio_tests::{EXAMPLE_ENCOUNTER, ServerProcess, run_auxilio};
-
-fn ok(cwd: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let output = run_auxilio(cwd, args, stdin);
-    assert!(
-        output.status.success(),
-        "auxilio {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
+use auxilio_tests::{EXAMPLE_ENCOUNTER, ServerProcess, auxilio_ok as ok, run_auxilio};
 
 fn fails(cwd: &Path, args: &[&str], stdin: Option<&str>) -> String {
     let output = run_auxilio(cwd, args, stdin);

@@ -6,12 +6,15 @@
 use std::path::Path;
 
 use auxilio_core::EncounterId;
-use auxilio_core::protocol::{self, PROTOCOL_VERSION, SyncRequest};
+use auxilio_core::protocol::{self, SyncRequest};
 use auxilio_core::store::StoreError;
 use auxilio_core::vault::{self, FamilyContact, SealedVault, VaultContents, VaultError};
-use auxilio_server::directory::Role;
+use auxilio_server::directory::{Enrolled, Role};
 use auxilio_server::{Database, ServerConfig};
-use auxilio_tests::{Device, TeamFixture, add_team, enroll, get_json, post_bytes, run_auxilio};
+use auxilio_tests::{
+    Device, TeamFixture, add_team, auxilio_ok, empty_sync_request, enroll, get_json, post_bytes,
+    run_auxilio,
+};
 use serde_bytes::ByteBuf;
 
 const NAME: &str = "Zenaida Quispe-Huarachi";
@@ -42,23 +45,13 @@ fn uasc_encounter() -> String {
 /// Two men, no child, nobody missing: not a protection case.
 const ADULTS: &str = r#"{"services":["first_aid"],"counts":{"m":{"18-59":2}},"location":{"lat":31.87,"lon":-112.86}}"#;
 
-/// Runs `auxilio ARGS`, asserting success; returns stdout.
-fn auxilio_ok(cwd: &Path, args: &[&str]) -> String {
-    let output = run_auxilio(cwd, args, None);
-    assert!(
-        output.status.success(),
-        "auxilio {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 /// Makes a protection officer's identity with `auxilio vault keygen`; returns (file, public key).
 fn keygen(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
     let file = dir.join(name);
     let out = auxilio_ok(
         dir,
         &["vault", "keygen", "--out", file.to_str().unwrap(), "--json"],
+        None,
     );
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     (file, json["public_key"].as_str().unwrap().to_string())
@@ -67,7 +60,7 @@ fn keygen(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
 fn admin(data: &Path, args: &[&str]) -> String {
     let mut all = vec!["admin", "--data", data.to_str().unwrap()];
     all.extend_from_slice(args);
-    auxilio_ok(data, &all)
+    auxilio_ok(data, &all, None)
 }
 
 /// The envelopes the server hands a protection officer for `encounter`.
@@ -111,27 +104,57 @@ fn audit_actions(data: &Path, action: &str) -> i64 {
         .unwrap()
 }
 
-#[test]
-fn a_sealed_name_never_reaches_the_servers_disk_in_plaintext() {
+/// A server with one protection officer's key enrolled (made with `auxilio vault keygen` and
+/// added with `auxilio admin vault-key add`), and a field phone that synced once, logged a UASC
+/// case, sealed its vault and uploaded it.
+struct SealedCase {
+    fixture: TeamFixture,
+    officer_dir: tempfile::TempDir,
+    identity_file: std::path::PathBuf,
+    public: String,
+    officer: Enrolled,
+    phone: Device,
+    id: EncounterId,
+}
+
+fn sealed_case() -> SealedCase {
     let fixture = TeamFixture::start("sonora", ServerConfig::default());
     let data = fixture.data.path();
     let officer_dir = tempfile::tempdir().unwrap();
     let (identity_file, public) = keygen(officer_dir.path(), "officer.key");
-    admin(
-        data,
-        &["vault-key", "add", &public, "--label", "DIF Sonora"],
-    );
+    admin(data, &["vault-key", "add", &public, "--label", "officer"]);
     let officer = enroll(data, "sonora", Role::ProtectionOfficer);
-
     let mut phone = fixture.device("sonora-1", Role::Field);
     phone.sync().unwrap();
     assert_eq!(phone.store.vault_recipients().unwrap(), [public.as_str()]);
     let id = phone.log(&uasc_encounter());
     let sealed = phone.store.seal_vault(id, &contents()).unwrap();
-    assert_eq!(sealed.recipients, [public]);
+    assert_eq!(sealed.recipients, [public.as_str()]);
     let report = phone.sync().unwrap();
     assert_eq!(report.vaults_uploaded, 1, "{report:?}");
     assert!(phone.store.vault_outbox().unwrap().is_empty());
+    SealedCase {
+        fixture,
+        officer_dir,
+        identity_file,
+        public,
+        officer,
+        phone,
+        id,
+    }
+}
+
+#[test]
+fn a_sealed_name_never_reaches_the_servers_disk_in_plaintext() {
+    let SealedCase {
+        fixture,
+        officer_dir,
+        identity_file,
+        officer,
+        id,
+        ..
+    } = sealed_case();
+    let data = fixture.data.path();
 
     // The grep works: the record's own notes, which are not sealed, are found on disk.
     let server_files = files_bytes(data);
@@ -164,21 +187,24 @@ fn a_sealed_name_never_reaches_the_servers_disk_in_plaintext() {
     assert_eq!(audit_actions(data, "vault.read"), 1);
 
     // And with the command-line tool.
-    let out = auxilio_ok(
-        officer_dir.path(),
-        &[
+    let vault_open = |identity: &Path| {
+        let id = id.to_string();
+        let args = [
             "vault",
             "open",
-            &id.to_string(),
+            id.as_str(),
             "--server",
-            &fixture.server.url,
+            fixture.server.url.as_str(),
             "--token",
-            &officer.token,
+            officer.token.as_str(),
             "--identity",
-            identity_file.to_str().unwrap(),
-        ],
-    );
-    let opened: serde_json::Value = serde_json::from_str(&out).unwrap();
+            identity.to_str().unwrap(),
+        ];
+        run_auxilio(officer_dir.path(), &args, None)
+    };
+    let output = vault_open(&identity_file);
+    assert!(output.status.success());
+    let opened: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(opened["vaults"][0]["contents"]["names"][0], NAME);
     assert_eq!(
         opened["vaults"][0]["contents"]["family_contacts"][0]["phone"],
@@ -187,41 +213,17 @@ fn a_sealed_name_never_reaches_the_servers_disk_in_plaintext() {
 
     // Another officer's key does not open it, and says so.
     let (other_identity, _) = keygen(officer_dir.path(), "other.key");
-    let output = run_auxilio(
-        officer_dir.path(),
-        &[
-            "vault",
-            "open",
-            &id.to_string(),
-            "--server",
-            &fixture.server.url,
-            "--token",
-            &officer.token,
-            "--identity",
-            other_identity.to_str().unwrap(),
-        ],
-        None,
-    );
+    let output = vault_open(&other_identity);
     assert!(!output.status.success());
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("not among the recipients"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let refusal = String::from_utf8_lossy(&output.stderr);
+    assert!(refusal.contains("not among the recipients"), "{refusal}");
 }
 
 /// A sync request from `device` that uploads only `vaults`; the server's answer.
 fn upload_vaults(base: &str, device: &Device, vaults: Vec<SealedVault>) -> protocol::SyncResponse {
     let request = SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        cursor_check: None,
-        actor: None,
-        cursor: 0,
-        changes: vec![],
-        request_id: None,
-        resume: vec![],
-        max_response_bytes: None,
         vaults,
+        ..empty_sync_request()
     };
     let (status, body) = post_bytes(
         base,
@@ -338,21 +340,17 @@ fn a_vault_is_kept_only_for_protection_cases_read_only_by_protection_officers_an
 
 #[test]
 fn keys_rotate_by_retiring_the_old_key_and_resealing_every_vault_to_the_current_ones() {
-    let fixture = TeamFixture::start("sonora", ServerConfig::default());
+    let SealedCase {
+        fixture,
+        officer_dir,
+        identity_file: key_a,
+        public: public_a,
+        officer,
+        mut phone,
+        id: child,
+    } = sealed_case();
     let data = fixture.data.path();
     let base = &fixture.server.url;
-    let officer_dir = tempfile::tempdir().unwrap();
-    let (key_a, public_a) = keygen(officer_dir.path(), "a.key");
-    admin(
-        data,
-        &["vault-key", "add", &public_a, "--label", "officer A"],
-    );
-    let officer = enroll(data, "sonora", Role::ProtectionOfficer);
-    let mut phone = fixture.device("sonora-1", Role::Field);
-    phone.sync().unwrap();
-    let child = phone.log(&uasc_encounter());
-    phone.store.seal_vault(child, &contents()).unwrap();
-    phone.sync().unwrap();
 
     let (key_b, public_b) = keygen(officer_dir.path(), "b.key");
     admin(
@@ -377,7 +375,7 @@ fn keys_rotate_by_retiring_the_old_key_and_resealing_every_vault_to_the_current_
     reseal.extend_from_slice(&server_args);
     reseal.push(key_a.to_str().unwrap());
     let report: serde_json::Value =
-        serde_json::from_str(&auxilio_ok(officer_dir.path(), &reseal)).unwrap();
+        serde_json::from_str(&auxilio_ok(officer_dir.path(), &reseal, None)).unwrap();
     assert_eq!(report["resealed"], 1, "{report}");
     assert_eq!(audit_actions(data, "vault.reseal"), 1);
 
@@ -403,7 +401,7 @@ fn keys_rotate_by_retiring_the_old_key_and_resealing_every_vault_to_the_current_
 
     // Resealing again finds everything on the current keys already.
     let report: serde_json::Value =
-        serde_json::from_str(&auxilio_ok(officer_dir.path(), &reseal)).unwrap();
+        serde_json::from_str(&auxilio_ok(officer_dir.path(), &reseal, None)).unwrap();
     assert_eq!(
         (
             report["resealed"].as_u64(),
