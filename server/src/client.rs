@@ -66,6 +66,9 @@ pub struct SyncReport {
     /// Sealed identity vaults the server acknowledged (and this device then deleted).
     #[serde(default)]
     pub vaults_uploaded: u64,
+    /// Sealed vaults still waiting on this device (refused ones stay, and go again next sync).
+    #[serde(default)]
+    pub vaults_pending: u64,
     /// Sealed vaults the server refused (kept on the device and offered again next sync).
     #[serde(default)]
     pub vaults_rejected: Vec<VaultRejection>,
@@ -519,6 +522,7 @@ pub fn sync_with(
         }
         wanted.retain(|group| !group.changes.is_empty());
         report.pending = store.pending_count()?;
+        report.vaults_pending = store.vault_outbox()?.len() as u64;
         progress(&report);
         if response.complete {
             failed_in_a_row = 0;

@@ -130,6 +130,12 @@ fn sealed_case() -> SealedCase {
     let id = phone.log(&uasc_encounter());
     let sealed = phone.store.seal_vault(id, &contents()).unwrap();
     assert_eq!(sealed.recipients, [public.as_str()]);
+    for (path, bytes) in files_bytes(fixture.devices.path()) {
+        assert!(
+            !contains(&bytes, "Zenaida"),
+            "the name is in {path} before sync"
+        );
+    }
     let report = phone.sync().unwrap();
     assert_eq!(report.vaults_uploaded, 1, "{report:?}");
     assert!(phone.store.vault_outbox().unwrap().is_empty());
@@ -268,7 +274,33 @@ fn a_vault_is_kept_only_for_protection_cases_read_only_by_protection_officers_an
     ));
     let missing_found = phone.log(r#"{"services":["located_missing"],"counts":{"m":{"18-59":1}}}"#);
     phone.store.seal_vault(child, &contents()).unwrap();
-    phone.store.seal_vault(missing_found, &contents()).unwrap();
+    // Sealed with the device command, reading the contents from standard input.
+    let store_file = fixture.devices.path().join("sonora-1.db");
+    let store_arg = store_file.to_str().unwrap();
+    let missing_arg = missing_found.to_string();
+    let seal_args = [
+        "device",
+        "--store",
+        store_arg,
+        "vault",
+        &missing_arg,
+        "--file",
+        "-",
+    ];
+    let said = auxilio_ok(
+        fixture.devices.path(),
+        &seal_args,
+        Some(&serde_json::to_string(&contents()).unwrap()),
+    );
+    assert!(said.contains("next `auxilio device sync`"), "{said}");
+    let refused = run_auxilio(
+        fixture.devices.path(),
+        &seal_args,
+        Some(r#"{"names":["Ana"],"passport":"X123"}"#),
+    );
+    assert!(!refused.status.success());
+    let refusal = String::from_utf8_lossy(&refused.stderr);
+    assert!(refusal.contains("passport"), "{refusal}");
     assert_eq!(phone.sync().unwrap().vaults_uploaded, 2);
 
     // The server refuses crafted envelopes: a case that is not one, another team's encounter,
