@@ -67,6 +67,14 @@ pub enum StoreError {
     NotAVaultCase(EncounterId),
 }
 
+/// What [`DeviceStore::wipe`] erased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wiped {
+    pub encounters: u64,
+    /// Changes never acknowledged by the server: lost with the phone's data, on purpose.
+    pub unsynced_changes: u64,
+}
+
 /// What a device learned at enrolment; enough to work offline afterwards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrolment {
@@ -571,6 +579,36 @@ impl DeviceStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Erases everything the store holds (encounters, unsynced changes, the enrolment and its
+    /// token) because the server said this device was revoked: a lost or stolen phone keeps no
+    /// record of the people it logged. Deleted pages are overwritten (`secure_delete`), the file
+    /// is rewritten without them (`VACUUM`) and the WAL is emptied, so the bytes are gone from
+    /// the files too, not just unreachable. The schema stays: the store reopens as never
+    /// enrolled.
+    pub fn wipe(&mut self) -> Result<Wiped, StoreError> {
+        self.conn.pragma_update(None, "secure_delete", "ON")?;
+        let tx = self.write()?;
+        let wiped = Wiped {
+            encounters: count(&tx, "SELECT count(*) FROM encounters", [])?,
+            unsynced_changes: count(&tx, "SELECT count(*) FROM pending_changes", [])?,
+        };
+        // Every table, including ones later versions add, so nothing is forgotten here.
+        let tables: Vec<String> = tx
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )?
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        for table in tables {
+            tx.execute(&format!("DELETE FROM \"{table}\""), [])?;
+        }
+        tx.commit()?;
+        self.conn.execute_batch("VACUUM")?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(wiped)
     }
 
     /// The store's connection, for reads by other modules of this crate.

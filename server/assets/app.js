@@ -126,7 +126,7 @@
     if (!(error instanceof ApiError) || (error.status !== 401 && error.status !== 403)) return false;
     const message = error.status === 401
       ? `The server did not accept this token: it is unknown, mistyped or revoked. (${error.message})`
-      : "This token belongs to a field device. The map needs a coordinator token: ask an administrator for one (auxilio admin device enroll --role coordinator).";
+      : "This token's role does not read the map. The map needs a coordinator or team lead token: ask an administrator for one (auxilio admin device enroll --role coordinator).";
     signOut(message);
     return true;
   }
@@ -733,13 +733,15 @@
   async function signIn(token) {
     state.token = token;
     const whoami = await api("/v1/whoami");
-    if (whoami.role !== "coordinator") throw new ApiError(403, "field device");
+    // Coordinators see every team; team leads their own (the server scopes every answer).
+    const roleNames = { coordinator: "Coordinator", team_lead: "Team lead" };
+    if (!roleNames[whoami.role]) throw new ApiError(403, whoami.role);
     state.whoami = whoami;
     sessionStorage.setItem(TOKEN_KEY, token);
     document.body.dataset.signedIn = "true";
     $("signin").hidden = true;
     $("sign-out").hidden = false;
-    $("whoami").textContent = `Coordinator · ${whoami.team}`;
+    $("whoami").textContent = `${roleNames[whoami.role]} · ${whoami.team}`;
     state.map.invalidateSize();
     const session = {};
     state.events = session;

@@ -46,6 +46,18 @@ pub enum Permission {
 }
 
 impl Permission {
+    pub const ALL: [Permission; 9] = [
+        Permission::Sync,
+        Permission::ReadMap,
+        Permission::ReadEncounter,
+        Permission::ReadHealth,
+        Permission::Export,
+        Permission::ReadVault,
+        Permission::Purge,
+        Permission::ManageDevices,
+        Permission::ReadAudit,
+    ];
+
     /// In words, for refusals.
     pub fn describe(self) -> &'static str {
         match self {
@@ -167,7 +179,11 @@ pub fn redact_health(
     let mut removed = 0;
     if let Some(fields) = encounter.as_object_mut() {
         for field in RESTRICTED_ENCOUNTER_FIELDS {
-            removed += usize::from(fields.remove(field).is_some());
+            // Always left out; counted only when it held something.
+            let held = fields.remove(field).is_some_and(|value| {
+                !(value.is_null() || value.as_array().is_some_and(Vec::is_empty))
+            });
+            removed += usize::from(held);
         }
     }
     if let Some(casualties) = encounter
@@ -251,18 +267,14 @@ mod tests {
     #[test]
     fn every_permission_belongs_to_some_role_and_no_role_has_them_all() {
         use Permission::*;
-        for permission in [
-            Sync,
-            ReadMap,
-            ReadEncounter,
-            ReadHealth,
-            Export,
-            ReadVault,
-            Purge,
-            ManageDevices,
-            ReadAudit,
-        ] {
+        for permission in Permission::ALL {
             assert!(!roles_allowed(permission).is_empty(), "{permission:?}");
+        }
+        for role in Role::ALL {
+            assert!(
+                Permission::ALL.iter().any(|p| !allows(role, *p)),
+                "{role} may do everything"
+            );
         }
         assert!(!allows(Role::Administrator, ReadEncounter));
         assert!(!allows(Role::Auditor, ReadEncounter));

@@ -17,7 +17,7 @@ use auxilio_core::protocol::{
     self, CONTENT_ENCODING, EncounterChanges, MEDIA_TYPE, ProtocolError, RejectReason, Rejection,
     SyncResponse, VaultRejection,
 };
-use auxilio_core::store::StoreError;
+use auxilio_core::store::{StoreError, Wiped};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -36,6 +36,15 @@ pub enum ClientError {
     Unreachable { url: String, message: String },
     #[error("the server refused the token ({status}): {message}")]
     Unauthorized { status: u16, message: String },
+    /// The server said this device is revoked and must erase its data; `sync` has done so
+    /// before returning this.
+    #[error(
+        "this device was revoked by an administrator (a lost or stolen phone), and as the server instructed its store was erased: {} encounters and {} unsynced changes. Hand it to an administrator to enrol it again as a new device", wiped.encounters, wiped.unsynced_changes
+    )]
+    RevokedAndWiped { wiped: Wiped },
+    /// The server ordered a wipe (the device is revoked); only [`sync_with`] acts on it.
+    #[error("this device was revoked: {message}")]
+    WipeOrdered { message: String },
     #[error("the server answered {status}: {message}")]
     Server { status: u16, message: String },
     #[error("the server's answer was not understood: {0}")]
@@ -136,6 +145,14 @@ fn agent() -> ureq::Agent {
         .http_status_as_error(false)
         .build()
         .into()
+}
+
+/// Whether a refusal's body orders this device to wipe its store (it was revoked).
+fn wipe_ordered(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("wipe").and_then(serde_json::Value::as_bool))
+        .unwrap_or(false)
 }
 
 fn error_message(body: &[u8]) -> String {
@@ -253,6 +270,32 @@ pub fn put_resealed(
     Ok(())
 }
 
+/// Replaces the store's token with a new one from the server. The server keeps the old token
+/// valid until the new one is first used, and the new one is saved before it is used, so a cut
+/// at any point leaves the device with a token that works.
+pub fn rotate_token(store: &mut DeviceStore) -> Result<WhoAmI, ClientError> {
+    let mut enrolment = store.enrolment()?.ok_or(StoreError::NotEnrolled)?;
+    let url = endpoint(&enrolment.server_url, "/v1/token/rotate");
+    let body = finish(
+        &url,
+        agent()
+            .post(&url)
+            .header("Authorization", &format!("Bearer {}", enrolment.token))
+            .send_empty(),
+    )?;
+    let token = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("token").and_then(|t| t.as_str()).map(str::to_string))
+        .ok_or_else(|| ClientError::Server {
+            status: 200,
+            message: "the rotation answer has no token".into(),
+        })?;
+    enrolment.token = token;
+    store.enrol(&enrolment)?;
+    // The first use makes the new token the only one.
+    whoami(&enrolment.server_url, &enrolment.token)
+}
+
 /// Syncs `store` with its server until nothing more is waiting either way; `progress` sees the
 /// running figures after every round trip.
 pub fn sync(
@@ -344,6 +387,7 @@ fn exchange(
         let _ = reader.take(64 * 1024).read_to_end(&mut text);
         let message = error_message(&text);
         return match status {
+            401 if wipe_ordered(&text) => Err(ClientError::WipeOrdered { message }),
             401 | 403 => Err(ClientError::Unauthorized { status, message }),
             // The server failed, or is restarting behind a proxy: worth another try.
             500..=599 => Ok(Exchange::InDoubt(format!(
@@ -433,14 +477,21 @@ pub fn sync_with(
         }
         report.bytes_up += body.len() as u64;
         report.round_trips += 1;
-        let outcome = exchange(
+        let outcome = match exchange(
             &agent,
             &url,
             &enrolment.token,
             &body,
             options.compress,
             &mut report.bytes_down,
-        )?;
+        ) {
+            Err(ClientError::WipeOrdered { message }) => {
+                let wiped = store.wipe()?;
+                tracing::warn!(%message, encounters = wiped.encounters, unsynced = wiped.unsynced_changes, "device revoked: store wiped");
+                return Err(ClientError::RevokedAndWiped { wiped });
+            }
+            other => other?,
+        };
         let response = match outcome {
             Exchange::Answered(response) => *response,
             Exchange::InDoubt(message) => {

@@ -286,6 +286,21 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
 ",
     r"
+    -- Issue 5, audit: the log becomes append-only in the database itself, and each row carries
+    -- the SHA-256 of the previous row's hash and its own content, so a row edited or removed
+    -- behind the server's back (with the sqlite3 shell) breaks the chain that
+    -- `auxilio admin audit verify` checks. Rows written before this migration have no hash.
+    ALTER TABLE audit_log ADD COLUMN hash BLOB;
+    CREATE TRIGGER audit_log_is_append_only_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_is_append_only_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    -- Issue 5, tokens: a device rotating its own token gets a new one that becomes the only
+    -- valid one the first time it is used, so a rotation whose answer is lost on a dropping
+    -- link does not lock the phone out (its old token still works until then).
+    ALTER TABLE devices ADD COLUMN next_token_hash BLOB;
+",
+    r"
     -- Issue 5: the sealed identity vault. The protection officers' public keys (age X25519),
     -- and the envelopes devices sealed to them: ciphertext only, no key here opens it.
     CREATE TABLE vault_keys (

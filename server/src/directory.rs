@@ -172,7 +172,12 @@ fn valid_team_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Adds a team from the command line (see [`add_team_by`]).
 pub fn add_team(conn: &Connection, name: &str) -> Result<(), DirectoryError> {
+    add_team_by(conn, ADMIN_CLI, name)
+}
+
+pub fn add_team_by(conn: &Connection, actor: &str, name: &str) -> Result<(), DirectoryError> {
     if !valid_team_name(name) {
         return Err(DirectoryError::BadTeamName(name.to_string()));
     }
@@ -183,12 +188,7 @@ pub fn add_team(conn: &Connection, name: &str) -> Result<(), DirectoryError> {
     if inserted == 0 {
         return Err(DirectoryError::TeamExists(name.to_string()));
     }
-    audit::record(
-        conn,
-        "admin-cli",
-        "team.add",
-        serde_json::json!({ "team": name }),
-    )?;
+    audit::record(conn, actor, "team.add", serde_json::json!({ "team": name }))?;
     Ok(())
 }
 
@@ -200,8 +200,23 @@ pub fn list_teams(conn: &Connection) -> Result<Vec<String>, DirectoryError> {
     Ok(names)
 }
 
+/// The actor the command line writes into the audit log.
+pub const ADMIN_CLI: &str = "admin-cli";
+
+/// Enrols a device from the command line (see [`enroll_by`]).
 pub fn enroll(
     conn: &Connection,
+    team: &str,
+    role: Role,
+    label: &str,
+) -> Result<Enrolled, DirectoryError> {
+    enroll_by(conn, ADMIN_CLI, team, role, label)
+}
+
+/// Enrols a new device with a fresh id and secret; `actor` is who did it, for the audit log.
+pub fn enroll_by(
+    conn: &Connection,
+    actor: &str,
     team: &str,
     role: Role,
     label: &str,
@@ -215,21 +230,17 @@ pub fn enroll(
         return Err(DirectoryError::NoSuchTeam(team.to_string()));
     }
     let device_id = DeviceId::random();
-    let secret: [u8; 32] = auxilio_core::id::random_bytes();
+    let (secret, token) = new_token(device_id);
     conn.execute(
         "INSERT INTO devices (id, team, role, label, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![device_id.as_bytes(), team, role.as_str(), label, hash_secret(&secret), now_text()],
     )?;
     audit::record(
         conn,
-        "admin-cli",
+        actor,
         "device.enroll",
         serde_json::json!({ "device": device_id.to_string(), "team": team, "role": role }),
     )?;
-    let token = format!(
-        "{TOKEN_PREFIX}{device_id}_{}",
-        bs58::encode(secret).into_string()
-    );
     Ok(Enrolled {
         device_id,
         team: team.to_string(),
@@ -238,20 +249,89 @@ pub fn enroll(
     })
 }
 
+/// A fresh secret for `device` and the token that carries it.
+fn new_token(device: DeviceId) -> ([u8; 32], String) {
+    let secret: [u8; 32] = auxilio_core::id::random_bytes();
+    let token = format!(
+        "{TOKEN_PREFIX}{device}_{}",
+        bs58::encode(secret).into_string()
+    );
+    (secret, token)
+}
+
+/// Revokes a device from the command line (see [`revoke_by`]).
 pub fn revoke(conn: &Connection, device: DeviceId) -> Result<(), DirectoryError> {
+    revoke_by(conn, ADMIN_CLI, device)
+}
+
+/// Revokes a device: its very next request is refused with 401 and told to wipe its store.
+pub fn revoke_by(conn: &Connection, actor: &str, device: DeviceId) -> Result<(), DirectoryError> {
     let found = find_device(conn, device)?.ok_or(DirectoryError::NoSuchDevice(device))?;
     if found.revoked_at.is_some() {
         return Err(DirectoryError::AlreadyRevoked(device));
     }
     conn.execute(
-        "UPDATE devices SET revoked_at = ?2 WHERE id = ?1",
+        "UPDATE devices SET revoked_at = ?2, next_token_hash = NULL WHERE id = ?1",
         params![device.as_bytes(), now_text()],
     )?;
     audit::record(
         conn,
-        "admin-cli",
+        actor,
         "device.revoke",
-        serde_json::json!({ "device": device.to_string() }),
+        serde_json::json!({ "device": device.to_string(), "team": found.team }),
+    )?;
+    Ok(())
+}
+
+/// Gives an active device a new token at once, the old one failing from now on: for a token
+/// that leaked. The new token must reach the device by hand (`auxilio device enrol` again).
+pub fn rotate_by(
+    conn: &Connection,
+    actor: &str,
+    device: DeviceId,
+) -> Result<String, DirectoryError> {
+    let found = find_device(conn, device)?.ok_or(DirectoryError::NoSuchDevice(device))?;
+    if found.revoked_at.is_some() {
+        return Err(DirectoryError::AlreadyRevoked(device));
+    }
+    let (secret, token) = new_token(device);
+    conn.execute(
+        "UPDATE devices SET token_hash = ?2, next_token_hash = NULL WHERE id = ?1",
+        params![device.as_bytes(), hash_secret(&secret)],
+    )?;
+    audit::record(
+        conn,
+        actor,
+        "device.rotate",
+        serde_json::json!({ "device": device.to_string(), "team": found.team }),
+    )?;
+    Ok(token)
+}
+
+/// A device's own rotation: the new token is valid alongside the old one until its first use,
+/// which retires the old one ([`promote_next_token`]). A rotation whose answer is lost on the
+/// way leaves the device with a working token; asking again replaces the pending one.
+pub fn begin_rotation(conn: &Connection, device: &Device) -> Result<String, DirectoryError> {
+    let (secret, token) = new_token(device.id);
+    conn.execute(
+        "UPDATE devices SET next_token_hash = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+        params![device.id.as_bytes(), hash_secret(&secret)],
+    )?;
+    audit::record(
+        conn,
+        &device.id.to_string(),
+        "device.rotate_self",
+        serde_json::json!({ "device": device.id.to_string(), "team": device.team }),
+    )?;
+    Ok(token)
+}
+
+/// The first use of a rotated token: it becomes the device's only token.
+pub fn promote_next_token(conn: &Connection, device: DeviceId) -> Result<(), DirectoryError> {
+    conn.execute(
+        "UPDATE devices SET token_hash = next_token_hash, next_token_hash = NULL
+         WHERE id = ?1 AND next_token_hash IS NOT NULL",
+        [device.as_bytes()],
     )?;
     Ok(())
 }
@@ -291,33 +371,53 @@ pub fn list_devices(conn: &Connection) -> Result<Vec<Device>, DirectoryError> {
     Ok(devices)
 }
 
+/// Which of a device's tokens a request used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenUsed {
+    Current,
+    /// The token from the device's own rotation, used for the first time: promote it.
+    Rotated,
+}
+
 /// The device a bearer token belongs to, if the token is valid and the device not revoked.
 pub fn authenticate(
     conn: &Connection,
     token: &str,
-) -> Result<Result<Device, AuthError>, rusqlite::Error> {
+) -> Result<Result<(Device, TokenUsed), AuthError>, rusqlite::Error> {
     let (id, secret) = match parse_token(token) {
         Ok(parts) => parts,
         Err(err) => return Ok(Err(err)),
     };
-    let Some((device, stored_hash)) = conn
+    let Some((device, stored_hash, next_hash)) = conn
         .query_row(
             "SELECT * FROM devices WHERE id = ?1",
             [id.as_bytes()],
-            device_from_row,
+            |row| {
+                let (device, stored_hash) = device_from_row(row)?;
+                Ok((
+                    device,
+                    stored_hash,
+                    row.get::<_, Option<Vec<u8>>>("next_token_hash")?,
+                ))
+            },
         )
         .optional()?
     else {
         return Ok(Err(AuthError::Invalid));
     };
     // Both sides are SHA-256 digests, so comparing them leaks nothing useful about the secret.
-    if hash_secret(&secret) != stored_hash {
+    let presented = hash_secret(&secret);
+    let used = if presented == stored_hash {
+        TokenUsed::Current
+    } else if next_hash.is_some_and(|next| next == presented) {
+        TokenUsed::Rotated
+    } else {
         return Ok(Err(AuthError::Invalid));
-    }
+    };
     if device.revoked_at.is_some() {
         return Ok(Err(AuthError::Revoked));
     }
-    Ok(Ok(device))
+    Ok(Ok((device, used)))
 }
 
 #[cfg(test)]
@@ -336,13 +436,46 @@ mod tests {
         db.write(|conn| {
             add_team(conn, "sonora").unwrap();
             let enrolled = enroll(conn, "sonora", Role::Field, "phone 1").unwrap();
-            let device = authenticate(conn, &enrolled.token).unwrap().unwrap();
+            let (device, _) = authenticate(conn, &enrolled.token).unwrap().unwrap();
             assert_eq!(device.team, "sonora");
             revoke(conn, enrolled.device_id).unwrap();
             assert_eq!(
                 authenticate(conn, &enrolled.token).unwrap(),
                 Err(AuthError::Revoked)
             );
+            Ok::<_, DirectoryError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_self_rotation_keeps_the_old_token_until_the_new_one_is_used() {
+        let (_dir, db) = database();
+        db.write(|conn| {
+            add_team(conn, "sonora").unwrap();
+            let enrolled = enroll(conn, "sonora", Role::Field, "").unwrap();
+            let (device, _) = authenticate(conn, &enrolled.token).unwrap().unwrap();
+            let rotated = begin_rotation(conn, &device).unwrap();
+            // The answer may have been lost: the old token still works.
+            assert!(authenticate(conn, &enrolled.token).unwrap().is_ok());
+            let (_, used) = authenticate(conn, &rotated).unwrap().unwrap();
+            assert_eq!(used, TokenUsed::Rotated);
+            promote_next_token(conn, device.id).unwrap();
+            assert_eq!(
+                authenticate(conn, &enrolled.token).unwrap(),
+                Err(AuthError::Invalid)
+            );
+            assert_eq!(
+                authenticate(conn, &rotated).unwrap().unwrap().1,
+                TokenUsed::Current
+            );
+            // An administrator's rotation retires the current token at once.
+            let replaced = rotate_by(conn, ADMIN_CLI, device.id).unwrap();
+            assert_eq!(
+                authenticate(conn, &rotated).unwrap(),
+                Err(AuthError::Invalid)
+            );
+            assert!(authenticate(conn, &replaced).unwrap().is_ok());
             Ok::<_, DirectoryError>(())
         })
         .unwrap();

@@ -20,6 +20,9 @@ pub enum AppError {
     BadRequest(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The request contradicts the current state (a team that exists, a device already revoked).
+    #[error("{0}")]
+    Conflict(String),
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("internal error")]
@@ -38,6 +41,7 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -45,9 +49,9 @@ impl AppError {
 
     fn hint(&self) -> Option<&'static str> {
         match self {
-            AppError::Unauthorized(AuthError::Revoked) => {
-                Some("ask an administrator to enrol this device again")
-            }
+            AppError::Unauthorized(AuthError::Revoked) => Some(
+                "this device was revoked and must erase its data; an administrator can enrol it again as a new device",
+            ),
             AppError::Unauthorized(_) => {
                 Some("check the token printed by `auxilio admin device enroll`")
             }
@@ -75,6 +79,12 @@ impl IntoResponse for AppError {
         let mut body = serde_json::json!({ "error": self.to_string() });
         if let Some(hint) = self.hint() {
             body["hint"] = hint.into();
+        }
+        if matches!(self, AppError::Unauthorized(AuthError::Revoked)) {
+            // A revoked device is a lost or stolen phone: its app erases its store on reading
+            // this (see `client::sync_with`). Sent only to a caller that proved the device's
+            // secret, so nobody can make a working phone wipe itself.
+            body["wipe"] = true.into();
         }
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -76,7 +76,7 @@ try {
   await page.click("#signin-submit");
   await page.waitForSelector("#signin-error:not([hidden])");
   const refusal = await page.textContent("#signin-error");
-  check(/field device/i.test(refusal) && /coordinator/i.test(refusal), `unexpected refusal text: ${refusal}`);
+  check(/role does not read the map/i.test(refusal) && /coordinator/i.test(refusal), `unexpected refusal text: ${refusal}`);
   step(`field token refused: ${refusal.trim()}`);
 
   // The coordinator signs in; the stream goes live and the markers account for every encounter.

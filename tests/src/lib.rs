@@ -367,6 +367,54 @@ pub fn get_json(
     ))
 }
 
+/// `POST base+path` with a JSON body and an optional bearer token: status and JSON body.
+pub fn post_json(
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut request = agent()
+        .post(format!("{base}{path}"))
+        .header("Content-Type", "application/json");
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.send(body.to_string()).unwrap();
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec().unwrap();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Every file of a directory (a server's data directory: the SQLite file, its WAL and shared
+/// memory), read as bytes, with its name: for checks that some text appears nowhere on disk.
+pub fn files_in(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    files
+}
+
+/// The files among `files` whose bytes contain `needle`.
+pub fn files_containing(files: &[(PathBuf, Vec<u8>)], needle: &str) -> Vec<PathBuf> {
+    files
+        .iter()
+        .filter(|(_, bytes)| {
+            bytes
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
+        })
+        .map(|(path, _)| path.clone())
+        .collect()
+}
+
 /// One Server-Sent Event as read off the wire: its `event:` name and its `data:` lines joined.
 /// Keep-alive comments are kept as events named `:` so tests can see them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use auxilio_tests::{EXAMPLE_ENCOUNTER, ServerProcess, auxilio_ok as ok, run_auxilio};
+use auxilio_tests::{EXAMPLE_ENCOUNTER, ServerProcess, auxilio_ok as ok, get_json, run_auxilio};
 
 fn fails(cwd: &Path, args: &[&str], stdin: Option<&str>) -> String {
     let output = run_auxilio(cwd, args, stdin);
@@ -131,6 +131,7 @@ fn the_readme_walkthrough_works() {
     assert_eq!(init("one.db", &first)["team"], "sonora");
     init("two.db", &second);
     assert_eq!(init("coordinator.db", &coordinator)["role"], "coordinator");
+    let coordinator_token = coordinator["token"].as_str().unwrap().to_string();
 
     // Logged from a file and from stdin, exactly the JSON.
     std::fs::write(cwd.join("encounter.json"), EXAMPLE_ENCOUNTER).unwrap();
@@ -193,7 +194,7 @@ fn the_readme_walkthrough_works() {
         ],
         None,
     );
-    for store in ["one.db", "two.db", "one.db", "coordinator.db"] {
+    for store in ["one.db", "two.db", "one.db"] {
         ok(cwd, &["device", "--store", store, "sync"], None);
     }
     let one = json(&ok(
@@ -206,22 +207,31 @@ fn the_readme_walkthrough_works() {
         &["device", "--store", "two.db", "--json", "show", &id],
         None,
     ));
-    let coordinator_view = json(&ok(
-        cwd,
-        &["device", "--store", "coordinator.db", "--json", "show", &id],
-        None,
-    ));
+    // The coordinator reads every team over HTTP; it does not sync documents (they carry
+    // health detail its role does not read).
+    let refused = fails(cwd, &["device", "--store", "coordinator.db", "sync"], None);
+    assert!(refused.contains("403"), "{refused}");
+    let (status, coordinator_view) = get_json(
+        &server.url,
+        &format!("/v1/encounters/{id}"),
+        Some(&coordinator_token),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
     assert_eq!(one["heads"], two["heads"]);
     assert_eq!(one["encounter"], two["encounter"]);
-    assert_eq!(one["encounter"], coordinator_view["encounter"]);
+    let mut without_restricted = one["encounter"].clone();
+    // Restricted like health data: never in a coordinator's answer, even when empty.
+    without_restricted
+        .as_object_mut()
+        .unwrap()
+        .remove("trafficking_indicators");
+    assert_eq!(without_restricted, coordinator_view["encounter"]);
+    assert_eq!(coordinator_view["health_detail_withheld"], 0);
     assert_eq!(one["encounter"]["notes"], "found near km 40");
     assert_eq!(one["conflicts"][0]["path"], "counts.m.18-59");
 
-    let list = json(&ok(
-        cwd,
-        &["device", "--store", "coordinator.db", "list", "--json"],
-        None,
-    ));
+    let (_, list) = get_json(&server.url, "/v1/encounters", Some(&coordinator_token)).unwrap();
     assert_eq!(list["encounters"].as_array().unwrap().len(), 2);
     let text = ok(cwd, &["device", "--store", "one.db", "list"], None);
     assert!(text.contains("1 conflicts"), "{text}");
@@ -259,7 +269,16 @@ fn the_readme_walkthrough_works() {
         None,
     ));
     let err = fails(cwd, &["device", "--store", "one.db", "sync"], None);
-    assert!(err.contains("revoked") && err.contains("enrol"), "{err}");
+    assert!(
+        err.contains("revoked") && err.contains("erased") && err.contains("enrol"),
+        "{err}"
+    );
+    let after = json(&ok(
+        cwd,
+        &["device", "--store", "one.db", "list", "--json"],
+        None,
+    ));
+    assert_eq!(after["encounters"].as_array().unwrap().len(), 0, "wiped");
 }
 
 #[test]

@@ -1,10 +1,11 @@
-//! `auxilio admin`: teams, devices and the protection officers' vault keys, straight on the data
-//! directory's database.
+//! `auxilio admin`: teams, devices, the audit log and the protection officers' vault keys,
+//! straight on the data directory's database.
 
 use auxilio_core::DeviceId;
 use clap::{Args, Subcommand};
 
 use super::{DataDirArg, print_json, print_line};
+use crate::audit;
 use crate::directory::{self, Role};
 use crate::vault;
 
@@ -39,6 +40,12 @@ enum AdminCommand {
         after_help = "Examples:\n  auxilio vault keygen --out officer.key   # on the officer's own machine\n  auxilio admin vault-key add age1... --label \"DIF Sonora officer\"\n  auxilio admin vault-key list\n  auxilio admin vault-key retire age1..."
     )]
     VaultKey(VaultKeyCommand),
+    /// The audit log: export it for an auditor, or check that nobody edited it.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  auxilio admin audit verify\n  auxilio admin audit export --format csv > audit.csv"
+    )]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +69,30 @@ enum VaultKeyCommand {
     /// them to the current keys.
     #[command(after_help = "Example:\n  auxilio admin vault-key retire age1...")]
     Retire { public_key: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain: exits non-zero if a row was edited or removed around the server.
+    #[command(after_help = "Example:\n  auxilio admin audit verify --data /var/lib/auxilio")]
+    Verify,
+    /// Print the log (all of it, or after row SEQ) as JSON lines or CSV on stdout.
+    #[command(
+        after_help = "Example:\n  auxilio admin audit export --format csv --after 1200 > audit.csv"
+    )]
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: AuditFormat,
+        /// Only rows after this `seq`.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuditFormat {
+    Jsonl,
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,15 +123,24 @@ enum DeviceCommand {
         #[arg(long, default_value = "")]
         label: String,
     },
-    /// Revoke a device: its next request is refused with 401.
+    /// Revoke a device (a lost or stolen phone): its next request is refused with 401 and it is
+    /// told to erase its store.
     #[command(after_help = "Example:\n  auxilio admin device revoke DEVICE_ID")]
     Revoke { device_id: DeviceId },
+    /// Give a device a new token now (its token leaked); the old one fails from now on. Put the
+    /// new token on the device with `auxilio device init` (same store: nothing is lost).
+    #[command(after_help = "Example:\n  auxilio admin device rotate DEVICE_ID")]
+    Rotate { device_id: DeviceId },
     /// List devices (never their tokens).
     #[command(after_help = "Example:\n  auxilio admin device list --json")]
     List,
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::Audit(command) = args.command {
+        let database = args.data.open(false)?;
+        return run_audit(&database, command);
+    }
     // Adding a team or enrolling a device may start a new data directory; anything else works
     // on an existing one, so a mistyped --data is an error rather than an empty answer.
     let creates = matches!(
@@ -170,6 +210,16 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     text,
                 )
             }
+            AdminCommand::Device(DeviceCommand::Rotate { device_id }) => {
+                let token = directory::rotate_by(&tx, directory::ADMIN_CLI, device_id)?;
+                (
+                    serde_json::json!({ "device_id": device_id, "token": token }),
+                    format!(
+                        "device {device_id} has a new token; the old one is refused from now on\nnew token (shown only now; put it on the device with `auxilio device init`):\n{token}"
+                    ),
+                )
+            }
+            AdminCommand::Audit(_) => unreachable!("handled above"),
             AdminCommand::Device(DeviceCommand::List) => {
                 let devices = directory::list_devices(&tx)?;
                 let text = devices
@@ -192,4 +242,57 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         print_line(&text);
     }
     Ok(())
+}
+
+fn run_audit(database: &crate::Database, command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify => {
+            let report = database.read(audit::verify)?;
+            print_json(&serde_json::to_value(&report)?);
+            if !report.intact() {
+                anyhow::bail!(
+                    "the audit log was altered outside the server (first broken row: {:?}, first missing row: {:?}); keep a copy of this data directory as evidence and compare it with an earlier backup",
+                    report.first_broken_seq,
+                    report.first_missing_seq
+                );
+            }
+            Ok(())
+        }
+        AuditCommand::Export { format, after } => {
+            let mut after = after;
+            let mut first_page = true;
+            let mut rows = 0u64;
+            // Page by page, so a long log is never all in memory.
+            loop {
+                let entries = database.read(|conn| audit::entries(conn, after, 5000))?;
+                let Some(last) = entries.last() else { break };
+                after = last.seq;
+                rows += entries.len() as u64;
+                let text = match format {
+                    AuditFormat::Csv => {
+                        let csv = audit::to_csv(&entries);
+                        if first_page {
+                            csv
+                        } else {
+                            csv.split_once('\n')
+                                .map(|(_, rest)| rest.to_string())
+                                .unwrap_or_default()
+                        }
+                    }
+                    AuditFormat::Jsonl => entries
+                        .iter()
+                        .map(|entry| serde_json::to_string(entry).map(|line| line + "\n"))
+                        .collect::<Result<String, _>>()?,
+                };
+                print!("{text}");
+                first_page = false;
+                eprint!("\r{rows} audit rows exported");
+            }
+            if first_page && matches!(format, AuditFormat::Csv) {
+                print!("{}", audit::to_csv(&[]));
+            }
+            eprintln!("\r{rows} audit rows exported");
+            Ok(())
+        }
+    }
 }

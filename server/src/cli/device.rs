@@ -96,6 +96,10 @@ enum DeviceCommand {
         #[arg(long, default_value_t = client::SyncOptions::default().max_page_bytes)]
         page_bytes: usize,
     },
+    /// Get a new token from the server and keep it; the old one stops working once the new one
+    /// is used (a cut mid-way never locks the device out).
+    #[command(after_help = "Example:\n  auxilio device --store phone.db rotate-token")]
+    RotateToken,
     /// Exchange encounters directly with a teammate's device, no server needed: each gets what
     /// the other lacks, and uploads the other's unsynced changes when it next syncs.
     #[command(
@@ -271,6 +275,17 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 print_line(&format!(
                     "sealed to {} protection officer key(s) as envelope {envelope}; it uploads at the next `auxilio device sync` and this device cannot read it back",
                     sealed.recipients.len()
+                ));
+            }
+        }
+        DeviceCommand::RotateToken => {
+            let who = client::rotate_token(&mut store)?;
+            if json {
+                print_json(&serde_json::json!({ "device_id": who.device_id, "rotated": true }));
+            } else {
+                print_line(&format!(
+                    "device {} has a new token; the old one no longer works",
+                    who.device_id
                 ));
             }
         }

@@ -1,7 +1,10 @@
-//! The HTTP surface: one [`AppState`], one router per feature (health, sync, encounters, map,
-//! export, the coordinators' event stream and map page, the protection officers' vault), [`app`]
-//! to assemble them (tests drive it in process) and [`serve`] to run it until a shutdown signal.
+//! The HTTP surface: one [`AppState`], one router per feature (health, device administration,
+//! the audit log, sync, encounters, map, export, the coordinators' event stream and map page, the
+//! protection officers' vault), [`app`] to assemble them (tests drive it in process) and
+//! [`serve`] to run it until a shutdown signal.
 
+mod admin;
+mod audit_log;
 mod auth;
 mod encounters;
 pub mod events;
@@ -86,6 +89,8 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(admin::router())
+        .merge(audit_log::router())
         .merge(sync::router(state.config.max_request_bytes))
         .merge(encounters::router())
         .merge(map::router())

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 
 use super::{AppState, AuthenticatedDevice};
 use crate::access::{self, Permission};
+use crate::audit;
 use crate::error::AppError;
 use crate::ledger::{self, LedgerError};
 
@@ -28,8 +29,23 @@ pub fn router(max_request_bytes: usize) -> Router<AppState> {
         .route("/v1/whoami", get(whoami))
 }
 
-async fn whoami(AuthenticatedDevice(device): AuthenticatedDevice) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "device_id": device.id, "team": device.team, "role": device.role }))
+/// Who the token belongs to. The map page calls it to sign in, so it is the sign-in the audit
+/// log records.
+async fn whoami(
+    State(state): State<AppState>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let answer =
+        serde_json::json!({ "device_id": device.id, "team": device.team, "role": device.role });
+    let detail =
+        serde_json::json!({ "device": device.id, "team": device.team, "role": device.role });
+    let actor = device.id.to_string();
+    state
+        .blocking(move |database| {
+            Ok(database.write(|conn| audit::record(conn, &actor, "auth.sign_in", detail))?)
+        })
+        .await?;
+    Ok(Json(answer))
 }
 
 async fn sync(
