@@ -3,9 +3,10 @@
 //! An encounter is an Automerge document. This crate owns its typed schema ([`schema`]), the rules
 //! that make a record acceptable ([`validation`]), the mapping between the typed record and the
 //! document ([`document`]), field edits by path ([`edit`]), the device-side store ([`store`]), the
-//! sync protocol messages ([`protocol`]) and the phone-to-phone relay ([`relay`]). It opens no
-//! connection and has no async API: the relay reads and writes a stream the caller hands it, and
-//! the same code runs inside the phone app and inside the server.
+//! sync protocol messages ([`protocol`]), the phone-to-phone relay ([`relay`]) and the sealed
+//! identity vault ([`vault`]). It opens no connection and has no async API: the relay reads and
+//! writes a stream the caller hands it, and the same code runs inside the phone app and inside
+//! the server.
 
 pub mod document;
 pub mod edit;
@@ -15,6 +16,7 @@ pub mod relay;
 pub mod schema;
 pub mod store;
 pub mod validation;
+pub mod vault;
 
 pub use document::{Conflict, EncounterDocument};
 pub use id::{DeviceId, EncounterId};

@@ -22,11 +22,14 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::id::EncounterId;
+use crate::vault::SealedVault;
 
 /// The longest request id a server accepts.
 pub const MAX_REQUEST_ID_BYTES: usize = 32;
 /// The most earlier requests one request may ask about.
 pub const MAX_RESUMED: usize = 64;
+/// The most sealed vaults one request may carry.
+pub const MAX_VAULTS_PER_REQUEST: usize = 64;
 
 /// The version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -134,6 +137,18 @@ pub struct SyncRequest {
     /// (see [`PurgeNotice`]); the response carries the notices after it.
     #[serde(default)]
     pub purges_after: u64,
+    /// Sealed identity vaults the device has not had acknowledged (at most
+    /// [`MAX_VAULTS_PER_REQUEST`]); the server stores them after the request's changes, so a
+    /// vault may travel with the first changes of its encounter.
+    #[serde(default)]
+    pub vaults: Vec<SealedVault>,
+}
+
+/// Why the server refused a sealed vault. The device keeps it and offers it again next sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultRejection {
+    pub id: ByteBuf,
+    pub reason: String,
 }
 
 /// Why the server refused the changes of one encounter. The device keeps refused changes: a
@@ -257,6 +272,12 @@ pub struct SyncResponse {
     /// Every frame arrived. Not on the wire: a response read from a cut connection has only the
     /// frames that arrived whole, and the device's cursor moves only as far as they reach.
     pub complete: bool,
+    /// The protection officers' public keys (`age1...`) new vaults are sealed to, always sent:
+    /// the device replaces what it knew with them.
+    pub vault_recipients: Vec<String>,
+    /// Ids of the request's vaults that are durably stored (including ones stored before).
+    pub vaults_accepted: Vec<ByteBuf>,
+    pub vaults_rejected: Vec<VaultRejection>,
 }
 
 /// The first item of a response body; `frames` frames follow it.
@@ -278,6 +299,12 @@ struct ResponseHead {
     purges: Vec<PurgeNotice>,
     #[serde(default)]
     purges_through: u64,
+    #[serde(default)]
+    vault_recipients: Vec<String>,
+    #[serde(default)]
+    vaults_accepted: Vec<ByteBuf>,
+    #[serde(default)]
+    vaults_rejected: Vec<VaultRejection>,
 }
 
 /// The binary form of a request (or of any single-item message).
@@ -302,6 +329,9 @@ pub fn encode_response(response: &SyncResponse) -> Vec<u8> {
         frames: response.changes.len() as u64,
         purges: response.purges.clone(),
         purges_through: response.purges_through,
+        vault_recipients: response.vault_recipients.clone(),
+        vaults_accepted: response.vaults_accepted.clone(),
+        vaults_rejected: response.vaults_rejected.clone(),
     };
     let mut out = encode(&head);
     for frame in &response.changes {
@@ -420,6 +450,9 @@ pub fn read_response(reader: impl Read) -> Result<SyncResponse, ProtocolError> {
         purges: head.purges,
         purges_through: head.purges_through,
         complete,
+        vault_recipients: head.vault_recipients,
+        vaults_accepted: head.vaults_accepted,
+        vaults_rejected: head.vaults_rejected,
     })
 }
 
@@ -441,6 +474,7 @@ mod tests {
             resume: vec![ByteBuf::from(vec![5; 16])],
             max_response_bytes: Some(4096),
             purges_after: 3,
+            vaults: vec![],
         }
     }
 
@@ -469,6 +503,12 @@ mod tests {
             }],
             purges_through: 4,
             complete: true,
+            vault_recipients: vec!["age1example".into()],
+            vaults_accepted: vec![ByteBuf::from(vec![6; 16])],
+            vaults_rejected: vec![VaultRejection {
+                id: ByteBuf::from(vec![7; 16]),
+                reason: "not a protection case".into(),
+            }],
         }
     }
 

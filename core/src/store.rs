@@ -6,6 +6,10 @@
 //! pending change is deleted only when a sync response names it as durably stored by the server.
 //! Changes downloaded before their dependencies are held in `held_changes` and re-applied when
 //! the rest arrives, so nothing received is dropped.
+//!
+//! Sealed identity vaults ([`crate::vault`]) wait in `vault_outbox` as envelopes only (the
+//! plaintext is never written) until the server acknowledges them, and are then deleted: the
+//! device cannot read them anyway, and a lost phone holds less.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -25,6 +29,7 @@ use crate::protocol::{
 };
 use crate::schema::{Encounter, SCHEMA_VERSION, Status};
 use crate::validation::{FieldError, ValidationErrors, validate};
+use crate::vault::{self, SealedVault, VaultContents, VaultError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,6 +59,12 @@ pub enum StoreError {
     WrongTeam { enrolled: String, given: String },
     #[error("the store is damaged: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(
+        "encounter {0} is not a UASC or missing-person case: identity data is sealed only for those (count the child with counts.uasc, or add the service located_missing, first)"
+    )]
+    NotAVaultCase(EncounterId),
 }
 
 /// What [`DeviceStore::wipe`] erased.
@@ -143,6 +154,8 @@ pub struct SyncApplied {
     /// Encounters whose identity vault copies (outbox rows) this store dropped after a vault
     /// purge.
     pub vaults_dropped: u64,
+    /// Sealed vaults the server acknowledged (and this store deleted).
+    pub vaults_acknowledged: u64,
 }
 
 /// Hex form of change hashes, as shown to people.
@@ -177,6 +190,17 @@ const MIGRATIONS: &[&str] = &[
         hash BLOB PRIMARY KEY,
         encounter BLOB NOT NULL,
         change BLOB NOT NULL
+    );
+",
+    r"
+    -- Sealed identity vaults (CBOR envelopes, ciphertext only) not yet acknowledged by the
+    -- server; `rejected` says why the server last refused one (it is offered again).
+    CREATE TABLE vault_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id BLOB NOT NULL UNIQUE,
+        encounter BLOB NOT NULL,
+        envelope BLOB NOT NULL,
+        rejected TEXT
     );
 ",
     r"
@@ -455,26 +479,10 @@ fn delete_copy(conn: &Connection, id: EncounterId) -> Result<usize, StoreError> 
     Ok(removed)
 }
 
-/// The identity vault's outbox (sealed envelopes waiting for upload) lives in a table that only
-/// builds with the vault have; a purge deletes from it when it exists.
-const VAULT_OUTBOX_TABLE: &str = "vault_outbox";
-
-fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
-    Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-        [name],
-        |row| row.get(0),
-    )?)
-}
-
-/// Deletes encounter `id`'s sealed envelopes still waiting in the vault outbox, if this store
-/// has one (see [`VAULT_OUTBOX_TABLE`]).
+/// Deletes encounter `id`'s sealed identity envelopes still waiting in the vault outbox.
 fn drop_vault_outbox(conn: &Connection, id: EncounterId) -> Result<usize, StoreError> {
-    if !has_table(conn, VAULT_OUTBOX_TABLE)? {
-        return Ok(0);
-    }
     Ok(conn.execute(
-        &format!("DELETE FROM {VAULT_OUTBOX_TABLE} WHERE encounter = ?1"),
+        "DELETE FROM vault_outbox WHERE encounter = ?1",
         [id.as_bytes()],
     )?)
 }
@@ -630,7 +638,12 @@ impl DeviceStore {
         if let Some(existing) = existing
             && !same_device
         {
-            let pending = count(&tx, "SELECT count(*) FROM pending_changes", [])?;
+            // Sealed vaults not yet uploaded count too: they exist nowhere else.
+            let pending = count(
+                &tx,
+                "SELECT (SELECT count(*) FROM pending_changes) + (SELECT count(*) FROM vault_outbox)",
+                [],
+            )?;
             if pending > 0 {
                 return Err(StoreError::EnrolledToAnotherDevice {
                     enrolled: existing.device_id,
@@ -929,6 +942,7 @@ impl DeviceStore {
             resume: Vec::new(),
             max_response_bytes: None,
             purges_after: purges_cursor(&self.conn)?,
+            vaults: Vec::new(),
         };
         Ok(UploadPage {
             request,
@@ -1002,6 +1016,7 @@ impl DeviceStore {
                 params![rejection.encounter.as_bytes(), rejection.message],
             )?;
         }
+        let vaults_acknowledged = apply_vault_outcome(&tx, response)?;
         for (id, changes) in downloads {
             if is_purged(&tx, id)? {
                 continue;
@@ -1046,6 +1061,7 @@ impl DeviceStore {
             rebased,
             dropped,
             vaults_dropped,
+            vaults_acknowledged,
         })
     }
 
@@ -1111,6 +1127,142 @@ impl DeviceStore {
     }
 }
 
+/// Deletes the vaults the server acknowledged, notes why it refused others, and takes the
+/// server's current protection-officer keys. Returns how many vaults were acknowledged.
+fn apply_vault_outcome(conn: &Connection, response: &SyncResponse) -> Result<u64, StoreError> {
+    let mut acknowledged = 0;
+    for id in &response.vaults_accepted {
+        acknowledged +=
+            conn.execute("DELETE FROM vault_outbox WHERE id = ?1", [id.as_slice()])? as u64;
+    }
+    for rejection in &response.vaults_rejected {
+        conn.execute(
+            "UPDATE vault_outbox SET rejected = ?2 WHERE id = ?1",
+            params![rejection.id.as_slice(), rejection.reason],
+        )?;
+    }
+    // A response cut before its head never reaches here; a whole head always carries the keys.
+    put_setting(
+        conn,
+        "vault_recipients",
+        &serde_json::to_string(&response.vault_recipients).expect("serialisable"),
+    )?;
+    Ok(acknowledged)
+}
+
+/// One sealed vault waiting in the outbox, as `device vaults` would list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxVault {
+    pub id: String,
+    pub encounter: EncounterId,
+    pub sealed_at: String,
+    pub recipients: Vec<String>,
+    /// Why the server last refused it, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl DeviceStore {
+    /// The protection officers' public keys the server last sent (empty before the first sync).
+    pub fn vault_recipients(&self) -> Result<Vec<String>, StoreError> {
+        setting(&self.conn, "vault_recipients")?
+            .map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Seals identity data of encounter `id` to the protection officers' keys and keeps only the
+    /// envelope, to upload at the next sync. Refused for an encounter that is not a UASC or
+    /// missing-person case, and before the device has learned any key.
+    pub fn seal_vault(
+        &mut self,
+        id: EncounterId,
+        contents: &VaultContents,
+    ) -> Result<SealedVault, StoreError> {
+        let tx = self.write()?;
+        enrolment(&tx)?.ok_or(StoreError::NotEnrolled)?;
+        let encounter = load_document(&tx, id, None)?
+            .ok_or(StoreError::NotFound(id))?
+            .encounter()?;
+        if !encounter.is_protection_case() {
+            return Err(StoreError::NotAVaultCase(id));
+        }
+        let recipients: Vec<String> = setting(&tx, "vault_recipients")?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
+        if recipients.is_empty() {
+            return Err(VaultError::NoRecipients.into());
+        }
+        let sealed = vault::seal(contents, id, &recipients)?;
+        tx.execute(
+            "INSERT INTO vault_outbox (id, encounter, envelope) VALUES (?1, ?2, ?3)",
+            params![sealed.id.as_slice(), id.as_bytes(), sealed.to_cbor()],
+        )?;
+        tx.commit()?;
+        tracing::debug!(encounter = %id, "identity data sealed");
+        Ok(sealed)
+    }
+
+    /// Sealed vaults waiting for the server, oldest first, leaving out `skip` (those already
+    /// sent in this sync), up to about `max_bytes` (always at least one) and
+    /// [`crate::protocol::MAX_VAULTS_PER_REQUEST`]. The flag says more wait.
+    pub fn vault_page(
+        &self,
+        skip: &std::collections::HashSet<ByteBuf>,
+        max_bytes: usize,
+    ) -> Result<(Vec<SealedVault>, bool), StoreError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT id, envelope FROM vault_outbox ORDER BY seq")?;
+        let mut rows = statement.query([])?;
+        let mut page = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next()? {
+            let id = ByteBuf::from(row.get::<_, Vec<u8>>(0)?);
+            if skip.contains(&id) {
+                continue;
+            }
+            let envelope: Vec<u8> = row.get(1)?;
+            if !page.is_empty()
+                && (bytes + envelope.len() > max_bytes
+                    || page.len() >= crate::protocol::MAX_VAULTS_PER_REQUEST)
+            {
+                return Ok((page, true));
+            }
+            bytes += envelope.len();
+            page.push(
+                vault::decode_sealed(&envelope)
+                    .map_err(|e| StoreError::Corrupt(format!("a sealed vault: {e}")))?,
+            );
+        }
+        Ok((page, false))
+    }
+
+    /// Sealed vaults not yet acknowledged by the server.
+    pub fn vault_outbox(&self) -> Result<Vec<OutboxVault>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT envelope, rejected FROM vault_outbox ORDER BY seq")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Option<String>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (envelope, refused) = row?;
+            let sealed = vault::decode_sealed(&envelope)
+                .map_err(|e| StoreError::Corrupt(format!("a sealed vault: {e}")))?;
+            out.push(OutboxVault {
+                id: vault::hex(&sealed.id),
+                encounter: sealed.encounter,
+                sealed_at: sealed.sealed_at,
+                recipients: sealed.recipients,
+                refused,
+            });
+        }
+        Ok(out)
+    }
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -1164,6 +1316,9 @@ pub(crate) mod test_support {
             purges: vec![],
             purges_through: 0,
             complete: true,
+            vault_recipients: vec![],
+            vaults_accepted: vec![],
+            vaults_rejected: vec![],
         }
     }
 }
@@ -1255,15 +1410,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = enrolled(&dir, "s.db");
         let id = store.log(example()).unwrap();
-        // The identity vault's outbox, as a build with the vault has it.
-        store
-            .conn
-            .execute_batch("CREATE TABLE vault_outbox (id INTEGER PRIMARY KEY, encounter BLOB NOT NULL, envelope BLOB NOT NULL)")
-            .unwrap();
         store
             .conn
             .execute(
-                "INSERT INTO vault_outbox (encounter, envelope) VALUES (?1, x'00')",
+                "INSERT INTO vault_outbox (id, encounter, envelope) VALUES (x'01', ?1, x'00')",
                 [id.as_bytes()],
             )
             .unwrap();
@@ -1536,6 +1686,56 @@ mod tests {
         assert_eq!(store.pending_count().unwrap(), 0);
         store.apply_response(&response(4)).unwrap();
         assert_eq!(store.cursor().unwrap(), 10);
+    }
+
+    #[test]
+    fn a_vault_is_sealed_only_for_a_protection_case_once_keys_are_known_and_leaves_when_acknowledged()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = enrolled(&dir, "s.db");
+        let contents: VaultContents =
+            serde_json::from_str(r#"{"names":["Zenaida Quispe-Huarachi"]}"#).unwrap();
+        let child = store
+            .log(serde_json::from_str(r#"{"counts":{"uasc":1,"f":{"12-17":1}}}"#).unwrap())
+            .unwrap();
+        let adults = store.log(example()).unwrap();
+        assert!(matches!(
+            store.seal_vault(child, &contents),
+            Err(StoreError::Vault(VaultError::NoRecipients))
+        ));
+        let (secret, public) = vault::generate_identity();
+        let mut keys = test_support::response(vec![], None, 0);
+        keys.vault_recipients = vec![public.clone()];
+        store.apply_response(&keys).unwrap();
+        assert_eq!(store.vault_recipients().unwrap(), [public]);
+        assert!(matches!(
+            store.seal_vault(adults, &contents),
+            Err(StoreError::NotAVaultCase(_))
+        ));
+        let sealed = store.seal_vault(child, &contents).unwrap();
+        assert_eq!(vault::open(&sealed, &secret).unwrap(), contents);
+        let (page, more) = store.vault_page(&Default::default(), 1).unwrap();
+        assert_eq!((page, more), (vec![sealed.clone()], false));
+        let mut refused = keys.clone();
+        refused.vaults_rejected = vec![crate::protocol::VaultRejection {
+            id: sealed.id.clone(),
+            reason: "not yet".into(),
+        }];
+        store.apply_response(&refused).unwrap();
+        assert_eq!(
+            store.vault_outbox().unwrap()[0].refused.as_deref(),
+            Some("not yet")
+        );
+        let mut acknowledged = keys;
+        acknowledged.vaults_accepted = vec![sealed.id];
+        assert_eq!(
+            store
+                .apply_response(&acknowledged)
+                .unwrap()
+                .vaults_acknowledged,
+            1
+        );
+        assert!(store.vault_outbox().unwrap().is_empty());
     }
 
     #[test]

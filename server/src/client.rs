@@ -1,5 +1,7 @@
 //! The device side of the HTTP transport: runs sync protocol v2 rounds between a
-//! [`DeviceStore`] and a server, and asks the server who a token belongs to.
+//! [`DeviceStore`] and a server, and asks the server who a token belongs to. The protection
+//! officer's vault calls (fetch, list, put a resealed envelope) are here too: they move
+//! ciphertext only, and decrypting is the caller's, on the officer's machine.
 //!
 //! Core builds and applies the messages; this module only moves bytes, so the phone app can swap
 //! it for its own transport.
@@ -13,7 +15,7 @@ use std::io::Read;
 use automerge::Change;
 use auxilio_core::protocol::{
     self, CONTENT_ENCODING, EncounterChanges, MEDIA_TYPE, ProtocolError, RejectReason, Rejection,
-    SyncResponse,
+    SyncResponse, VaultRejection,
 };
 use auxilio_core::store::{StoreError, Wiped};
 use serde::{Deserialize, Serialize};
@@ -77,6 +79,15 @@ pub struct SyncReport {
     /// Encounters whose identity vault copies this device dropped after a vault purge.
     #[serde(default)]
     pub vaults_dropped: u64,
+    /// Sealed identity vaults the server acknowledged (and this device then deleted).
+    #[serde(default)]
+    pub vaults_uploaded: u64,
+    /// Sealed vaults still waiting on this device (refused ones stay, and go again next sync).
+    #[serde(default)]
+    pub vaults_pending: u64,
+    /// Sealed vaults the server refused (kept on the device and offered again next sync).
+    #[serde(default)]
+    pub vaults_rejected: Vec<VaultRejection>,
 }
 
 /// How a sync behaves.
@@ -192,20 +203,78 @@ fn finish(
     }
 }
 
-/// Asks the server which device, team and role `token` belongs to.
-pub fn whoami(server_url: &str, token: &str) -> Result<WhoAmI, ClientError> {
-    let url = endpoint(server_url, "/v1/whoami");
+/// `GET url` with `token`, read as the JSON answer `what` names.
+fn get_json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    token: &str,
+    what: &str,
+) -> Result<T, ClientError> {
     let body = finish(
-        &url,
+        url,
         agent()
-            .get(&url)
+            .get(url)
             .header("Authorization", &format!("Bearer {token}"))
             .call(),
     )?;
     serde_json::from_slice(&body).map_err(|e| ClientError::Server {
         status: 200,
-        message: format!("unexpected whoami answer: {e}"),
+        message: format!("unexpected {what} answer: {e}"),
     })
+}
+
+/// Asks the server which device, team and role `token` belongs to.
+pub fn whoami(server_url: &str, token: &str) -> Result<WhoAmI, ClientError> {
+    get_json(&endpoint(server_url, "/v1/whoami"), token, "whoami")
+}
+
+/// The sealed envelopes of one encounter (`GET /v1/encounters/{id}/vault`; protection officers).
+pub fn fetch_vault(
+    server_url: &str,
+    token: &str,
+    encounter: auxilio_core::EncounterId,
+) -> Result<crate::http::vault::EncounterVault, ClientError> {
+    let url = endpoint(server_url, &format!("/v1/encounters/{encounter}/vault"));
+    get_json(&url, token, "vault")
+}
+
+/// One page of every envelope's id, encounter and recipients (`GET /v1/vaults`).
+pub fn list_vaults(
+    server_url: &str,
+    token: &str,
+    after: Option<&str>,
+) -> Result<crate::http::vault::VaultListing, ClientError> {
+    let mut url = endpoint(server_url, "/v1/vaults");
+    if let Some(after) = after {
+        url.push_str(&format!("?after={after}"));
+    }
+    get_json(&url, token, "vault list")
+}
+
+/// Replaces a stored envelope with one resealed to the current keys
+/// (`PUT /v1/encounters/{id}/vault/{envelope_id}`).
+pub fn put_resealed(
+    server_url: &str,
+    token: &str,
+    resealed: &auxilio_core::vault::SealedVault,
+) -> Result<(), ClientError> {
+    let url = endpoint(
+        server_url,
+        &format!(
+            "/v1/encounters/{}/vault/{}",
+            resealed.encounter,
+            auxilio_core::vault::hex(&resealed.id)
+        ),
+    );
+    let body = serde_json::to_vec(resealed).expect("serialisable");
+    finish(
+        &url,
+        agent()
+            .put(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .send(&body[..]),
+    )?;
+    Ok(())
 }
 
 /// Replaces the store's token with a new one from the server. The server keeps the old token
@@ -265,7 +334,7 @@ fn random_request_id() -> Vec<u8> {
 enum Exchange {
     /// The server answered with a response, whole or cut after its head: it committed the
     /// request, and says what it stored.
-    Answered(SyncResponse),
+    Answered(Box<SyncResponse>),
     /// No usable answer (the connection failed or was cut before the head, or the server failed):
     /// the request's changes may or may not be stored.
     InDoubt(String),
@@ -342,7 +411,7 @@ fn exchange(
         protocol::read_response(reader)
     };
     match read {
-        Ok(response) => Ok(Exchange::Answered(response)),
+        Ok(response) => Ok(Exchange::Answered(Box::new(response))),
         Err(ProtocolError::CutBeforeHead) => Ok(Exchange::InDoubt(
             "the response was cut off before its first part arrived".into(),
         )),
@@ -382,6 +451,8 @@ pub fn sync_with(
     let mut wanted_sent: HashSet<ByteBuf> = HashSet::new();
     let mut wanted: Vec<EncounterChanges> = Vec::new();
     let mut failed_in_a_row = 0u32;
+    // Sealed vaults the server answered for in this sync (stored or refused): each goes once.
+    let mut vaults_answered: HashSet<ByteBuf> = HashSet::new();
     loop {
         let mut page = if only_asking {
             // Asks what became of the lost requests before walking the pending list, which would
@@ -398,6 +469,15 @@ pub fn sync_with(
         page.request.resume = in_doubt.iter().map(|(id, _)| id.clone()).collect();
         page.request.max_response_bytes = Some(page_bytes as u64);
         page.request.changes.extend(wanted.iter().cloned());
+        // Vaults ride with the last page of changes, so their encounter reaches the server no
+        // later than they do; the server stores them after the request's changes.
+        let mut vaults_more = false;
+        if !only_asking && !page.more {
+            let (vaults, more) = store.vault_page(&vaults_answered, page_bytes)?;
+            page.request.vaults = vaults;
+            vaults_more = more;
+        }
+        let vault_ids: Vec<ByteBuf> = page.request.vaults.iter().map(|v| v.id.clone()).collect();
         let mut body = protocol::encode(&page.request);
         if options.compress {
             body = protocol::compress(&body);
@@ -420,7 +500,7 @@ pub fn sync_with(
             other => other?,
         };
         let response = match outcome {
-            Exchange::Answered(response) => response,
+            Exchange::Answered(response) => *response,
             Exchange::InDoubt(message) => {
                 failed_in_a_row += 1;
                 report.retries += 1;
@@ -451,6 +531,11 @@ pub fn sync_with(
         };
         only_asking = false;
         let applied = store.apply_response(&response)?;
+        vaults_answered.extend(vault_ids);
+        report.vaults_uploaded += applied.vaults_acknowledged;
+        report
+            .vaults_rejected
+            .extend(response.vaults_rejected.iter().cloned());
         report.uploaded += applied.acknowledged;
         report.downloaded += applied.downloaded;
         report.dropped += applied.dropped;
@@ -498,6 +583,7 @@ pub fn sync_with(
         }
         wanted.retain(|group| !group.changes.is_empty());
         report.pending = store.pending_count()?;
+        report.vaults_pending = store.vault_outbox()?.len() as u64;
         progress(&report);
         if response.complete {
             failed_in_a_row = 0;
@@ -524,6 +610,7 @@ pub fn sync_with(
         if response.complete
             && !response.more
             && !page.more
+            && !vaults_more
             && !response.restarted
             && !store_asks_again
             && wanted.is_empty()

@@ -301,6 +301,27 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN next_token_hash BLOB;
 ",
     r"
+    -- Issue 5: the sealed identity vault. The protection officers' public keys (age X25519),
+    -- and the envelopes devices sealed to them: ciphertext only, no key here opens it.
+    CREATE TABLE vault_keys (
+        public_key TEXT PRIMARY KEY,
+        label TEXT,
+        added_at TEXT,
+        retired_at TEXT
+    );
+    CREATE TABLE vault_envelopes (
+        id BLOB PRIMARY KEY,
+        encounter BLOB NOT NULL,
+        team TEXT NOT NULL,
+        device BLOB NOT NULL,
+        sealed_at TEXT,
+        received_at TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        ciphertext BLOB NOT NULL
+    );
+    CREATE INDEX vault_envelopes_by_encounter ON vault_envelopes (encounter);
+",
+    r"
     -- Issue 5, erasure: one tombstone per purge, in the order purges happened. `seq` is the
     -- position devices' purge cursors point into; no reason text here (it is in the audit log).
     CREATE TABLE purges (

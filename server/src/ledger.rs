@@ -12,8 +12,8 @@ use automerge::{AutomergeError, Change};
 use auxilio_core::document::{DocumentError, EncounterDocument};
 use auxilio_core::id::device_of_actor;
 use auxilio_core::protocol::{
-    self, MAX_REQUEST_ID_BYTES, MAX_RESUMED, PROTOCOL_VERSION, RejectReason, Rejection,
-    ResponseFrame, SyncRequest, SyncResponse, WantedChanges,
+    self, MAX_REQUEST_ID_BYTES, MAX_RESUMED, MAX_VAULTS_PER_REQUEST, PROTOCOL_VERSION,
+    RejectReason, Rejection, ResponseFrame, SyncRequest, SyncResponse, WantedChanges,
 };
 use auxilio_core::{EncounterId, SCHEMA_VERSION};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -121,6 +121,12 @@ pub fn decode(request: SyncRequest) -> Result<DecodedRequest, LedgerError> {
         return Err(LedgerError::BadRequest(format!(
             "resume names {} requests; at most {MAX_RESUMED} are answered",
             request.resume.len()
+        )));
+    }
+    if request.vaults.len() > MAX_VAULTS_PER_REQUEST {
+        return Err(LedgerError::BadRequest(format!(
+            "the request carries {} sealed vaults; at most {MAX_VAULTS_PER_REQUEST} per request",
+            request.vaults.len()
         )));
     }
     let mut uploads: Vec<Upload> = Vec::new();
@@ -514,6 +520,10 @@ pub fn sync_decoded(
             Err(rejection) => rejected.push(rejection),
         }
     }
+    // After the changes, so a vault travelling with its encounter's first changes finds it.
+    let (vaults_accepted, vaults_rejected) =
+        crate::vault::store_uploaded(&tx, device, &request.vaults)?;
+    let vault_recipients = crate::vault::current_recipients(&tx)?;
     // A cursor is trusted only if it still names the same change: after a restore from backup
     // (or against another server) its position may hold another change or none, and the device
     // would silently skip what it never had. Then the device starts again from the beginning.
@@ -559,6 +569,9 @@ pub fn sync_decoded(
         purges,
         purges_through,
         complete: true,
+        vault_recipients,
+        vaults_accepted,
+        vaults_rejected,
     })
 }
 

@@ -33,10 +33,6 @@ use crate::database::now_text;
 use crate::index;
 use crate::ledger;
 
-/// The identity vault's sealed envelopes live in a server table outside the Automerge document,
-/// which only builds with the vault have; a purge deletes from it when it exists.
-const VAULT_ENVELOPES_TABLE: &str = "vault_envelopes";
-
 /// At most this many purge notices go in one sync response; a device with more to catch up on
 /// gets them over the next requests (`more`).
 pub const MAX_NOTICES_PER_RESPONSE: usize = 1024;
@@ -182,35 +178,19 @@ pub fn whole_purge_time(
     .optional()
 }
 
-fn has_table(conn: &Connection, name: &str) -> Result<bool, rusqlite::Error> {
-    conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-        [name],
-        |row| row.get(0),
-    )
-}
-
-/// Deletes the encounter's sealed identity envelopes, if this database has the vault's table
-/// (see [`VAULT_ENVELOPES_TABLE`]).
+/// Deletes the encounter's sealed identity envelopes (they live outside the Automerge document,
+/// in `vault_envelopes`, see [`crate::vault`]).
 fn delete_vault_envelopes(tx: &Connection, encounter: EncounterId) -> Result<u64, rusqlite::Error> {
-    if !has_table(tx, VAULT_ENVELOPES_TABLE)? {
-        return Ok(0);
-    }
     Ok(tx.execute(
-        &format!("DELETE FROM {VAULT_ENVELOPES_TABLE} WHERE encounter = ?1"),
+        "DELETE FROM vault_envelopes WHERE encounter = ?1",
         [encounter.as_bytes()],
     )? as u64)
 }
 
-/// Encounters with sealed identity envelopes, if this database has the vault's table: what a
-/// vault retention sweep looks at.
+/// Encounters with sealed identity envelopes: what a vault retention sweep looks at.
 pub fn encounters_with_vault(conn: &Connection) -> Result<Vec<EncounterId>, rusqlite::Error> {
-    if !has_table(conn, VAULT_ENVELOPES_TABLE)? {
-        return Ok(Vec::new());
-    }
-    let mut statement = conn.prepare(&format!(
-        "SELECT DISTINCT encounter FROM {VAULT_ENVELOPES_TABLE} ORDER BY encounter"
-    ))?;
+    let mut statement =
+        conn.prepare("SELECT DISTINCT encounter FROM vault_envelopes ORDER BY encounter")?;
     let ids = statement
         .query_map([], |row| row.get::<_, Vec<u8>>(0))?
         .filter_map(|id| id.ok().and_then(|id| EncounterId::from_slice(&id).ok()))
@@ -429,14 +409,11 @@ pub(crate) mod tests {
         let (database, data, id, _) =
             stored_encounter(&dir, serde_json::json!({"services": ["first_aid"]}));
         let sealed = "SEALED-ENVELOPE-BYTES-61c0";
-        // The identity vault's table, as a build with the vault has it.
         database
             .write(|conn| {
-                conn.execute_batch(
-                    "CREATE TABLE vault_envelopes (id BLOB PRIMARY KEY, encounter BLOB NOT NULL, team TEXT, sealed BLOB NOT NULL)",
-                )?;
                 conn.execute(
-                    "INSERT INTO vault_envelopes VALUES (x'01', ?1, 'sonora', CAST(?2 AS BLOB))",
+                    "INSERT INTO vault_envelopes (id, encounter, team, device, received_at, recipients, ciphertext)
+                     VALUES (x'01', ?1, 'sonora', x'02', 't', '[]', CAST(?2 AS BLOB))",
                     params![id.as_bytes(), sealed],
                 )
             })

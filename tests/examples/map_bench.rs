@@ -225,6 +225,7 @@ fn fill(data: &std::path::Path, count: usize, incremental: bool) -> f64 {
                 resume: Vec::new(),
                 max_response_bytes: None,
                 purges_after: 0,
+                vaults: Vec::new(),
             };
             let storing_started = Instant::now();
             let rejected = database

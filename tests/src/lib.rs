@@ -186,6 +186,33 @@ pub fn spawn_auxilio(cwd: &Path, args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// Runs `auxilio ARGS` in `cwd`, feeding `stdin`, and asserts it succeeds; returns stdout.
+pub fn auxilio_ok(cwd: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let output = run_auxilio(cwd, args, stdin);
+    assert!(
+        output.status.success(),
+        "auxilio {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A sync request that uploads nothing, from the beginning of the log.
+pub fn empty_sync_request() -> auxilio_core::protocol::SyncRequest {
+    auxilio_core::protocol::SyncRequest {
+        protocol: auxilio_core::protocol::PROTOCOL_VERSION,
+        cursor_check: None,
+        actor: None,
+        cursor: 0,
+        changes: vec![],
+        request_id: None,
+        resume: vec![],
+        max_response_bytes: None,
+        purges_after: 0,
+        vaults: vec![],
+    }
+}
+
 /// Runs `auxilio ARGS` in `cwd`, feeding `stdin`.
 pub fn run_auxilio(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = spawn_auxilio(cwd, args);

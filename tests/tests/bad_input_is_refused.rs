@@ -65,17 +65,7 @@ fn error_text(body: &[u8]) -> String {
 
 /// A sync request that uploads nothing.
 fn empty_request() -> SyncRequest {
-    SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        cursor_check: None,
-        actor: None,
-        cursor: 0,
-        changes: vec![],
-        request_id: None,
-        resume: vec![],
-        max_response_bytes: None,
-        purges_after: 0,
-    }
+    auxilio_tests::empty_sync_request()
 }
 
 /// A sync request body carrying `change` (raw bytes) for `encounter`.

@@ -3,17 +3,7 @@
 
 use std::path::Path;
 
-use auxilio_tests::{EXAMPLE_ENCOUNTER, ServerProcess, get_json, run_auxilio};
-
-fn ok(cwd: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let output = run_auxilio(cwd, args, stdin);
-    assert!(
-        output.status.success(),
-        "auxilio {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
+use auxilio_tests::{EXAMPLE_ENCOUNTER, ServerProcess, auxilio_ok as ok, get_json, run_auxilio};
 
 fn fails(cwd: &Path, args: &[&str], stdin: Option<&str>) -> String {
     let output = run_auxilio(cwd, args, stdin);
@@ -49,6 +39,15 @@ fn every_command_has_help_with_an_example() {
         &["device", "--store", "x.db", "show"],
         &["device", "--store", "x.db", "sync"],
         &["device", "--store", "x.db", "relay"],
+        &["device", "--store", "x.db", "vault"],
+        &["admin", "vault-key"],
+        &["admin", "vault-key", "add"],
+        &["admin", "vault-key", "list"],
+        &["admin", "vault-key", "retire"],
+        &["vault"],
+        &["vault", "keygen"],
+        &["vault", "open"],
+        &["vault", "reseal"],
     ];
     for command in commands {
         let mut args = command.to_vec();

@@ -185,6 +185,7 @@ fn another_teams_device_can_neither_relay_nor_upload_a_teams_changes() {
         resume: vec![],
         max_response_bytes: None,
         purges_after: 0,
+        vaults: vec![],
     };
     for sonora_synced in [false, true] {
         if sonora_synced {

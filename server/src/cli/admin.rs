@@ -1,5 +1,5 @@
-//! `auxilio admin`: teams, devices, the audit log, purges and the retention policy, straight on
-//! the data directory's database.
+//! `auxilio admin`: teams, devices, the audit log, the protection officers' vault keys, purges
+//! and the retention policy, straight on the data directory's database.
 
 use auxilio_core::protocol::PurgeKind;
 use auxilio_core::{DeviceId, EncounterId};
@@ -11,6 +11,7 @@ use crate::database::Database;
 use crate::directory::{self, Role};
 use crate::purge::{self, PurgeReport};
 use crate::retention;
+use crate::vault;
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
@@ -37,6 +38,12 @@ enum AdminCommand {
         after_help = "Examples:\n  auxilio admin device enroll --team sonora --role field\n  auxilio admin device list\n  auxilio admin device revoke DEVICE_ID"
     )]
     Device(DeviceCommand),
+    /// The protection officers' public keys that devices seal identity vaults to.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  auxilio vault keygen --out officer.key   # on the officer's own machine\n  auxilio admin vault-key add age1... --label \"DIF Sonora officer\"\n  auxilio admin vault-key list\n  auxilio admin vault-key retire age1..."
+    )]
+    VaultKey(VaultKeyCommand),
     /// The audit log: export it for an auditor, or check that nobody edited it.
     #[command(
         subcommand,
@@ -80,6 +87,29 @@ enum RetentionCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum VaultKeyCommand {
+    /// Add a protection officer's public key (age1..., from `auxilio vault keygen`): devices seal
+    /// new vaults to it from their next sync.
+    #[command(
+        after_help = "Example:\n  auxilio admin vault-key add age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p --label \"DIF Sonora officer\""
+    )]
+    Add {
+        public_key: String,
+        /// Whose key it is (shown to administrators only).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List the keys, retired ones included.
+    #[command(after_help = "Example:\n  auxilio admin vault-key list --json")]
+    List,
+    /// Retire a key: devices stop sealing to it at their next sync. The vaults already sealed to
+    /// it open only with it until an officer holding it runs `auxilio vault reseal`, which moves
+    /// them to the current keys.
+    #[command(after_help = "Example:\n  auxilio admin vault-key retire age1...")]
+    Retire { public_key: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,6 +313,38 @@ fn run_directory(
                 (
                     serde_json::json!({ "device_id": device_id, "revoked": true }),
                     format!("device {device_id} revoked: its next request will be refused"),
+                )
+            }
+            AdminCommand::VaultKey(VaultKeyCommand::Add { public_key, label }) => {
+                let key = vault::add_key(&tx, &public_key, &label)?;
+                (
+                    serde_json::json!({ "public_key": key, "label": label, "added": true }),
+                    format!("vault key {key} added: devices seal new vaults to it from their next sync"),
+                )
+            }
+            AdminCommand::VaultKey(VaultKeyCommand::List) => {
+                let keys = vault::list_keys(&tx)?;
+                let text = keys
+                    .iter()
+                    .map(|k| {
+                        let state = k.retired_at.as_deref().map_or("active".to_string(), |at| format!("retired {at}"));
+                        format!("{}  {}  {}", k.public_key, state, k.label.as_deref().unwrap_or(""))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                (serde_json::json!({ "keys": keys }), text)
+            }
+            AdminCommand::VaultKey(VaultKeyCommand::Retire { public_key }) => {
+                let still_sealed = vault::retire_key(&tx, &public_key)?;
+                let mut text = format!("vault key {public_key} retired: devices stop sealing to it at their next sync");
+                if still_sealed > 0 {
+                    text.push_str(&format!(
+                        "\n{still_sealed} stored vault(s) are still sealed to it: move them to the current keys with `auxilio vault reseal --identity THAT_KEY_FILE`"
+                    ));
+                }
+                (
+                    serde_json::json!({ "public_key": public_key, "retired": true, "envelopes_still_sealed_to_it": still_sealed }),
+                    text,
                 )
             }
             AdminCommand::Device(DeviceCommand::Rotate { device_id }) => {

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use auxilio_core::edit::FieldEdit;
 use auxilio_core::relay::{RelayReport, RelayRole, relay_over};
 use auxilio_core::store::{Enrolment, StoreError};
+use auxilio_core::vault::VaultContents;
 use auxilio_core::{DeviceStore, Encounter, EncounterId};
 use clap::{Args, Subcommand};
 
@@ -59,6 +60,18 @@ enum DeviceCommand {
         id: EncounterId,
         #[arg(long = "set", required = true, value_name = "PATH=VALUE")]
         edits: Vec<FieldEdit>,
+    },
+    /// Seal names and family contacts of a UASC or missing-person case to the protection
+    /// officers' keys (learned at sync). Only the sealed envelope is kept; it uploads at the
+    /// next sync, and this device cannot read it back.
+    #[command(
+        after_help = "Example:\n  echo '{\"names\":[\"Ana Pérez\"],\"family_contacts\":[{\"name\":\"Rosa Pérez\",\"relation\":\"mother\",\"phone\":\"+502 5555 0101\"}]}' \\\n    | auxilio device --store phone.db vault ENCOUNTER_ID --file -"
+    )]
+    Vault {
+        id: EncounterId,
+        /// Path of a JSON file (names, family_contacts, notes), or - to read standard input.
+        #[arg(long)]
+        file: String,
     },
     /// List the encounters in this store.
     #[command(after_help = "Example:\n  auxilio device --store phone.db list --json")]
@@ -170,6 +183,12 @@ fn print_relay_report(report: &RelayReport, json: bool) {
 }
 
 fn read_encounter(file: &str) -> anyhow::Result<Encounter> {
+    read_json_object(file, "an encounter")
+}
+
+/// Reads one JSON object from `file` (or standard input for `-`) as a `T`, naming the field
+/// that does not fit.
+fn read_json_object<T: serde::de::DeserializeOwned>(file: &str, what: &str) -> anyhow::Result<T> {
     let text = if file == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -185,7 +204,7 @@ fn read_encounter(file: &str) -> anyhow::Result<Encounter> {
         .with_context(|| format!("{file} is not one JSON object"))?;
     if !value.is_object() {
         bail!(
-            "{file} must hold one JSON object (an encounter), not {}",
+            "{file} must hold one JSON object ({what}), not {}",
             json_kind(&value)
         );
     }
@@ -240,6 +259,22 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             } else {
                 print_line(&format!(
                     "{id} unchanged (the record already had those values)"
+                ));
+            }
+        }
+        DeviceCommand::Vault { id, file } => {
+            let contents: VaultContents = read_json_object(&file, "names and family contacts")?;
+            let sealed = store.seal_vault(id, &contents)?;
+            let envelope = auxilio_core::vault::hex(&sealed.id);
+            if json {
+                print_json(&serde_json::json!({
+                    "encounter": id, "envelope": envelope, "recipients": sealed.recipients,
+                    "sealed": true,
+                }));
+            } else {
+                print_line(&format!(
+                    "sealed to {} protection officer key(s) as envelope {envelope}; it uploads at the next `auxilio device sync` and this device cannot read it back",
+                    sealed.recipients.len()
                 ));
             }
         }
@@ -331,6 +366,18 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 eprintln!(
                     "purged on the server, dropped from this device: {} encounter(s), {} identity vault(s)",
                     report.dropped, report.vaults_dropped
+                );
+            }
+            if !report.vaults_rejected.is_empty() {
+                eprintln!(
+                    "the server refused {} sealed vault(s) (kept on this device, offered again next sync): {}",
+                    report.vaults_rejected.len(),
+                    report
+                        .vaults_rejected
+                        .iter()
+                        .map(|r| r.reason.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 );
             }
             if !report.rejected.is_empty() {

@@ -7,6 +7,7 @@ mod device;
 mod reindex;
 mod serve;
 mod sim;
+mod vault;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,10 +58,10 @@ enum Command {
         after_help = "Examples:\n  auxilio serve\n  auxilio serve --data /var/lib/auxilio --listen 127.0.0.1:9000"
     )]
     Serve(serve::ServeArgs),
-    /// Manage teams and devices, purge encounters, run the retention policy (works directly on
-    /// the data directory, server running or not).
+    /// Manage teams, devices and vault keys, purge encounters, run the retention policy (works
+    /// directly on the data directory, server running or not).
     #[command(
-        after_help = "Examples:\n  auxilio admin team add sonora\n  auxilio admin device enroll --team sonora --role field --label \"phone 3\"\n  auxilio admin device revoke DEVICE_ID --json\n  auxilio admin purge ENCOUNTER_ID --reason \"consent withdrawn\"\n  auxilio admin retention run --dry-run"
+        after_help = "Examples:\n  auxilio admin team add sonora\n  auxilio admin device enroll --team sonora --role field --label \"phone 3\"\n  auxilio admin device revoke DEVICE_ID --json\n  auxilio admin vault-key add age1... --label \"protection officer\"\n  auxilio admin purge ENCOUNTER_ID --reason \"consent withdrawn\"\n  auxilio admin retention run --dry-run"
     )]
     Admin(admin::AdminArgs),
     /// Rebuild merged documents and query indexes from the stored changes (server may run).
@@ -87,6 +88,13 @@ enum Command {
   auxilio demo
   auxilio demo --listen 127.0.0.1:9000 --rounds 5 --interval 1")]
     Demo(demo::DemoArgs),
+    /// The protection officer's tools for sealed identity vaults: make a key, open a vault,
+    /// reseal every vault to the current keys (key rotation).
+    #[command(after_help = "Examples:
+  auxilio vault keygen --out officer.key
+  auxilio vault open ENCOUNTER_ID --server http://127.0.0.1:8080 --token auxilio_... --identity officer.key
+  auxilio vault reseal --server http://127.0.0.1:8080 --token auxilio_... --identity old.key")]
+    Vault(vault::VaultArgs),
 }
 
 /// Where `admin` and `serve` keep their data.
@@ -223,6 +231,7 @@ pub fn run() -> ExitCode {
         Command::Device(args) => device::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Vault(args) => vault::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

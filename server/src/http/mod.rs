@@ -1,7 +1,7 @@
 //! The HTTP surface: one [`AppState`], one router per feature (health, device administration,
 //! the audit log, sync, encounters, purge, map, export, the coordinators' event stream and map
-//! page), [`app`] to assemble them (tests drive
-//! it in process) and [`serve`] to run it until a shutdown signal.
+//! page, the protection officers' vault), [`app`] to assemble them (tests drive it in process)
+//! and [`serve`] to run it until a shutdown signal.
 
 mod admin;
 mod audit_log;
@@ -14,6 +14,7 @@ mod map;
 pub mod map_page;
 mod purge;
 mod sync;
+pub mod vault;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -98,6 +99,7 @@ pub fn app(state: AppState) -> Router {
         .merge(export::router())
         .merge(events::router())
         .merge(map_page::router())
+        .merge(vault::router())
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())
