@@ -170,12 +170,26 @@ pub fn whole_purge_time(
     conn: &Connection,
     encounter: EncounterId,
 ) -> Result<Option<String>, rusqlite::Error> {
-    conn.query_row(
-        "SELECT purged_at FROM purges WHERE encounter = ?1 AND kind = 'whole' LIMIT 1",
-        [encounter.as_bytes()],
-        |row| row.get(0),
-    )
-    .optional()
+    Ok(tombstone(conn, encounter)?
+        .filter(|(kind, _)| *kind == PurgeKind::Whole)
+        .map(|(_, at)| at))
+}
+
+/// The purge encounter `encounter` had, if any, with its time: a whole purge if there was one,
+/// else its latest vault purge.
+pub fn tombstone(
+    conn: &Connection,
+    encounter: EncounterId,
+) -> Result<Option<(PurgeKind, String)>, rusqlite::Error> {
+    let row: Option<(String, String)> = conn
+        .query_row(
+            "SELECT kind, purged_at FROM purges WHERE encounter = ?1
+             ORDER BY kind = 'whole' DESC, seq DESC LIMIT 1",
+            [encounter.as_bytes()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    Ok(row.and_then(|(kind, at)| PurgeKind::parse(&kind).map(|kind| (kind, at))))
 }
 
 /// Deletes the encounter's sealed identity envelopes (they live outside the Automerge document,

@@ -10,7 +10,7 @@
 //! place ([`replace`]); both are audited by the HTTP layer in the same transaction.
 
 use auxilio_core::EncounterId;
-use auxilio_core::protocol::VaultRejection;
+use auxilio_core::protocol::{PurgeKind, VaultRejection};
 use auxilio_core::vault::{self, SealedVault, VaultError};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ use crate::database::now_text;
 use crate::directory::Device;
 use crate::index;
 use crate::ledger::{self, LedgerError};
+use crate::purge;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultKeyError {
@@ -175,6 +176,16 @@ fn store_one(
         return Ok(Err(err.to_string()));
     }
     let id = sealed.encounter;
+    // A purged case's identity data is not taken again: a phone that sealed it before the purge
+    // and syncs afterwards drops it on this response's purge notice.
+    if let Some((kind, purged_at)) = purge::tombstone(tx, id)? {
+        return Ok(Err(match kind {
+            PurgeKind::Whole => format!("encounter {id} was purged on {purged_at}"),
+            PurgeKind::VaultOnly => format!(
+                "the identity vault of encounter {id} was purged on {purged_at}; it is not taken again"
+            ),
+        }));
+    }
     let team: Option<String> = tx
         .query_row(
             "SELECT team FROM encounters WHERE id = ?1",

@@ -213,6 +213,23 @@ pub fn empty_sync_request() -> auxilio_core::protocol::SyncRequest {
     }
 }
 
+/// Sends `request` as `device` to `base`'s `/v1/sync` as it is (no store applies the answer);
+/// the answer, which must be 200.
+pub fn sync_answer(
+    base: &str,
+    device: &Device,
+    request: &auxilio_core::protocol::SyncRequest,
+) -> auxilio_core::protocol::SyncResponse {
+    let (status, body) = post_bytes(
+        base,
+        "/v1/sync",
+        Some(&device.enrolled.token),
+        &auxilio_core::protocol::encode(request),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    auxilio_core::protocol::decode_response(&body).unwrap()
+}
+
 /// Runs `auxilio ARGS` in `cwd`, feeding `stdin`.
 pub fn run_auxilio(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = spawn_auxilio(cwd, args);

@@ -12,8 +12,8 @@ use auxilio_core::vault::{self, FamilyContact, SealedVault, VaultContents, Vault
 use auxilio_server::directory::{Enrolled, Role};
 use auxilio_server::{Database, ServerConfig};
 use auxilio_tests::{
-    Device, TeamFixture, add_team, auxilio_ok, empty_sync_request, enroll, get_json, post_bytes,
-    run_auxilio,
+    Device, TeamFixture, add_team, auxilio_ok, empty_sync_request, enroll, get_json, run_auxilio,
+    sync_answer,
 };
 use serde_bytes::ByteBuf;
 
@@ -231,14 +231,7 @@ fn upload_vaults(base: &str, device: &Device, vaults: Vec<SealedVault>) -> proto
         vaults,
         ..empty_sync_request()
     };
-    let (status, body) = post_bytes(
-        base,
-        "/v1/sync",
-        Some(&device.enrolled.token),
-        &protocol::encode(&request),
-    );
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    protocol::decode_response(&body).unwrap()
+    sync_answer(base, device, &request)
 }
 
 #[test]

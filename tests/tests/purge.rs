@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use auxilio_core::EncounterId;
 use auxilio_core::protocol::{self, RejectReason};
+use auxilio_core::vault::VaultContents;
 use auxilio_server::directory::Role;
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, auxilio_bin, enroll,
-    files_containing, files_in, get_json, post_bytes, post_json, run_auxilio,
+    Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, auxilio_bin, auxilio_ok,
+    enroll, files_containing, files_in, get_json, post_json, run_auxilio, sync_answer,
 };
 
 /// Every file of `dir` whose name starts with `prefix` (a store and its `-wal` and `-shm`), with
@@ -71,15 +72,7 @@ fn purge_over_http(
 /// What the server answers to `phone`'s next sync request, sent as is (the store applies
 /// nothing of it).
 fn answer_to_next_sync(url: &str, phone: &Device) -> protocol::SyncResponse {
-    let request = phone.store.sync_request().unwrap();
-    let (status, body) = post_bytes(
-        url,
-        "/v1/sync",
-        Some(&phone.enrolled.token),
-        &protocol::encode(&request),
-    );
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    protocol::decode_response(&body).unwrap()
+    sync_answer(url, phone, &phone.store.sync_request().unwrap())
 }
 
 /// Purges `id` over HTTP as a protection officer; the answer must be 200.
@@ -372,6 +365,103 @@ fn only_protection_officers_purge_and_the_audit_log_keeps_the_reason() {
         })
         .unwrap();
     assert_eq!(tombstone, ("sonora".to_string(), "whole".to_string()));
+}
+
+/// Counts the sealed identity envelopes the server holds for `id`.
+fn envelopes_of(fixture: &TeamFixture, id: EncounterId) -> i64 {
+    server_database(fixture.data.path())
+        .query_row(
+            "SELECT count(*) FROM vault_envelopes WHERE encounter = ?1",
+            [id.as_bytes()],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_vault_purge_erases_the_envelopes_keeps_the_record_and_an_unsent_vault_is_dropped() {
+    let Team {
+        fixture,
+        url,
+        mut phone_a,
+        mut phone_b,
+        officer,
+        coordinator,
+    } = team();
+    let data = fixture.data.path().to_str().unwrap().to_string();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("officer.key");
+    let made = auxilio_ok(
+        keys.path(),
+        &[
+            "vault",
+            "keygen",
+            "--out",
+            key_file.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
+    let public: serde_json::Value = serde_json::from_str(&made).unwrap();
+    let public = public["public_key"].as_str().unwrap();
+    auxilio_ok(
+        keys.path(),
+        &[
+            "admin",
+            "--data",
+            &data,
+            "vault-key",
+            "add",
+            public,
+            "--label",
+            "officer",
+        ],
+        None,
+    );
+    phone_a.sync().unwrap();
+    phone_b.sync().unwrap();
+    let contents = |name: &str| VaultContents {
+        names: vec![name.into()],
+        family_contacts: vec![],
+        notes: None,
+    };
+    let id = phone_a.log(
+        r#"{"services":["rescue"],"counts":{"f":{"12-17":1},"uasc":1},"location":{"lat":31.86,"lon":-112.85}}"#,
+    );
+    phone_a.store.seal_vault(id, &contents("Ana")).unwrap();
+    assert_eq!(phone_a.sync().unwrap().vaults_uploaded, 1);
+    phone_b.sync().unwrap();
+    // Phone B seals more of the case's identity with no signal, while the vault is purged.
+    phone_b
+        .store
+        .seal_vault(id, &contents("Ana María"))
+        .unwrap();
+    assert_eq!(envelopes_of(&fixture, id), 1);
+
+    let (status, body) = purge_over_http(
+        &url,
+        Some(&officer),
+        id,
+        serde_json::json!({"reason": "child handed over to DIF", "vault_only": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["kind"], "vault_only");
+    assert_eq!(body["vault_envelopes_removed"], 1);
+    assert_eq!(envelopes_of(&fixture, id), 0);
+
+    let report = phone_b.sync().unwrap();
+    assert_eq!(report.vaults_dropped, 1, "{report:?}");
+    assert_eq!(report.vaults_pending, 0, "{report:?}");
+    assert!(phone_b.store.vault_outbox().unwrap().is_empty());
+    assert_eq!(
+        envelopes_of(&fixture, id),
+        0,
+        "the unsent vault is not taken"
+    );
+    // The record stays, on the phones and on the server.
+    assert_eq!(phone_b.sync().unwrap().dropped, 0);
+    assert!(phone_b.ids().contains(&id));
+    assert!(listed_ids(&url, &coordinator).contains(&id.to_string()));
 }
 
 #[test]
