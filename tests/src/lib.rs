@@ -420,15 +420,18 @@ pub fn files_in(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
+/// Whether `needle`'s UTF-8 bytes occur anywhere in `haystack`.
+pub fn bytes_contain(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
 /// The files among `files` whose bytes contain `needle`.
 pub fn files_containing(files: &[(PathBuf, Vec<u8>)], needle: &str) -> Vec<PathBuf> {
     files
         .iter()
-        .filter(|(_, bytes)| {
-            bytes
-                .windows(needle.len())
-                .any(|window| window == needle.as_bytes())
-        })
+        .filter(|(_, bytes)| bytes_contain(bytes, needle))
         .map(|(path, _)| path.clone())
         .collect()
 }

@@ -12,8 +12,8 @@ use auxilio_core::vault::{self, FamilyContact, SealedVault, VaultContents, Vault
 use auxilio_server::directory::{Enrolled, Role};
 use auxilio_server::{Database, ServerConfig};
 use auxilio_tests::{
-    Device, TeamFixture, add_team, auxilio_ok, empty_sync_request, enroll, get_json, run_auxilio,
-    sync_answer,
+    Device, TeamFixture, add_team, auxilio_ok, bytes_contain, empty_sync_request, enroll, files_in,
+    get_json, run_auxilio, sync_answer,
 };
 use serde_bytes::ByteBuf;
 
@@ -75,22 +75,6 @@ fn fetch(base: &str, token: &str, encounter: EncounterId) -> Vec<SealedVault> {
     serde_json::from_value(body["envelopes"].clone()).unwrap()
 }
 
-/// Every byte of every file in `dir` (the SQLite file and its -wal and -shm).
-fn files_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
-        .map(|path| (path.display().to_string(), std::fs::read(&path).unwrap()))
-        .collect()
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
-}
-
 fn audit_actions(data: &Path, action: &str) -> i64 {
     Database::open(data)
         .unwrap()
@@ -130,10 +114,11 @@ fn sealed_case() -> SealedCase {
     let id = phone.log(&uasc_encounter());
     let sealed = phone.store.seal_vault(id, &contents()).unwrap();
     assert_eq!(sealed.recipients, [public.as_str()]);
-    for (path, bytes) in files_bytes(fixture.devices.path()) {
+    for (path, bytes) in files_in(fixture.devices.path()) {
         assert!(
-            !contains(&bytes, "Zenaida"),
-            "the name is in {path} before sync"
+            !bytes_contain(&bytes, "Zenaida"),
+            "the name is in {} before sync",
+            path.display()
         );
     }
     let report = phone.sync().unwrap();
@@ -163,26 +148,34 @@ fn a_sealed_name_never_reaches_the_servers_disk_in_plaintext() {
     let data = fixture.data.path();
 
     // The grep works: the record's own notes, which are not sealed, are found on disk.
-    let server_files = files_bytes(data);
+    let server_files = files_in(data);
     assert!(
         server_files
             .iter()
-            .any(|(_, bytes)| contains(bytes, UNSEALED_NOTE)),
+            .any(|(_, bytes)| bytes_contain(bytes, UNSEALED_NOTE)),
         "the unsealed notes should be readable in the server's files"
     );
     for (path, bytes) in &server_files {
         for secret in [NAME, "Zenaida", FAMILY_PHONE, "Rosa Huarachi"] {
-            assert!(!contains(bytes, secret), "{secret:?} found in {path}");
+            assert!(
+                !bytes_contain(bytes, secret),
+                "{secret:?} found in {}",
+                path.display()
+            );
         }
     }
     let store_dir = fixture.devices.path();
     assert!(
-        files_bytes(store_dir)
+        files_in(store_dir)
             .iter()
-            .any(|(_, bytes)| contains(bytes, UNSEALED_NOTE))
+            .any(|(_, bytes)| bytes_contain(bytes, UNSEALED_NOTE))
     );
-    for (path, bytes) in files_bytes(store_dir) {
-        assert!(!contains(&bytes, "Zenaida"), "the name is in {path}");
+    for (path, bytes) in files_in(store_dir) {
+        assert!(
+            !bytes_contain(&bytes, "Zenaida"),
+            "the name is in {}",
+            path.display()
+        );
     }
 
     // The protection officer fetches the envelope over HTTP and opens it with their identity.
