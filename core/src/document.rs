@@ -184,6 +184,26 @@ impl EncounterDocument {
         }
     }
 
+    /// Every value written to `team` that has not been overwritten: one normally, several after
+    /// concurrent writes nobody settled (the shown one first, as [`Self::team`] gives it). A
+    /// value that is not text is `None`; an empty list means the document names no team (yet).
+    pub fn team_values(&self) -> Vec<Option<String>> {
+        let values = self.doc.get_all(ROOT, "team").unwrap_or_default();
+        let mut out: Vec<Option<String>> = values
+            .iter()
+            .map(|(value, _)| match value {
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Str(team) => Some(team.to_string()),
+                    _ => None,
+                },
+                Value::Object(_) => None,
+            })
+            .collect();
+        // `get_all` lists the values in ascending op order, and the winner is the last of them.
+        out.reverse();
+        out
+    }
+
     /// The document's current state as JSON (sets appear as maps of `true`).
     pub fn to_json(&self) -> Json {
         object_to_json(&self.doc, &ROOT, 0)
@@ -662,6 +682,26 @@ mod tests {
         let (a, _) = two_phones();
         assert_eq!(a.encounter().unwrap(), sample());
         assert!(a.conflicts().is_empty());
+    }
+
+    #[test]
+    fn team_values_lists_every_concurrent_team() {
+        let (mut a, mut b) = two_phones();
+        assert!(a.team_values().is_empty(), "an empty team is not written");
+        for (doc, team) in [(&mut a, "sonora"), (&mut b, "chihuahua")] {
+            let mut e = doc.encounter().unwrap();
+            e.team = team.into();
+            doc.update(&e, &BTreeSet::new(), 2).unwrap();
+        }
+        merge(&mut a, &mut b);
+        let mut values = a.team_values();
+        assert_eq!(values[0], a.team(), "the shown value first");
+        values.sort();
+        assert_eq!(
+            values,
+            vec![Some("chihuahua".to_string()), Some("sonora".to_string())]
+        );
+        assert!(EncounterDocument::empty().team_values().is_empty());
     }
 
     #[test]

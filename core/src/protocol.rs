@@ -151,6 +151,11 @@ pub enum RejectReason {
     /// the store was copied, or restored from a backup, and both copies wrote. The device gives
     /// itself a new actor and makes its edits again on top of the server's document.
     ActorReused,
+    /// The merged record would name another team than the one the server files the encounter
+    /// under (a `team` edit, or concurrent edits leaving another team beside it). An encounter
+    /// never moves between teams by sync: the device keeps its change, and a person corrects
+    /// the record (`team` back to the owning team) or asks an administrator.
+    TeamChanged,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -262,6 +262,30 @@ fn check_author(
     })
 }
 
+/// Why a merged document may not be stored under `team`, if it names another one: an encounter
+/// never moves between teams by sync, or a device could hand its record (health data included)
+/// to a team that should not see it, or push one out of its own team's view. Every concurrent
+/// value counts, not only the one shown, since the next edit may make any of them win. A
+/// document naming no team yet (its first change has not arrived) is not refused; the index
+/// flags a complete one without a team.
+fn team_change(document: &EncounterDocument, team: &str) -> Option<String> {
+    let values = document.team_values();
+    let other = values.iter().find(|value| value.as_deref() != Some(team))?;
+    let named = match other {
+        Some(other) => format!("team `{other}`"),
+        None => "a team that is not text".to_string(),
+    };
+    Some(if values.len() > 1 {
+        format!(
+            "the record would hold {named} beside `{team}` (concurrent edits); encounters stay with the team that filed them: set `team={team}`"
+        )
+    } else {
+        format!(
+            "the record would name {named}, but the encounter belongs to `{team}`; encounters stay with the team that filed them: set `team={team}`"
+        )
+    })
+}
+
 /// Stores one encounter's uploaded changes; returns the hashes now durably stored, or why not.
 fn ingest_encounter(
     tx: &Transaction<'_>,
@@ -359,6 +383,9 @@ fn ingest_encounter(
                 "schema version {found} is newer than this server's {SCHEMA_VERSION}; the device keeps the changes until the server is upgraded"
             ),
         )));
+    }
+    if let Some(message) = team_change(&document, &team) {
+        return Ok(Err(reject(id, RejectReason::TeamChanged, message)));
     }
 
     let received_at = now_text();

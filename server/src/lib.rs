@@ -21,6 +21,7 @@ pub mod http;
 pub mod index;
 pub mod ledger;
 pub mod link_simulator;
+pub mod rate_limit;
 pub mod simulation;
 
 pub use database::Database;

@@ -354,7 +354,10 @@ fn only_coordinators_are_served_and_bad_parameters_are_named() {
         .unwrap();
         assert_eq!(status, 403, "{path}: {body}");
         assert!(
-            body["error"].as_str().unwrap().contains("coordinator devices"),
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("coordinator devices"),
             "{body}"
         );
         let (status, _) = get_json(&field.fixture.server.url, path, None).unwrap();
