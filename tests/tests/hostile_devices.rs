@@ -287,7 +287,7 @@ fn limited(per_minute: u32, burst: u32) -> ServerConfig {
 fn a_device_over_its_rate_limit_gets_429_with_retry_after() {
     // The setup's own sync takes a request or two of the burst.
     let s = setup_with(limited(60, 5));
-    let token = Some(s.sonora.enrolled.token.as_str());
+    let token = s.sonora.enrolled.token.as_str();
     let mut statuses = Vec::new();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -297,7 +297,7 @@ fn a_device_over_its_rate_limit_gets_429_with_retry_after() {
     for _ in 0..8 {
         let mut response = agent
             .get(format!("{}/v1/whoami", s.server.url))
-            .header("Authorization", &format!("Bearer {}", token.unwrap()))
+            .header("Authorization", &format!("Bearer {token}"))
             .call()
             .unwrap();
         let status = response.status().as_u16();
@@ -334,7 +334,7 @@ fn a_device_over_its_rate_limit_gets_429_with_retry_after() {
     assert_eq!(status, 200);
     // And after the wait, the device is let through again.
     std::thread::sleep(Duration::from_secs(retry_after));
-    let (status, _) = get_json(&s.server.url, "/v1/whoami", token).unwrap();
+    let (status, _) = get_json(&s.server.url, "/v1/whoami", Some(token)).unwrap();
     assert_eq!(status, 200);
 }
 
@@ -520,5 +520,34 @@ fn records_that_break_the_schema_are_stored_flagged_and_listed_as_flagged() {
     assert!(
         body["error"].as_str().unwrap().contains("flagged"),
         "{body}"
+    );
+}
+
+#[test]
+fn the_small_body_limit_of_other_routes_leaves_sync_its_own() {
+    let mut s = setup();
+    for n in 0..40 {
+        let notes = format!("{n:02} ").repeat(700);
+        s.sonora.log(&format!(
+            r#"{{"services":["rescue"],"counts":{{"m":{{"18-59":1}}}},"notes":"{}"}}"#,
+            &notes[..1900]
+        ));
+    }
+    let body = protocol::encode(&s.sonora.store.sync_request().unwrap());
+    assert!(
+        body.len() > auxilio_server::http::MAX_JSON_BODY_BYTES,
+        "{} bytes",
+        body.len()
+    );
+    let (status, response) = post_bytes(
+        &s.server.url,
+        "/v1/sync",
+        Some(&s.sonora.enrolled.token),
+        &body,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&response));
+    assert_eq!(
+        protocol::decode_response(&response).unwrap().accepted.len(),
+        40
     );
 }

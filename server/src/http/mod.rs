@@ -7,6 +7,7 @@ mod encounters;
 pub mod events;
 mod export;
 mod health;
+pub mod json_body;
 mod map;
 pub mod map_page;
 mod sync;
@@ -21,6 +22,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::AuthenticatedDevice;
 pub use events::{EncountersChanged, EventHub};
+pub use json_body::JsonBody;
 pub use map_page::MapPageConfig;
 
 use crate::database::Database;
@@ -95,7 +97,7 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .merge(health::router())
         .merge(sync::router(state.config.max_request_bytes))
         .merge(encounters::router())
@@ -104,11 +106,16 @@ pub fn app(state: AppState) -> Router {
         .merge(events::router())
         .merge(map_page::router())
         .fallback(no_such_route)
-        .method_not_allowed_fallback(method_not_allowed)
-        // Every route but sync (which sets its own, larger limit) reads at most this much.
-        .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
+        .method_not_allowed_fallback(method_not_allowed);
+    with_body_limits(router)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Every route reads at most [`MAX_JSON_BODY_BYTES`] of body unless it sets its own limit (sync
+/// does, on its route, which takes precedence).
+fn with_body_limits<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router.layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
 }
 
 async fn no_such_route(uri: axum::http::Uri) -> AppError {
