@@ -13,45 +13,17 @@ use auxilio_core::protocol::{self, EncounterChanges, PROTOCOL_VERSION, RejectRea
 use auxilio_core::{EncounterId, SCHEMA_VERSION};
 use auxilio_server::ServerConfig;
 use auxilio_server::client::{self, ClientError, SyncOptions};
-use auxilio_server::directory::{Enrolled, Role};
+use auxilio_server::directory::Role;
 use auxilio_server::rate_limit::RateLimits;
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, TestServer, add_team, enroll, get_json, post_bytes, stored_snapshot,
+    Device, EXAMPLE_ENCOUNTER, TwoTeams, enroll, get_json, post_bytes, stored_snapshot,
 };
 use serde_bytes::ByteBuf;
 
-struct Setup {
-    server: TestServer,
-    data: tempfile::TempDir,
-    devices: tempfile::TempDir,
-    sonora: Device,
-    chihuahua: Enrolled,
-    encounter: EncounterId,
-}
+type Setup = TwoTeams;
 
 fn setup_with(config: ServerConfig) -> Setup {
-    let data = tempfile::tempdir().unwrap();
-    let devices = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(data.path(), config);
-    add_team(data.path(), "sonora");
-    add_team(data.path(), "chihuahua");
-    let mut sonora = Device::new(
-        devices.path(),
-        "sonora",
-        &server.url,
-        &enroll(data.path(), "sonora", Role::Field),
-    );
-    let chihuahua = enroll(data.path(), "chihuahua", Role::Field);
-    let encounter = sonora.log(EXAMPLE_ENCOUNTER);
-    sonora.sync().unwrap();
-    Setup {
-        server,
-        data,
-        devices,
-        sonora,
-        chihuahua,
-        encounter,
-    }
+    TwoTeams::start(config)
 }
 
 fn setup() -> Setup {
