@@ -33,6 +33,9 @@ pub enum DocumentError {
     Automerge(#[from] automerge::AutomergeError),
     #[error("not a valid Automerge change: {0}")]
     BadChange(#[from] automerge::LoadChangeError),
+    /// Automerge failed inside on these changes (it panicked); the changes are refused.
+    #[error("the changes could not be merged ({0}); they are malformed")]
+    Unmergeable(String),
     #[error("the document is not a valid encounter at `{path}`: {message}")]
     Shape { path: String, message: String },
     #[error(
@@ -115,6 +118,16 @@ impl EncounterDocument {
         self.doc.save()
     }
 
+    /// [`Self::save`], checked: the saved bytes load again. Automerge accepts some changes that
+    /// it does not write back the same way when it saves the document (found by fuzzing: the
+    /// saved document then fails its checksum when loaded), so whoever keeps a document built
+    /// from other devices' changes checks it before storing it, and refuses the changes instead.
+    pub fn save_checked(&mut self) -> Result<Vec<u8>, DocumentError> {
+        let saved = self.doc.save();
+        AutoCommit::load(&saved)?;
+        Ok(saved)
+    }
+
     pub fn heads(&mut self) -> Vec<ChangeHash> {
         self.doc.get_heads()
     }
@@ -138,9 +151,27 @@ impl EncounterDocument {
     /// dependencies are missing waits inside the document until they arrive (see
     /// [`EncounterDocument::missing_dependencies`]), and is not part of [`EncounterDocument::save`]
     /// until then.
+    ///
+    /// Automerge panics on some malformed changes instead of returning an error (found by
+    /// fuzzing, `fuzz/corpus/automerge_changes/regression-*`): such a panic is caught and
+    /// returned as [`DocumentError::Unmergeable`], so one hostile change cannot take down the
+    /// server's request or a phone's relay. After any error the document may be half-changed:
+    /// callers discard it (the server refuses the upload, a store rolls back its transaction).
     pub fn apply_changes(&mut self, changes: Vec<Change>) -> Result<(), DocumentError> {
-        self.doc.apply_changes(changes)?;
-        Ok(())
+        let doc = &mut self.doc;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            doc.apply_changes(changes)
+        })) {
+            Ok(applied) => Ok(applied?),
+            Err(panic) => {
+                let detail = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(DocumentError::Unmergeable(detail))
+            }
+        }
     }
 
     /// The document's state as JSON without the changes `leave_out` (and so as it was before
@@ -702,6 +733,48 @@ mod tests {
             vec![Some("chihuahua".to_string()), Some("sonora".to_string())]
         );
         assert!(EncounterDocument::empty().team_values().is_empty());
+    }
+
+    /// The changes of a `fuzz/corpus/automerge_changes` input (each preceded by its length).
+    fn corpus_changes(input: &[u8]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut rest = input;
+        while rest.len() >= 2 {
+            let end = (2 + usize::from(u16::from_be_bytes([rest[0], rest[1]]))).min(rest.len());
+            if let Ok(change) = Change::from_bytes(rest[2..end].to_vec()) {
+                changes.push(change);
+            }
+            rest = &rest[end..];
+        }
+        changes
+    }
+
+    /// Changes from the fuzz corpus on which Automerge panics while applying them.
+    #[test]
+    fn changes_automerge_panics_on_are_refused_not_a_crash() {
+        let input: &[u8] = include_bytes!(
+            "../../fuzz/corpus/automerge_changes/regression-automerge-panics-applying.bin"
+        );
+        let mut document = EncounterDocument::empty();
+        assert!(matches!(
+            document.apply_changes(corpus_changes(input)),
+            Err(DocumentError::Unmergeable(_))
+        ));
+    }
+
+    /// Changes from the fuzz corpus (`automerge_changes`) that merge, but whose merged document
+    /// saves into bytes that fail their checksum on loading.
+    #[test]
+    fn a_document_that_would_not_load_again_is_caught_before_it_is_stored() {
+        let input: &[u8] = include_bytes!(
+            "../../fuzz/corpus/automerge_changes/regression-saved-document-fails-its-checksum.bin"
+        );
+        let mut document = EncounterDocument::empty();
+        document.apply_changes(corpus_changes(input)).unwrap();
+        assert!(document.save_checked().is_err());
+        let mut valid = two_phones().0;
+        let saved = valid.save_checked().unwrap();
+        assert!(EncounterDocument::load(&saved, None).is_ok());
     }
 
     #[test]

@@ -388,6 +388,19 @@ fn ingest_encounter(
         return Ok(Err(reject(id, RejectReason::TeamChanged, message)));
     }
 
+    // Checked before anything is stored: a document that saves but does not load again would
+    // make every later sync of the encounter fail.
+    let saved = match document.save_checked() {
+        Ok(saved) => saved,
+        Err(err) => {
+            return Ok(Err(reject(
+                id,
+                RejectReason::InvalidChange,
+                format!("the changes merge into a document that cannot be stored: {err}"),
+            )));
+        }
+    };
+
     let received_at = now_text();
     for change in &fresh {
         let author = device_of_actor(change.actor_id()).unwrap_or(device.id);
@@ -409,7 +422,6 @@ fn ingest_encounter(
         )?;
     }
     let complete = document.missing_dependencies().is_empty();
-    let saved = document.save();
     if existing_team.is_none() {
         tx.execute(
             "INSERT INTO encounters (id, team, document, complete, received_at, updated_at, occurred_at)
