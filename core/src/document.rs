@@ -122,10 +122,14 @@ impl EncounterDocument {
     /// it does not write back the same way when it saves the document (found by fuzzing: the
     /// saved document then fails its checksum when loaded), so whoever keeps a document built
     /// from other devices' changes checks it before storing it, and refuses the changes instead.
+    /// Saving can also panic inside Automerge after such changes merged; that is caught too.
     pub fn save_checked(&mut self) -> Result<Vec<u8>, DocumentError> {
-        let saved = self.doc.save();
-        AutoCommit::load(&saved)?;
-        Ok(saved)
+        let doc = &mut self.doc;
+        guarded(move || {
+            let saved = doc.save();
+            AutoCommit::load(&saved)?;
+            Ok(saved)
+        })
     }
 
     pub fn heads(&mut self) -> Vec<ChangeHash> {
@@ -159,19 +163,7 @@ impl EncounterDocument {
     /// callers discard it (the server refuses the upload, a store rolls back its transaction).
     pub fn apply_changes(&mut self, changes: Vec<Change>) -> Result<(), DocumentError> {
         let doc = &mut self.doc;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            doc.apply_changes(changes)
-        })) {
-            Ok(applied) => Ok(applied?),
-            Err(panic) => {
-                let detail = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                Err(DocumentError::Unmergeable(detail))
-            }
-        }
+        guarded(move || Ok(doc.apply_changes(changes)?))
     }
 
     /// The document's state as JSON without the changes `leave_out` (and so as it was before
@@ -295,6 +287,30 @@ impl EncounterDocument {
         let mut out = Vec::new();
         collect_conflicts(&self.doc, &ROOT, "", 0, &mut out);
         out
+    }
+}
+
+/// Parses change bytes received from elsewhere (a sync request, a relay, a download). Automerge
+/// panics on some malformed bytes instead of refusing them (found by fuzzing,
+/// `fuzz/corpus/automerge_changes/regression-automerge-panics-parsing.bin`); that is caught and
+/// returned as an error like any other malformed change.
+pub fn parse_change(bytes: &[u8]) -> Result<Change, DocumentError> {
+    guarded(|| Ok(Change::from_bytes(bytes.to_vec())?))
+}
+
+/// Runs Automerge `work` on changes from elsewhere, turning a panic inside it into
+/// [`DocumentError::Unmergeable`] (see [`EncounterDocument::apply_changes`]).
+fn guarded<T>(work: impl FnOnce() -> Result<T, DocumentError>) -> Result<T, DocumentError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(DocumentError::Unmergeable(detail))
+        }
     }
 }
 
@@ -741,12 +757,29 @@ mod tests {
         let mut rest = input;
         while rest.len() >= 2 {
             let end = (2 + usize::from(u16::from_be_bytes([rest[0], rest[1]]))).min(rest.len());
-            if let Ok(change) = Change::from_bytes(rest[2..end].to_vec()) {
+            if let Ok(change) = parse_change(&rest[2..end]) {
                 changes.push(change);
             }
             rest = &rest[end..];
         }
         changes
+    }
+
+    #[test]
+    fn change_bytes_automerge_panics_on_are_refused_not_a_crash() {
+        let input: &[u8] = include_bytes!(
+            "../../fuzz/corpus/automerge_changes/regression-automerge-panics-parsing.bin"
+        );
+        let mut refused = 0;
+        let mut rest = input;
+        while rest.len() >= 2 {
+            let end = (2 + usize::from(u16::from_be_bytes([rest[0], rest[1]]))).min(rest.len());
+            if parse_change(&rest[2..end]).is_err() {
+                refused += 1;
+            }
+            rest = &rest[end..];
+        }
+        assert!(refused > 0);
     }
 
     /// Changes from the fuzz corpus on which Automerge panics while applying them.
@@ -758,6 +791,16 @@ mod tests {
         let mut document = EncounterDocument::empty();
         assert!(matches!(
             document.apply_changes(corpus_changes(input)),
+            Err(DocumentError::Unmergeable(_))
+        ));
+        // These merge, and Automerge panics while saving the result.
+        let input: &[u8] = include_bytes!(
+            "../../fuzz/corpus/automerge_changes/regression-automerge-panics-saving.bin"
+        );
+        let mut document = EncounterDocument::empty();
+        document.apply_changes(corpus_changes(input)).unwrap();
+        assert!(matches!(
+            document.save_checked(),
             Err(DocumentError::Unmergeable(_))
         ));
     }

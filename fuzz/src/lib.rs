@@ -6,8 +6,7 @@
 
 use std::io::Read;
 
-use automerge::Change;
-use auxilio_core::document::EncounterDocument;
+use auxilio_core::document::{EncounterDocument, parse_change};
 use auxilio_core::id::new_actor_id;
 use auxilio_core::protocol;
 use auxilio_core::relay::{self, RelayAnswer, RelayChanges, RelayDone, RelayMessage, RelayOffer};
@@ -129,7 +128,7 @@ pub fn encounter_json(json: &[u8]) {
     assert_eq!(read_back, encounter);
 }
 
-/// Uploaded change bytes as the server handles each of them: `Change::from_bytes`, applied to an
+/// Uploaded change bytes as the server handles each of them: `document::parse_change`, applied to an
 /// encounter's document, then the document read as a record, its team values, its conflicts and
 /// its JSON (what the index derives its columns from), saved as the server saves it.
 ///
@@ -147,7 +146,7 @@ pub fn automerge_changes(bytes: &[u8]) {
         if protocol::is_compressed_change(chunk) {
             continue;
         }
-        if let Ok(change) = Change::from_bytes(chunk.to_vec()) {
+        if let Ok(change) = parse_change(chunk) {
             changes.push(change);
         }
     }

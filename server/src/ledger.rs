@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use automerge::{AutomergeError, Change};
-use auxilio_core::document::{DocumentError, EncounterDocument};
+use auxilio_core::document::{DocumentError, EncounterDocument, parse_change};
 use auxilio_core::id::device_of_actor;
 use auxilio_core::protocol::{
     self, MAX_REQUEST_ID_BYTES, MAX_RESUMED, PROTOCOL_VERSION, RejectReason, Rejection,
@@ -138,7 +138,7 @@ pub fn decode(request: SyncRequest) -> Result<DecodedRequest, LedgerError> {
                     "compressed changes are not accepted; send them uncompressed".into(),
                 ));
             }
-            let change = Change::from_bytes(bytes.to_vec()).map_err(|err| bad(err.to_string()))?;
+            let change = parse_change(bytes).map_err(|err| bad(err.to_string()))?;
             if !seen.insert(change.hash()) {
                 continue;
             }
