@@ -7,7 +7,9 @@
 #   RUNS     inputs per target (default 20000; CI runs fewer, see .ci/run)
 #   TARGET   only these targets (default: all of `cargo fuzz list`)
 # Environment: FUZZ_MAX_LEN (largest input, default 16384 bytes),
-#              FUZZ_SANITIZER (address, the default, or none: faster, finds panics only).
+#              FUZZ_SANITIZER (address, the default, or none: faster, finds panics only),
+#              FUZZ_SEED (libFuzzer's random seed: fixed in CI, so a run explores the same
+#              inputs each time and fails only when the code changes; random by default).
 #
 # cargo-fuzz drives libFuzzer, which needs nightly compiler flags. This machine has the stable
 # toolchain, so RUSTC_BOOTSTRAP=1 lets it take them (a nightly toolchain works as well).
@@ -23,6 +25,10 @@ if ! [[ "$runs" =~ ^[0-9]+$ ]]; then
 fi
 max_len="${FUZZ_MAX_LEN:-16384}"
 sanitizer="${FUZZ_SANITIZER:-address}"
+seed_option=()
+if [ -n "${FUZZ_SEED:-}" ]; then
+    seed_option=(-seed="$FUZZ_SEED")
+fi
 export RUSTC_BOOTSTRAP=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -54,7 +60,7 @@ for target in "${targets[@]}"; do
     echo "==> $target: $runs inputs"
     started=$SECONDS
     if ! cargo fuzz run --fuzz-dir fuzz --sanitizer "$sanitizer" "$target" "$work" "$seeds" -- \
-        -runs="$runs" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        -runs="$runs" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${seed_option[@]}" \
         >"fuzz/target/$target.log" 2>&1; then
         tail -n 40 "fuzz/target/$target.log" >&2
         reproducer=$(ls -t "fuzz/artifacts/$target"/* 2>/dev/null | head -n 1 || true)
