@@ -33,6 +33,9 @@ pub enum DocumentError {
     Automerge(#[from] automerge::AutomergeError),
     #[error("not a valid Automerge change: {0}")]
     BadChange(#[from] automerge::LoadChangeError),
+    /// Automerge failed inside on these changes (it panicked); the changes are refused.
+    #[error("the changes could not be merged ({0}); they are malformed")]
+    Unmergeable(String),
     #[error("the document is not a valid encounter at `{path}`: {message}")]
     Shape { path: String, message: String },
     #[error(
@@ -115,6 +118,20 @@ impl EncounterDocument {
         self.doc.save()
     }
 
+    /// [`Self::save`], checked: the saved bytes load again. Automerge accepts some changes that
+    /// it does not write back the same way when it saves the document (found by fuzzing: the
+    /// saved document then fails its checksum when loaded), so whoever keeps a document built
+    /// from other devices' changes checks it before storing it, and refuses the changes instead.
+    /// Saving can also panic inside Automerge after such changes merged; that is caught too.
+    pub fn save_checked(&mut self) -> Result<Vec<u8>, DocumentError> {
+        let doc = &mut self.doc;
+        guarded(move || {
+            let saved = doc.save();
+            AutoCommit::load(&saved)?;
+            Ok(saved)
+        })
+    }
+
     pub fn heads(&mut self) -> Vec<ChangeHash> {
         self.doc.get_heads()
     }
@@ -138,9 +155,15 @@ impl EncounterDocument {
     /// dependencies are missing waits inside the document until they arrive (see
     /// [`EncounterDocument::missing_dependencies`]), and is not part of [`EncounterDocument::save`]
     /// until then.
+    ///
+    /// Automerge panics on some malformed changes instead of returning an error (found by
+    /// fuzzing, `fuzz/corpus/automerge_changes/regression-*`): such a panic is caught and
+    /// returned as [`DocumentError::Unmergeable`], so one hostile change cannot take down the
+    /// server's request or a phone's relay. After any error the document may be half-changed:
+    /// callers discard it (the server refuses the upload, a store rolls back its transaction).
     pub fn apply_changes(&mut self, changes: Vec<Change>) -> Result<(), DocumentError> {
-        self.doc.apply_changes(changes)?;
-        Ok(())
+        let doc = &mut self.doc;
+        guarded(move || Ok(doc.apply_changes(changes)?))
     }
 
     /// The document's state as JSON without the changes `leave_out` (and so as it was before
@@ -182,6 +205,26 @@ impl EncounterDocument {
             },
             _ => None,
         }
+    }
+
+    /// Every value written to `team` that has not been overwritten: one normally, several after
+    /// concurrent writes nobody settled (the shown one first, as [`Self::team`] gives it). A
+    /// value that is not text is `None`; an empty list means the document names no team (yet).
+    pub fn team_values(&self) -> Vec<Option<String>> {
+        let values = self.doc.get_all(ROOT, "team").unwrap_or_default();
+        let mut out: Vec<Option<String>> = values
+            .iter()
+            .map(|(value, _)| match value {
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Str(team) => Some(team.to_string()),
+                    _ => None,
+                },
+                Value::Object(_) => None,
+            })
+            .collect();
+        // `get_all` lists the values in ascending op order, and the winner is the last of them.
+        out.reverse();
+        out
     }
 
     /// The document's current state as JSON (sets appear as maps of `true`).
@@ -244,6 +287,30 @@ impl EncounterDocument {
         let mut out = Vec::new();
         collect_conflicts(&self.doc, &ROOT, "", 0, &mut out);
         out
+    }
+}
+
+/// Parses change bytes received from elsewhere (a sync request, a relay, a download). Automerge
+/// panics on some malformed bytes instead of refusing them (found by fuzzing,
+/// `fuzz/corpus/automerge_changes/regression-automerge-panics-parsing.bin`); that is caught and
+/// returned as an error like any other malformed change.
+pub fn parse_change(bytes: &[u8]) -> Result<Change, DocumentError> {
+    guarded(|| Ok(Change::from_bytes(bytes.to_vec())?))
+}
+
+/// Runs Automerge `work` on changes from elsewhere, turning a panic inside it into
+/// [`DocumentError::Unmergeable`] (see [`EncounterDocument::apply_changes`]).
+fn guarded<T>(work: impl FnOnce() -> Result<T, DocumentError>) -> Result<T, DocumentError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(DocumentError::Unmergeable(detail))
+        }
     }
 }
 
@@ -662,6 +729,95 @@ mod tests {
         let (a, _) = two_phones();
         assert_eq!(a.encounter().unwrap(), sample());
         assert!(a.conflicts().is_empty());
+    }
+
+    #[test]
+    fn team_values_lists_every_concurrent_team() {
+        let (mut a, mut b) = two_phones();
+        assert!(a.team_values().is_empty(), "an empty team is not written");
+        for (doc, team) in [(&mut a, "sonora"), (&mut b, "chihuahua")] {
+            let mut e = doc.encounter().unwrap();
+            e.team = team.into();
+            doc.update(&e, &BTreeSet::new(), 2).unwrap();
+        }
+        merge(&mut a, &mut b);
+        let mut values = a.team_values();
+        assert_eq!(values[0], a.team(), "the shown value first");
+        values.sort();
+        assert_eq!(
+            values,
+            vec![Some("chihuahua".to_string()), Some("sonora".to_string())]
+        );
+        assert!(EncounterDocument::empty().team_values().is_empty());
+    }
+
+    /// The changes of a `fuzz/corpus/automerge_changes` input (each preceded by its length).
+    fn corpus_changes(input: &[u8]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut rest = input;
+        while rest.len() >= 2 {
+            let end = (2 + usize::from(u16::from_be_bytes([rest[0], rest[1]]))).min(rest.len());
+            if let Ok(change) = parse_change(&rest[2..end]) {
+                changes.push(change);
+            }
+            rest = &rest[end..];
+        }
+        changes
+    }
+
+    #[test]
+    fn change_bytes_automerge_panics_on_are_refused_not_a_crash() {
+        let input: &[u8] = include_bytes!(
+            "../../fuzz/corpus/automerge_changes/regression-automerge-panics-parsing.bin"
+        );
+        let mut refused = 0;
+        let mut rest = input;
+        while rest.len() >= 2 {
+            let end = (2 + usize::from(u16::from_be_bytes([rest[0], rest[1]]))).min(rest.len());
+            if parse_change(&rest[2..end]).is_err() {
+                refused += 1;
+            }
+            rest = &rest[end..];
+        }
+        assert!(refused > 0);
+    }
+
+    /// Changes from the fuzz corpus on which Automerge panics while applying them.
+    #[test]
+    fn changes_automerge_panics_on_are_refused_not_a_crash() {
+        let input: &[u8] = include_bytes!(
+            "../../fuzz/corpus/automerge_changes/regression-automerge-panics-applying.bin"
+        );
+        let mut document = EncounterDocument::empty();
+        assert!(matches!(
+            document.apply_changes(corpus_changes(input)),
+            Err(DocumentError::Unmergeable(_))
+        ));
+        // These merge, and Automerge panics while saving the result.
+        let input: &[u8] = include_bytes!(
+            "../../fuzz/corpus/automerge_changes/regression-automerge-panics-saving.bin"
+        );
+        let mut document = EncounterDocument::empty();
+        document.apply_changes(corpus_changes(input)).unwrap();
+        assert!(matches!(
+            document.save_checked(),
+            Err(DocumentError::Unmergeable(_))
+        ));
+    }
+
+    /// Changes from the fuzz corpus (`automerge_changes`) that merge, but whose merged document
+    /// saves into bytes that fail their checksum on loading.
+    #[test]
+    fn a_document_that_would_not_load_again_is_caught_before_it_is_stored() {
+        let input: &[u8] = include_bytes!(
+            "../../fuzz/corpus/automerge_changes/regression-saved-document-fails-its-checksum.bin"
+        );
+        let mut document = EncounterDocument::empty();
+        document.apply_changes(corpus_changes(input)).unwrap();
+        assert!(document.save_checked().is_err());
+        let mut valid = two_phones().0;
+        let saved = valid.save_checked().unwrap();
+        assert!(EncounterDocument::load(&saved, None).is_ok());
     }
 
     #[test]

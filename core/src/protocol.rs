@@ -174,6 +174,11 @@ pub enum RejectReason {
     /// ended): its changes are never stored again. The device drops its copy, pending edits
     /// included, instead of keeping them: a purge outranks a pending edit.
     Purged,
+    /// The merged record would name another team than the one the server files the encounter
+    /// under (a `team` edit, or concurrent edits leaving another team beside it). An encounter
+    /// never moves between teams by sync: the device keeps its change, and a person corrects
+    /// the record (`team` back to the owning team) or asks an administrator.
+    TeamChanged,
 }
 
 /// What a purge removed.

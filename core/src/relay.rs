@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::document::EncounterDocument;
+use crate::document::{EncounterDocument, parse_change};
 use crate::id::{DeviceId, EncounterId};
 use crate::protocol::{describe_cbor_error, is_compressed_change};
 use crate::store::{
@@ -332,7 +332,7 @@ fn decode_changes(changes: &RelayChanges) -> Result<Received, RelayError> {
                     group.encounter
                 )));
             }
-            let change = Change::from_bytes(relayed.change.to_vec()).map_err(|e| {
+            let change = parse_change(&relayed.change).map_err(|e| {
                 malformed(format!(
                     "change {index} of encounter {} is not an Automerge change: {e}",
                     group.encounter

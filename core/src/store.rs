@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use serde_json::Value as Json;
 
-use crate::document::{Conflict, DocumentError, EncounterDocument};
+use crate::document::{Conflict, DocumentError, EncounterDocument, parse_change};
 use crate::edit::{EditError, FieldEdit, apply_edits_to_json, edits_between};
 use crate::id::{DeviceId, EncounterId, new_actor_id};
 use crate::protocol::{
@@ -966,7 +966,7 @@ impl DeviceStore {
         let mut last_change = None;
         for frame in &response.changes {
             for bytes in &frame.changes {
-                let change = Change::from_bytes(bytes.to_vec()).map_err(DocumentError::from)?;
+                let change = parse_change(bytes)?;
                 last_change = Some(change.hash());
                 downloads.entry(frame.encounter).or_default().push(change);
                 downloaded += 1;

@@ -338,6 +338,27 @@ enum Exchange {
     /// No usable answer (the connection failed or was cut before the head, or the server failed):
     /// the request's changes may or may not be stored.
     InDoubt(String),
+    /// The server refused the request before reading it (429, over its rate limit): nothing of
+    /// it was stored, and the same request may go again after `retry_after`.
+    RateLimited {
+        retry_after: Duration,
+        message: String,
+    },
+}
+
+/// The longest a sync waits on one 429 before trying again, whatever the server says: a phone
+/// that just reached signal should not sit idle for long.
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a 429 asks to wait: its `Retry-After` in seconds (an HTTP date or nothing is taken
+/// as one second), at most [`MAX_RATE_LIMIT_WAIT`].
+fn retry_after(headers: &ureq::http::HeaderMap) -> Duration {
+    headers
+        .get("Retry-After")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), Duration::from_secs)
+        .min(MAX_RATE_LIMIT_WAIT)
 }
 
 /// Counts the bytes that cross the link while a response streams in.
@@ -376,6 +397,7 @@ fn exchange(
         Err(err) => return Ok(Exchange::InDoubt(err.to_string())),
     };
     let status = response.status().as_u16();
+    let wait = retry_after(response.headers());
     let deflated = response
         .headers()
         .get("Content-Encoding")
@@ -396,6 +418,10 @@ fn exchange(
         return match status {
             401 if wipe_ordered(&text) => Err(ClientError::WipeOrdered { message }),
             401 | 403 => Err(ClientError::Unauthorized { status, message }),
+            429 => Ok(Exchange::RateLimited {
+                retry_after: wait,
+                message,
+            }),
             // The server failed, or is restarting behind a proxy: worth another try.
             500..=599 => Ok(Exchange::InDoubt(format!(
                 "the server answered {status}: {message}"
@@ -501,6 +527,27 @@ pub fn sync_with(
         };
         let response = match outcome {
             Exchange::Answered(response) => *response,
+            Exchange::RateLimited {
+                retry_after,
+                message,
+            } => {
+                // Refused before it was read: nothing is in doubt, and the same page goes again
+                // at the same size once the server's wait is over.
+                failed_in_a_row += 1;
+                report.retries += 1;
+                tracing::info!(%message, ?retry_after, attempt = failed_in_a_row, "sync request over the server's rate limit; waiting");
+                if failed_in_a_row >= options.max_failed_attempts {
+                    return Err(ClientError::Server {
+                        status: 429,
+                        message: format!(
+                            "{message}; nothing on this device was lost, sync again later"
+                        ),
+                    });
+                }
+                std::thread::sleep(retry_after);
+                progress(&report);
+                continue;
+            }
             Exchange::InDoubt(message) => {
                 failed_in_a_row += 1;
                 report.retries += 1;

@@ -25,6 +25,9 @@ pub enum AppError {
     Conflict(String),
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// Over the device's (or the address's) request rate limit; see [`crate::rate_limit`].
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -43,6 +46,7 @@ impl AppError {
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -56,6 +60,9 @@ impl AppError {
                 Some("check the token printed by `auxilio admin device enroll`")
             }
             AppError::PayloadTooLarge { .. } => Some("send fewer changes per request"),
+            AppError::TooManyRequests { .. } => {
+                Some("wait as long as Retry-After says, then send the same request again")
+            }
             AppError::Internal(_) => Some("retry later; the server log has the details"),
             _ => None,
         }
@@ -86,12 +93,20 @@ impl IntoResponse for AppError {
             // secret, so nobody can make a working phone wipe itself.
             body["wipe"] = true.into();
         }
+        if let AppError::TooManyRequests { retry_after_secs } = &self {
+            body["retry_after_secs"] = (*retry_after_secs).into();
+        }
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"auxilio\""),
             );
+        }
+        if let AppError::TooManyRequests { retry_after_secs } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         response
     }

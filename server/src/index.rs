@@ -186,6 +186,10 @@ pub struct ListFilter {
     pub bbox: Option<String>,
     pub limit: Option<u32>,
     pub offset: Option<u32>,
+    /// `true`: only records with validation problems (stored as they merged, but breaking a
+    /// schema rule: a count out of range, a casualty without a reason to record one, a value
+    /// from another app version); `false`: only records without.
+    pub flagged: Option<bool>,
     /// Only UASC and missing-person cases (what a protection officer's role reaches); set by the
     /// server from the role, never from the query.
     #[serde(skip)]
@@ -309,6 +313,11 @@ pub fn list(
             service,
         );
         sql.push(')');
+    }
+    match filter.flagged {
+        Some(true) => sql.push_str(" AND e.problems != '[]'"),
+        Some(false) => sql.push_str(" AND e.problems = '[]'"),
+        None => {}
     }
     if let Some(bbox) = &filter.bbox {
         let [min_lon, min_lat, max_lon, max_lat] =

@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use automerge::{AutomergeError, Change};
-use auxilio_core::document::{DocumentError, EncounterDocument};
+use auxilio_core::document::{DocumentError, EncounterDocument, parse_change};
 use auxilio_core::id::device_of_actor;
 use auxilio_core::protocol::{
     self, MAX_REQUEST_ID_BYTES, MAX_RESUMED, MAX_VAULTS_PER_REQUEST, PROTOCOL_VERSION,
@@ -145,7 +145,7 @@ pub fn decode(request: SyncRequest) -> Result<DecodedRequest, LedgerError> {
                     "compressed changes are not accepted; send them uncompressed".into(),
                 ));
             }
-            let change = Change::from_bytes(bytes.to_vec()).map_err(|err| bad(err.to_string()))?;
+            let change = parse_change(bytes).map_err(|err| bad(err.to_string()))?;
             if !seen.insert(change.hash()) {
                 continue;
             }
@@ -271,6 +271,30 @@ fn check_author(
     })
 }
 
+/// Why a merged document may not be stored under `team`, if it names another one: an encounter
+/// never moves between teams by sync, or a device could hand its record (health data included)
+/// to a team that should not see it, or push one out of its own team's view. Every concurrent
+/// value counts, not only the one shown, since the next edit may make any of them win. A
+/// document naming no team yet (its first change has not arrived) is not refused; the index
+/// flags a complete one without a team.
+fn team_change(document: &EncounterDocument, team: &str) -> Option<String> {
+    let values = document.team_values();
+    let other = values.iter().find(|value| value.as_deref() != Some(team))?;
+    let named = match other {
+        Some(other) => format!("team `{other}`"),
+        None => "a team that is not text".to_string(),
+    };
+    Some(if values.len() > 1 {
+        format!(
+            "the record would hold {named} beside `{team}` (concurrent edits); encounters stay with the team that filed them: set `team={team}`"
+        )
+    } else {
+        format!(
+            "the record would name {named}, but the encounter belongs to `{team}`; encounters stay with the team that filed them: set `team={team}`"
+        )
+    })
+}
+
 /// Stores one encounter's uploaded changes; returns the hashes now durably stored, or why not.
 fn ingest_encounter(
     tx: &Transaction<'_>,
@@ -377,6 +401,22 @@ fn ingest_encounter(
             ),
         )));
     }
+    if let Some(message) = team_change(&document, &team) {
+        return Ok(Err(reject(id, RejectReason::TeamChanged, message)));
+    }
+
+    // Checked before anything is stored: a document that saves but does not load again would
+    // make every later sync of the encounter fail.
+    let saved = match document.save_checked() {
+        Ok(saved) => saved,
+        Err(err) => {
+            return Ok(Err(reject(
+                id,
+                RejectReason::InvalidChange,
+                format!("the changes merge into a document that cannot be stored: {err}"),
+            )));
+        }
+    };
 
     let received_at = now_text();
     for change in &fresh {
@@ -399,7 +439,6 @@ fn ingest_encounter(
         )?;
     }
     let complete = document.missing_dependencies().is_empty();
-    let saved = document.save();
     if existing_team.is_none() {
         tx.execute(
             "INSERT INTO encounters (id, team, document, complete, received_at, updated_at, occurred_at)

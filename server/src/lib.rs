@@ -22,6 +22,7 @@ pub mod index;
 pub mod ledger;
 pub mod link_simulator;
 pub mod purge;
+pub mod rate_limit;
 pub mod retention;
 pub mod simulation;
 pub mod vault;

@@ -126,6 +126,49 @@ pub fn small_pages(bytes: usize) -> ServerConfig {
     }
 }
 
+/// An in-process server with two teams: a Sonora field device (a real store) that has logged
+/// and synced one encounter, and an enrolled Chihuahua field device. For tests of what one
+/// team's device may not do to another's data.
+#[derive(Debug)]
+pub struct TwoTeams {
+    // Declared first so it stops before its data directory is removed.
+    pub server: TestServer,
+    pub data: tempfile::TempDir,
+    /// Where the devices' store files are (`<name>.db`).
+    pub devices: tempfile::TempDir,
+    pub sonora: Device,
+    pub chihuahua: Enrolled,
+    /// The Sonora device's synced encounter.
+    pub encounter: EncounterId,
+}
+
+impl TwoTeams {
+    pub fn start(config: ServerConfig) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let devices = tempfile::tempdir().unwrap();
+        let server = TestServer::start_with(data.path(), config);
+        add_team(data.path(), "sonora");
+        add_team(data.path(), "chihuahua");
+        let mut sonora = Device::new(
+            devices.path(),
+            "sonora",
+            &server.url,
+            &enroll(data.path(), "sonora", Role::Field),
+        );
+        let chihuahua = enroll(data.path(), "chihuahua", Role::Field);
+        let encounter = sonora.log(EXAMPLE_ENCOUNTER);
+        sonora.sync().unwrap();
+        Self {
+            server,
+            data,
+            devices,
+            sonora,
+            chihuahua,
+            encounter,
+        }
+    }
+}
+
 /// An in-process server with one team and a directory for its devices' stores; removed on drop.
 #[derive(Debug)]
 pub struct TeamFixture {

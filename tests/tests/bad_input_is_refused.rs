@@ -7,51 +7,20 @@ use auxilio_core::id::new_actor_id;
 use auxilio_core::protocol::{self, EncounterChanges, PROTOCOL_VERSION, RejectReason, SyncRequest};
 use auxilio_core::{Encounter, EncounterId, SCHEMA_VERSION};
 use auxilio_server::ServerConfig;
-use auxilio_server::directory::{Enrolled, Role};
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, TestServer, add_team, enroll, get_json, post_bytes,
-    post_bytes_with_headers, stored_snapshot,
+    EXAMPLE_ENCOUNTER, TwoTeams, get_json, post_bytes, post_bytes_with_headers, stored_snapshot,
 };
 use serde_bytes::ByteBuf;
 
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-struct Setup {
-    server: TestServer,
-    _data: tempfile::TempDir,
-    _devices: tempfile::TempDir,
-    sonora: Device,
-    chihuahua: Enrolled,
-    encounter: EncounterId,
-}
+type Setup = TwoTeams;
 
 fn setup() -> Setup {
-    let data = tempfile::tempdir().unwrap();
-    let devices = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
+    TwoTeams::start(ServerConfig {
         max_request_bytes: MAX_REQUEST_BYTES,
         ..ServerConfig::default()
-    };
-    let server = TestServer::start_with(data.path(), config);
-    add_team(data.path(), "sonora");
-    add_team(data.path(), "chihuahua");
-    let mut sonora = Device::new(
-        devices.path(),
-        "sonora",
-        &server.url,
-        &enroll(data.path(), "sonora", Role::Field),
-    );
-    let chihuahua = enroll(data.path(), "chihuahua", Role::Field);
-    let encounter = sonora.log(EXAMPLE_ENCOUNTER);
-    sonora.sync().unwrap();
-    Setup {
-        server,
-        _data: data,
-        _devices: devices,
-        sonora,
-        chihuahua,
-        encounter,
-    }
+    })
 }
 
 fn error_text(body: &[u8]) -> String {

@@ -10,6 +10,7 @@ use clap::Args;
 use super::{DataDirArg, RetentionArgs};
 use crate::http::{AppState, MapPageConfig, ServerConfig, serve};
 use crate::ledger::PageLimits;
+use crate::rate_limit::RateLimits;
 use crate::retention::{self, Policy};
 
 #[derive(Debug, Args)]
@@ -19,9 +20,17 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:8080", env = "AUXILIO_LISTEN")]
     listen: SocketAddr,
-    /// Largest accepted request body in bytes.
+    /// Largest accepted sync request body in bytes (other routes take at most 64 KiB).
     #[arg(long, default_value_t = ServerConfig::default().max_request_bytes)]
     max_request_bytes: usize,
+    /// Requests a device may make per minute, sustained; over it the server answers 429 with
+    /// Retry-After (the device's sync waits and carries on). The same limit slows requests with
+    /// bad tokens, per client address. 0 turns rate limiting off.
+    #[arg(long, default_value_t = RateLimits::default().per_minute, value_name = "REQUESTS")]
+    rate_limit_per_minute: u32,
+    /// Requests a device may make at once after a quiet spell, above the per-minute rate.
+    #[arg(long, default_value_t = RateLimits::default().burst, value_name = "REQUESTS")]
+    rate_limit_burst: u32,
     /// Bytes of changes per sync response for a device that does not ask for a size (a device
     /// may ask for anything from 4 KiB to --max-page-bytes).
     #[arg(long, default_value_t = PageLimits::default().default_response_change_bytes)]
@@ -61,6 +70,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         pages: PageLimits {
             default_response_change_bytes: args.page_bytes.min(args.max_page_bytes),
             max_response_change_bytes: args.max_page_bytes,
+        },
+        rate_limits: RateLimits {
+            per_minute: args.rate_limit_per_minute,
+            burst: args.rate_limit_burst,
         },
     };
     let state = AppState::new(database, config).with_map_page(map_page);

@@ -43,7 +43,7 @@ async fn list(
     access::require(&device, Permission::ReadEncounter)?;
     let Query(mut filter) = filter.map_err(|e| {
         AppError::BadRequest(format!(
-            "{}; the parameters are team, service, status, from, to, bbox, limit (0-1000) and offset",
+            "{}; the parameters are team, service, status, from, to, bbox, flagged (true or false), limit (0-1000) and offset",
             e.body_text()
         ))
     })?;

@@ -10,6 +10,7 @@ mod encounters;
 pub mod events;
 mod export;
 mod health;
+pub mod json_body;
 mod map;
 pub mod map_page;
 mod purge;
@@ -20,23 +21,32 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub use auth::AuthenticatedDevice;
 pub use events::{EncountersChanged, EventHub};
+pub use json_body::JsonBody;
 pub use map_page::MapPageConfig;
 
 use crate::database::Database;
 use crate::error::AppError;
 use crate::ledger::PageLimits;
+use crate::rate_limit::{RateLimiter, RateLimits};
+
+/// The largest body of every route but `POST /v1/sync`: JSON commands and queries are a few
+/// hundred bytes, and a body is read into memory before it is parsed.
+pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
 
 /// Settings of a running server.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerConfig {
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted sync request body, in bytes (other routes take [`MAX_JSON_BODY_BYTES`]).
     pub max_request_bytes: usize,
     pub pages: PageLimits,
+    /// Requests per device, and per address for requests that fail authentication.
+    pub rate_limits: RateLimits,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +54,7 @@ impl Default for ServerConfig {
         Self {
             max_request_bytes: 16 * 1024 * 1024,
             pages: PageLimits::default(),
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -56,6 +67,8 @@ pub struct AppState {
     /// Announces stored changes to coordinators' `/v1/events` streams.
     pub events: EventHub,
     pub map_page: Arc<MapPageConfig>,
+    /// Token buckets per device and per address (see [`crate::rate_limit`]).
+    pub rate_limiter: RateLimiter,
 }
 
 impl AppState {
@@ -65,6 +78,7 @@ impl AppState {
             config,
             events: EventHub::default(),
             map_page: Arc::new(MapPageConfig::default()),
+            rate_limiter: RateLimiter::new(config.rate_limits),
         }
     }
 
@@ -88,7 +102,7 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .merge(health::router())
         .merge(admin::router())
         .merge(audit_log::router())
@@ -101,9 +115,16 @@ pub fn app(state: AppState) -> Router {
         .merge(map_page::router())
         .merge(vault::router())
         .fallback(no_such_route)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    with_body_limits(router)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Every route reads at most [`MAX_JSON_BODY_BYTES`] of body unless it sets its own limit (sync
+/// does, on its route, which takes precedence).
+fn with_body_limits<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router.layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
 }
 
 async fn no_such_route(uri: axum::http::Uri) -> AppError {
@@ -127,7 +148,11 @@ pub async fn serve(
         shutdown.await;
         events.close();
     };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The client's address reaches the auth extractor, which slows token guessing per address.
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
