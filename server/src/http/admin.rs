@@ -7,13 +7,12 @@
 //! makes it; a token is in the response body only, never in a log or the audit detail.
 
 use auxilio_core::DeviceId;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{AppState, AuthenticatedDevice};
+use super::{AppState, AuthenticatedDevice, JsonBody};
 use crate::access::{self, Permission};
 use crate::directory::{self, Device, DirectoryError, Enrolled, Role};
 use crate::error::AppError;
@@ -25,12 +24,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/devices/{id}/revoke", post(revoke_device))
         .route("/v1/admin/devices/{id}/rotate", post(rotate_device))
         .route("/v1/token/rotate", post(rotate_own_token))
-}
-
-/// A JSON body, or a 400 that says what is wrong with it.
-pub fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, AppError> {
-    body.map(|Json(value)| value)
-        .map_err(|rejection| AppError::BadRequest(rejection.body_text()))
 }
 
 impl From<DirectoryError> for AppError {
@@ -62,10 +55,9 @@ struct NewTeam {
 async fn add_team(
     State(state): State<AppState>,
     AuthenticatedDevice(admin): AuthenticatedDevice,
-    body: Result<Json<NewTeam>, JsonRejection>,
+    JsonBody(NewTeam { name }): JsonBody<NewTeam>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     access::require(&admin, Permission::ManageDevices)?;
-    let NewTeam { name } = json_body(body)?;
     let actor = admin.id.to_string();
     let added = name.clone();
     state
@@ -99,10 +91,9 @@ struct NewDevice {
 async fn enrol_device(
     State(state): State<AppState>,
     AuthenticatedDevice(admin): AuthenticatedDevice,
-    body: Result<Json<NewDevice>, JsonRejection>,
+    JsonBody(NewDevice { team, role, label }): JsonBody<NewDevice>,
 ) -> Result<Json<Enrolled>, AppError> {
     access::require(&admin, Permission::ManageDevices)?;
-    let NewDevice { team, role, label } = json_body(body)?;
     let actor = admin.id.to_string();
     let enrolled = state
         .blocking(move |database| {
