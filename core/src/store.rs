@@ -693,8 +693,7 @@ impl DeviceStore {
         }
         tx.commit()?;
         self.conn.execute_batch("VACUUM")?;
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.checkpoint()?;
         Ok(wiped)
     }
 
