@@ -342,7 +342,7 @@ fn clusters_at_low_zoom_become_points_when_zoomed_in() {
 }
 
 #[test]
-fn only_coordinators_are_served_and_bad_parameters_are_named() {
+fn a_field_device_is_refused_the_map_and_bad_parameters_are_named() {
     let field = Field::start();
     let endpoints = [format!("/v1/map?bbox={EVERYWHERE}&zoom=5")];
     for path in &endpoints {
