@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use crate::audit_key::{self, AuditKey, AuditKeyError};
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "auxilio.sqlite";
@@ -23,6 +25,8 @@ pub enum DatabaseError {
     },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    AuditKey(#[from] AuditKeyError),
     #[error(
         "there is no Auxilio data directory at {path}: check --data (or start with `auxilio admin team add NAME`, which creates one)"
     )]
@@ -37,7 +41,7 @@ pub enum DatabaseError {
     },
 }
 
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     r"
     CREATE TABLE teams (
         name TEXT PRIMARY KEY,
@@ -340,6 +344,22 @@ const MIGRATIONS: &[&str] = &[
         hash BLOB NOT NULL
     );
 ",
+    r"
+    -- Issue 10, audit: rows from `mac_from_seq` on are chained with HMAC-SHA256 under the audit
+    -- key kept outside the data directory (`audit_key`), so the database file alone cannot
+    -- forge a row; the rows before keep their plain SHA-256 chain. Written once, never changed.
+    CREATE TABLE audit_chain (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        mac_from_seq INTEGER NOT NULL
+    );
+    INSERT INTO audit_chain (id, mac_from_seq) VALUES (1, 1 + MAX(
+        COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'), 0),
+        COALESCE((SELECT MAX(seq) FROM audit_log), 0)));
+    CREATE TRIGGER audit_chain_is_fixed_update BEFORE UPDATE ON audit_chain
+    BEGIN SELECT RAISE(ABORT, 'the audit chain marker is fixed'); END;
+    CREATE TRIGGER audit_chain_is_fixed_delete BEFORE DELETE ON audit_chain
+    BEGIN SELECT RAISE(ABORT, 'the audit chain marker is fixed'); END;
+",
 ];
 
 /// The position (counted from 1, as `user_version` counts) of the migration that added purges.
@@ -361,6 +381,7 @@ const READER_POOL: usize = 4;
 #[derive(Debug)]
 pub struct Database {
     path: PathBuf,
+    audit_key: AuditKey,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -379,27 +400,54 @@ impl Database {
     /// Opens the database of an existing data directory; a mistyped `--data` is an error here,
     /// not a new empty database.
     pub fn open_existing(data_dir: &Path) -> Result<Self, DatabaseError> {
+        Self::open_existing_with_audit_key(data_dir, None)
+    }
+
+    /// [`Database::open_existing`] with the audit key at `audit_key` (`None`: the default
+    /// beside the data directory, see [`audit_key::default_path`]).
+    pub fn open_existing_with_audit_key(
+        data_dir: &Path,
+        audit_key: Option<&Path>,
+    ) -> Result<Self, DatabaseError> {
         if !data_dir.join(DATABASE_FILE).exists() {
             return Err(DatabaseError::Missing {
                 path: data_dir.to_path_buf(),
             });
         }
-        Self::open(data_dir)
+        Self::open_with_audit_key(data_dir, audit_key)
     }
 
-    /// Opens the database in `data_dir`, creating the directory and running migrations.
+    /// Opens the database in `data_dir`, creating the directory and running migrations, with
+    /// the audit key beside it.
     pub fn open(data_dir: &Path) -> Result<Self, DatabaseError> {
+        Self::open_with_audit_key(data_dir, None)
+    }
+
+    /// [`Database::open`] with the audit key at `audit_key` (made there if there is none;
+    /// `None`: the default beside the data directory).
+    pub fn open_with_audit_key(
+        data_dir: &Path,
+        audit_key: Option<&Path>,
+    ) -> Result<Self, DatabaseError> {
         std::fs::create_dir_all(data_dir).map_err(|source| DatabaseError::DataDirectory {
             path: data_dir.to_path_buf(),
             source,
         })?;
+        let key_path =
+            audit_key.map_or_else(|| audit_key::default_path(data_dir), Path::to_path_buf);
+        let audit_key = AuditKey::load_or_create(&key_path, data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
         let mut writer = Connection::open(&path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
+        audit_key.install(&writer)?;
+        // Every transaction of the writer takes the write lock when it begins, so reading the
+        // audit chain's head and appending to it are serialised with other processes (an
+        // `auxilio admin` beside the server) instead of failing or forking the chain.
+        writer.set_transaction_behavior(TransactionBehavior::Immediate);
         // The version is read inside the write transaction, so two processes opening a new data
         // directory at once cannot both run the migrations.
-        let tx = writer.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
@@ -429,6 +477,7 @@ impl Database {
         }
         Ok(Self {
             path,
+            audit_key,
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
         })
@@ -450,6 +499,21 @@ impl Database {
         work(&mut conn)
     }
 
+    /// Runs `work` in one `BEGIN IMMEDIATE` transaction of the writer connection, committed
+    /// when it returns `Ok` and rolled back otherwise: the way to make a change together with
+    /// its audit row ([`crate::audit::record`] refuses to write outside a transaction).
+    pub fn transaction<T, E: From<rusqlite::Error>>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = work(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+
     /// Runs `work` with a reader connection (sees the last committed state).
     pub fn read<T, E: From<rusqlite::Error>>(
         &self,
@@ -464,6 +528,7 @@ impl Database {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 configure(&conn)?;
+                self.audit_key.install(&conn)?;
                 conn
             }
         };

@@ -433,7 +433,7 @@ mod tests {
     #[test]
     fn an_enrolled_token_authenticates_until_revoked() {
         let (_dir, db) = database();
-        db.write(|conn| {
+        db.transaction(|conn| {
             add_team(conn, "sonora").unwrap();
             let enrolled = enroll(conn, "sonora", Role::Field, "phone 1").unwrap();
             let (device, _) = authenticate(conn, &enrolled.token).unwrap().unwrap();
@@ -451,7 +451,7 @@ mod tests {
     #[test]
     fn a_self_rotation_keeps_the_old_token_until_the_new_one_is_used() {
         let (_dir, db) = database();
-        db.write(|conn| {
+        db.transaction(|conn| {
             add_team(conn, "sonora").unwrap();
             let enrolled = enroll(conn, "sonora", Role::Field, "").unwrap();
             let (device, _) = authenticate(conn, &enrolled.token).unwrap().unwrap();
@@ -484,7 +484,7 @@ mod tests {
     #[test]
     fn a_token_with_a_wrong_secret_or_shape_is_refused() {
         let (_dir, db) = database();
-        db.write(|conn| {
+        db.transaction(|conn| {
             add_team(conn, "sonora").unwrap();
             let enrolled = enroll(conn, "sonora", Role::Field, "").unwrap();
             let forged = format!(
@@ -509,7 +509,7 @@ mod tests {
     fn enrolling_into_a_missing_team_says_how_to_add_it() {
         let (_dir, db) = database();
         let err = db
-            .write(|conn| enroll(conn, "nowhere", Role::Field, ""))
+            .transaction(|conn| enroll(conn, "nowhere", Role::Field, ""))
             .unwrap_err();
         assert!(
             err.to_string().contains("auxilio admin team add nowhere"),

@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod audit_key;
 pub mod cli;
 pub mod client;
 pub mod database;

@@ -327,7 +327,7 @@ pub(crate) mod tests {
         let data = dir.path().join("data");
         let database = Database::open(&data).unwrap();
         let enrolled = database
-            .write(|conn| {
+            .transaction(|conn| {
                 directory::add_team(conn, "sonora")?;
                 directory::enroll(conn, "sonora", Role::Field, "test")
             })

@@ -340,13 +340,11 @@ impl Deployment {
                 listen,
             } => {
                 let data = tempfile::Builder::new().prefix("auxilio-sim-").tempdir()?;
-                let server = OwnServer::start(data.path(), listen)?;
-                (
-                    data.path().to_path_buf(),
-                    server.address,
-                    Some(data),
-                    Some(server),
-                )
+                // A data directory inside the temporary one: its audit key, made beside it,
+                // goes away with it.
+                let data_dir = data.path().join("data");
+                let server = OwnServer::start(&data_dir, listen)?;
+                (data_dir, server.address, Some(data), Some(server))
             }
             SimulationTarget::Running {
                 data_dir,
@@ -375,7 +373,7 @@ impl Deployment {
             config.teams.iter().cloned().unzip()
         };
         for team in &teams {
-            match database.write(|conn| directory::add_team(conn, team)) {
+            match database.transaction(|conn| directory::add_team(conn, team)) {
                 Ok(()) | Err(DirectoryError::TeamExists(_)) => {}
                 Err(err) => return Err(err.into()),
             }
@@ -387,7 +385,7 @@ impl Deployment {
         let mut devices = Vec::new();
         for n in 0..config.devices {
             let team = teams[(n / config.team_size.max(1)) % teams.len()].clone();
-            let enrolled = database.write(|conn| {
+            let enrolled = database.transaction(|conn| {
                 directory::enroll(conn, &team, Role::Field, &format!("simulated phone {n}"))
             })?;
             let mut store = DeviceStore::open(stores.path().join(format!("phone-{n}.db")))?;

@@ -65,3 +65,262 @@ fn an_edit_to_the_audit_log_is_refused_and_one_forced_around_the_server_is_detec
     let stderr = String::from_utf8_lossy(&verified.stderr);
     assert!(stderr.contains("altered outside the server"), "{stderr}");
 }
+
+/// A data directory inside a temporary directory, so the audit key made beside it
+/// (`<data>.audit-key`) goes away with the test.
+fn data_dir(tmp: &tempfile::TempDir) -> std::path::PathBuf {
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    data
+}
+
+fn admin_ok(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let output = admin(data, args);
+    assert!(
+        output.status.success(),
+        "auxilio admin {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A team and `devices` enrolled devices: `1 + devices` audit rows.
+fn log_with_rows(data: &std::path::Path, devices: usize) {
+    admin_ok(data, &["team", "add", "sonora"]);
+    for n in 0..devices {
+        let label = format!("phone {n}");
+        admin_ok(
+            data,
+            &[
+                "device", "enroll", "--team", "sonora", "--role", "field", "--label", &label,
+            ],
+        );
+    }
+}
+
+/// A data directory whose log holds a team and `devices` enrolments and verifies (the positive
+/// control before each tampering).
+fn intact_log(tmp: &tempfile::TempDir, devices: usize) -> std::path::PathBuf {
+    let data = data_dir(tmp);
+    log_with_rows(&data, devices);
+    let intact = admin(&data, &["audit", "verify"]);
+    assert!(intact.status.success(), "{}", verify_report(&intact));
+    data
+}
+
+/// Runs `audit verify ARGS`, which must fail: its JSON report and its message.
+fn failed_verify(data: &std::path::Path, args: &[&str]) -> (serde_json::Value, String) {
+    let mut full = vec!["audit", "verify"];
+    full.extend_from_slice(args);
+    let verified = admin(data, &full);
+    let report = verify_report(&verified);
+    assert!(!verified.status.success(), "{report}");
+    (
+        report,
+        String::from_utf8_lossy(&verified.stderr).into_owned(),
+    )
+}
+
+fn verify_report(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "verify printed no JSON: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn open_database_file(data: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(data.join(auxilio_server::database::DATABASE_FILE)).unwrap()
+}
+
+/// The plain SHA-256 chain of the first audit log (issue 5): what anyone holding only the
+/// database file can compute.
+fn plain_sha256_chain(previous: Option<&[u8]>, fields: [&str; 4]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(previous.unwrap_or(&[]));
+    for field in fields {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field.as_bytes());
+    }
+    hasher.finalize().to_vec()
+}
+
+#[test]
+fn admin_commands_beside_a_running_server_keep_the_audit_chain_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data_dir(&tmp);
+    admin_ok(&data, &["team", "add", "sonora"]);
+    let enrolled = admin_ok(
+        &data,
+        &[
+            "device", "enroll", "--team", "sonora", "--role", "field", "--json",
+        ],
+    );
+    let enrolled: serde_json::Value = serde_json::from_slice(&enrolled.stdout).unwrap();
+    let token = enrolled["token"].as_str().unwrap().to_string();
+    let server = auxilio_tests::ServerProcess::spawn(&data);
+    let url = server.url.clone();
+    // Each whoami is a sign-in row the server writes while the command line enrols devices.
+    let hammer = std::thread::spawn(move || {
+        for _ in 0..60 {
+            let (status, body) = auxilio_tests::get_json(&url, "/v1/whoami", Some(&token)).unwrap();
+            assert_eq!(status, 200, "{body}");
+        }
+    });
+    let data_arg = data.to_str().unwrap();
+    let enrolments: Vec<_> = (0..15)
+        .map(|n| {
+            let label = format!("phone {n}");
+            auxilio_tests::spawn_auxilio(
+                &data,
+                &[
+                    "admin", "--data", data_arg, "device", "enroll", "--team", "sonora", "--role",
+                    "field", "--label", &label,
+                ],
+            )
+        })
+        .collect();
+    for child in enrolments {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "an enrolment beside the server failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    hammer.join().unwrap();
+    let verified = admin(&data, &["audit", "verify"]);
+    let report = verify_report(&verified);
+    assert!(verified.status.success(), "{report}");
+    assert_eq!(report["chained_rows"], 2 + 15 + 60, "{report}");
+    server.kill();
+}
+
+#[test]
+fn verify_names_every_row_edited_around_the_server_not_only_the_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = intact_log(&tmp, 4);
+    let conn = open_database_file(&data);
+    conn.execute_batch(
+        "DROP TRIGGER audit_log_is_append_only_update;
+         UPDATE audit_log SET detail = '{\"team\":\"elsewhere\"}' WHERE seq = 2;
+         UPDATE audit_log SET actor = 'someone else' WHERE seq = 4;",
+    )
+    .unwrap();
+    drop(conn);
+    let (report, message) = failed_verify(&data, &[]);
+    assert_eq!(report["broken_seqs"], serde_json::json!([2, 4]), "{report}");
+    assert!(message.contains("broken rows: 2, 4"), "{message}");
+}
+
+#[test]
+fn verify_detects_rows_deleted_from_the_end_of_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = intact_log(&tmp, 4);
+    // Someone with the file removes the last two rows: what is left still chains.
+    let conn = open_database_file(&data);
+    conn.execute_batch(
+        "DROP TRIGGER audit_log_is_append_only_delete;
+         DELETE FROM audit_log WHERE seq >= 4;",
+    )
+    .unwrap();
+    drop(conn);
+    let (report, message) = failed_verify(&data, &[]);
+    assert_eq!(
+        report["missing_seqs"],
+        serde_json::json!([[4, 5]]),
+        "{report}"
+    );
+    assert!(message.contains("missing rows: 4-5"), "{message}");
+}
+
+#[test]
+fn a_row_appended_by_someone_without_the_audit_key_fails_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = intact_log(&tmp, 2);
+    // The forger holds the database file only: it chains a made-up revocation onto the last
+    // row with the plain SHA-256 that the log's code describes.
+    let conn = open_database_file(&data);
+    let previous: Vec<u8> = conn
+        .query_row(
+            "SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let fields = [
+        "2026-11-28T00:00:00Z",
+        "admin-cli",
+        "device.revoke",
+        "{\"device\":\"someone\"}",
+    ];
+    let hash = plain_sha256_chain(Some(&previous), fields);
+    conn.execute(
+        "INSERT INTO audit_log (at, actor, action, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![fields[0], fields[1], fields[2], fields[3], hash],
+    )
+    .unwrap();
+    drop(conn);
+    let (report, _) = failed_verify(&data, &[]);
+    assert_eq!(report["broken_seqs"], serde_json::json!([4]), "{report}");
+}
+
+#[test]
+fn an_anchored_head_detects_a_log_rewritten_and_chained_again_without_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = intact_log(&tmp, 3);
+    let head = admin_ok(&data, &["audit", "head"]);
+    let anchor = String::from_utf8(head.stdout).unwrap().trim().to_string();
+    assert!(anchor.starts_with("4:"), "{anchor}");
+    let anchored = admin(&data, &["audit", "verify", "--expect-head", &anchor]);
+    assert!(anchored.status.success(), "{}", verify_report(&anchored));
+
+    // Someone with the database file (not the key) rewrites row 2, chains every row again
+    // with plain SHA-256, moves the point where keyed rows begin past the end and removes the
+    // key file: the log now checks out on its own.
+    let conn = open_database_file(&data);
+    conn.execute_batch(
+        "DROP TRIGGER audit_log_is_append_only_update;
+         DROP TRIGGER audit_chain_is_fixed_update;
+         UPDATE audit_log SET detail = '{\"team\":\"elsewhere\"}' WHERE seq = 2;
+         UPDATE audit_chain SET mac_from_seq = 5;",
+    )
+    .unwrap();
+    let rows: Vec<(i64, [String; 4])> = conn
+        .prepare("SELECT seq, at, actor, action, detail FROM audit_log ORDER BY seq")
+        .unwrap()
+        .query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                [row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?],
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut previous: Option<Vec<u8>> = None;
+    for (seq, fields) in rows {
+        let fields = [&*fields[0], &*fields[1], &*fields[2], &*fields[3]];
+        let hash = plain_sha256_chain(previous.as_deref(), fields);
+        conn.execute(
+            "UPDATE audit_log SET hash = ?2 WHERE seq = ?1",
+            rusqlite::params![seq, hash],
+        )
+        .unwrap();
+        previous = Some(hash);
+    }
+    drop(conn);
+    std::fs::remove_file(tmp.path().join("data.audit-key")).unwrap();
+    let unanchored = admin(&data, &["audit", "verify"]);
+    assert!(
+        unanchored.status.success(),
+        "without an anchor the rewrite is invisible: {}",
+        verify_report(&unanchored)
+    );
+    let (report, message) = failed_verify(&data, &["--expect-head", &anchor]);
+    assert_eq!(report["expected_head"]["holds"], false, "{report}");
+    assert!(message.contains("anchored head row 4"), "{message}");
+}

@@ -236,7 +236,7 @@ fn a_vault_is_kept_only_for_protection_cases_read_only_by_protection_officers_an
     let (secret, public) = vault::generate_identity();
     Database::open(data)
         .unwrap()
-        .write(|conn| auxilio_server::vault::add_key(conn, &public, "officer"))
+        .transaction(|conn| auxilio_server::vault::add_key(conn, &public, "officer"))
         .unwrap();
     add_team(data, "chihuahua");
     let mut phone = fixture.device("sonora-1", Role::Field);

@@ -113,7 +113,7 @@ impl World {
         .enumerate()
         {
             let enrolled = database
-                .write(|conn| {
+                .transaction(|conn| {
                     let _ = directory::add_team(conn, team);
                     directory::enroll(conn, team, role, "")
                 })

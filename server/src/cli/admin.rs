@@ -47,7 +47,7 @@ enum AdminCommand {
     /// The audit log: export it for an auditor, or check that nobody edited it.
     #[command(
         subcommand,
-        after_help = "Examples:\n  auxilio admin audit verify\n  auxilio admin audit export --format csv > audit.csv"
+        after_help = "Examples:\n  auxilio admin audit verify\n  auxilio admin audit head >> /mnt/elsewhere/audit-heads.txt\n  auxilio admin audit verify --expect-head 1234:9f2c...\n  auxilio admin audit export --format csv > audit.csv"
     )]
     Audit(AuditCommand),
     /// Erase an encounter (or only its identity vault) from the server's stored history:
@@ -114,9 +114,24 @@ enum VaultKeyCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain: exits non-zero if a row was edited or removed around the server.
-    #[command(after_help = "Example:\n  auxilio admin audit verify --data /var/lib/auxilio")]
-    Verify,
+    /// Check the chain: exits non-zero if a row was edited, added or removed around the server
+    /// (every such row is named), or if the anchored head is no longer in the log.
+    #[command(
+        after_help = "Examples:\n  auxilio admin audit verify --data /var/lib/auxilio --audit-key /etc/auxilio/audit-key\n  auxilio admin audit verify --expect-head 1234:9f2c..."
+    )]
+    Verify {
+        /// A head printed earlier by `auxilio admin audit head` and kept away from this
+        /// machine: that row must still be in the log with that hash.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<audit::Head>,
+    },
+    /// Print the newest row as SEQ:HASH, to keep somewhere else (another machine, paper) and
+    /// check later with `verify --expect-head`: then even someone holding the database and the
+    /// key cannot rewrite the rows up to it unnoticed.
+    #[command(
+        after_help = "Example:\n  auxilio admin audit head --data /var/lib/auxilio >> /mnt/usb/audit-heads.txt"
+    )]
+    Head,
     /// Print the log (all of it, or after row SEQ) as JSON lines or CSV on stdout.
     #[command(
         after_help = "Example:\n  auxilio admin audit export --format csv --after 1200 > audit.csv"
@@ -180,7 +195,7 @@ enum DeviceCommand {
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     if let AdminCommand::Audit(command) = args.command {
         let database = args.data.open(false)?;
-        return run_audit(&database, command);
+        return run_audit(&database, command, args.json);
     }
     // Adding a team or enrolling a device may start a new data directory; anything else works
     // on an existing one, so a mistyped --data is an error rather than an empty answer.
@@ -377,17 +392,76 @@ fn run_directory(
     })
 }
 
-fn run_audit(database: &Database, command: AuditCommand) -> anyhow::Result<()> {
+/// What a failed [`audit::verify_anchored`] found, in words.
+fn verify_problems(report: &audit::Verification) -> String {
+    let list = |seqs: Vec<String>, total: u64| {
+        let more = total.saturating_sub(seqs.len() as u64);
+        let mut text = seqs.join(", ");
+        if more > 0 {
+            text.push_str(&format!(" and {more} more"));
+        }
+        text
+    };
+    let mut problems = Vec::new();
+    if report.broken_rows > 0 {
+        let seqs = report.broken_seqs.iter().map(i64::to_string).collect();
+        problems.push(format!("broken rows: {}", list(seqs, report.broken_rows)));
+    }
+    if report.missing_rows > 0 {
+        let runs = report
+            .missing_seqs
+            .iter()
+            .map(|[first, last]| {
+                if first == last {
+                    first.to_string()
+                } else {
+                    format!("{first}-{last}")
+                }
+            })
+            .collect();
+        problems.push(format!(
+            "missing rows: {} ({} rows)",
+            list(runs, report.missing_seqs.len() as u64),
+            report.missing_rows
+        ));
+    }
+    if report.keyed_from_seq.is_none() {
+        problems.push("the marker of where keyed rows begin was removed".to_string());
+    }
+    if let Some(anchor) = report.expected_head.as_ref().filter(|anchor| !anchor.holds) {
+        let seq = anchor.expected.split(':').next().unwrap_or_default();
+        problems.push(match &anchor.found {
+            Some(found) => format!(
+                "the anchored head row {seq} now has hash {found}, not the one written down: the log was rewritten"
+            ),
+            None => format!("the anchored head row {seq} is no longer in the log"),
+        });
+    }
+    problems.join("; ")
+}
+
+fn run_audit(database: &Database, command: AuditCommand, json: bool) -> anyhow::Result<()> {
     match command {
-        AuditCommand::Verify => {
-            let report = database.read(audit::verify)?;
+        AuditCommand::Verify { expect_head } => {
+            let report =
+                database.read(|conn| audit::verify_anchored(conn, expect_head.as_ref()))?;
             print_json(&serde_json::to_value(&report)?);
             if !report.intact() {
                 anyhow::bail!(
-                    "the audit log was altered outside the server (first broken row: {:?}, first missing row: {:?}); keep a copy of this data directory as evidence and compare it with an earlier backup",
-                    report.first_broken_seq,
-                    report.first_missing_seq
+                    "the audit log was altered outside the server ({}); keep a copy of this data directory as evidence and compare it with an earlier backup (if every keyed row is broken, check that --audit-key is the key this server writes with)",
+                    verify_problems(&report)
                 );
+            }
+            Ok(())
+        }
+        AuditCommand::Head => {
+            let Some(head) = database.read(audit::head)? else {
+                anyhow::bail!("the audit log is empty: there is no head to anchor yet");
+            };
+            if json {
+                print_json(&head);
+            } else {
+                print_line(&head.to_string());
             }
             Ok(())
         }

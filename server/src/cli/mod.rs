@@ -103,6 +103,16 @@ struct DataDirArg {
     /// Data directory (holds auxilio.sqlite).
     #[arg(long = "data", global = true, default_value = DEFAULT_DATA_DIR, env = "AUXILIO_DATA")]
     data: PathBuf,
+    /// The audit log's secret key (made, mode 0600, on first use): outside the data directory,
+    /// the same file for `serve` and `admin`. Default: beside the data directory, named after
+    /// it with `.audit-key` added (`./auxilio-data.audit-key`).
+    #[arg(
+        long = "audit-key",
+        global = true,
+        value_name = "FILE",
+        env = "AUXILIO_AUDIT_KEY_FILE"
+    )]
+    audit_key: Option<PathBuf>,
 }
 
 /// The retention policy (see `auxilio_server::retention`), for `serve` and `admin retention run`.
@@ -132,11 +142,11 @@ impl DataDirArg {
     /// that does not exist is an error (a mistyped `--data` is not a new, empty database).
     fn open(&self, may_create: bool) -> anyhow::Result<Database> {
         let open = if may_create {
-            Database::open
+            Database::open_with_audit_key
         } else {
-            Database::open_existing
+            Database::open_existing_with_audit_key
         };
-        open(&self.data)
+        open(&self.data, self.audit_key.as_deref())
             .with_context(|| format!("cannot open the data directory {}", self.data.display()))
     }
 }

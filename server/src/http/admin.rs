@@ -62,7 +62,7 @@ async fn add_team(
     let added = name.clone();
     state
         .blocking(move |database| {
-            Ok(database.write(|conn| directory::add_team_by(conn, &actor, &added))?)
+            Ok(database.transaction(|conn| directory::add_team_by(conn, &actor, &added))?)
         })
         .await?;
     Ok(Json(serde_json::json!({ "team": name })))
@@ -97,7 +97,8 @@ async fn enrol_device(
     let actor = admin.id.to_string();
     let enrolled = state
         .blocking(move |database| {
-            Ok(database.write(|conn| directory::enroll_by(conn, &actor, &team, role, &label))?)
+            Ok(database
+                .transaction(|conn| directory::enroll_by(conn, &actor, &team, role, &label))?)
         })
         .await?;
     tracing::info!(admin = %admin.id, device = %enrolled.device_id, role = %enrolled.role, "device enrolled");
@@ -114,7 +115,7 @@ async fn revoke_device(
     let actor = admin.id.to_string();
     state
         .blocking(move |database| {
-            Ok(database.write(|conn| directory::revoke_by(conn, &actor, device))?)
+            Ok(database.transaction(|conn| directory::revoke_by(conn, &actor, device))?)
         })
         .await?;
     tracing::info!(admin = %admin.id, %device, "device revoked");
@@ -133,7 +134,7 @@ async fn rotate_device(
     let actor = admin.id.to_string();
     let token = state
         .blocking(move |database| {
-            Ok(database.write(|conn| directory::rotate_by(conn, &actor, device))?)
+            Ok(database.transaction(|conn| directory::rotate_by(conn, &actor, device))?)
         })
         .await?;
     Ok(Json(
@@ -149,7 +150,7 @@ async fn rotate_own_token(
     let id = device.id;
     let token = state
         .blocking(move |database| {
-            Ok(database.write(|conn| directory::begin_rotation(conn, &device))?)
+            Ok(database.transaction(|conn| directory::begin_rotation(conn, &device))?)
         })
         .await?;
     Ok(Json(serde_json::json!({ "device_id": id, "token": token })))

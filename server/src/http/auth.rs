@@ -64,7 +64,7 @@ fn check_token(database: &Database, token: &str) -> Result<Result<Device, AuthEr
             // A lost phone calling in: worth a line in the audit log (it is being told to wipe).
             // Only a valid secret gets here, so nobody else can fill the log with these.
             if let Ok((id, _)) = directory::parse_token(token) {
-                database.write(|conn| {
+                database.transaction(|conn| {
                     audit::record(
                         conn,
                         &id.to_string(),

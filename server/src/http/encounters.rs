@@ -126,7 +126,7 @@ async fn show(
     let detail = state
         .blocking(move |database| {
             // A write: the read of a case is audited in the same transaction that reads it.
-            database.write(|conn| {
+            database.transaction(|conn| {
                 let row: Option<(String, String, String, String, bool, bool, String)> = conn
                     .query_row(
                         "SELECT team, received_at, updated_at, occurred_at, clock_suspect, complete, problems

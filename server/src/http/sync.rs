@@ -42,7 +42,7 @@ async fn whoami(
     let actor = device.id.to_string();
     state
         .blocking(move |database| {
-            Ok(database.write(|conn| audit::record(conn, &actor, "auth.sign_in", detail))?)
+            Ok(database.transaction(|conn| audit::record(conn, &actor, "auth.sign_in", detail))?)
         })
         .await?;
     Ok(Json(answer))
