@@ -17,7 +17,9 @@
 //! | `ReadAudit`       |       |           |             |                    |               | all     |
 //!
 //! "team" means the device's own team only; health detail is what a casualty sub-record holds
-//! beyond its triage category, sex, age band and disposition.
+//! beyond its triage, sex, age band, disposition and UASC hand-over, and the free-text notes.
+//! A role without `ReadHealth` receives every value through one allow-list,
+//! [`RECORD_WITHOUT_HEALTH`]: the record, each conflicting value, each flagged problem.
 
 use crate::directory::{Device, Role};
 use crate::error::AppError;
@@ -483,6 +485,43 @@ mod tests {
         assert_eq!(problems[1].field, "casualties");
         assert_eq!(problems[3].message, "9 is more than the 2 people counted");
         assert_eq!(problems[4].message, "unknown variant `blue`");
+    }
+
+    #[test]
+    fn the_map_stats_and_exports_read_only_fields_shown_without_health() {
+        // Every field `index::facts` reads for the map, stats, hotspots, exports and events: a
+        // coordinator receives them there without going through a record read, so each must be
+        // one the allow-list shows.
+        for path in [
+            "team",
+            "started_at",
+            "status",
+            "services",
+            "terrain",
+            "adm1",
+            "location.lat",
+            "location.lon",
+            "counts.f.0-4",
+            "counts.injured",
+            "counts.uasc",
+            "counts.deceased",
+            "nationality_counts.HND",
+            "casualties.c1.triage.category",
+            "casualties.c1.withdrawn_at",
+        ] {
+            assert_ne!(RECORD_WITHOUT_HEALTH.at(path), Shown::Withheld, "{path}");
+        }
+        for path in [
+            "notes",
+            "trafficking_indicators",
+            "casualties.c1.vitals.0.pulse",
+            "casualties.c1.age_years",
+            "casualties.c1.facility",
+            "casualties.c1.sex.pulse",
+            "a_newer_apps_field",
+        ] {
+            assert_eq!(RECORD_WITHOUT_HEALTH.at(path), Shown::Withheld, "{path}");
+        }
     }
 
     #[test]
