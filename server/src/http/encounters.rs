@@ -4,8 +4,8 @@
 //! Scoped by role (see [`crate::access`]): field devices and team leads read their own team,
 //! coordinators every team without health detail, protection officers UASC and missing-person
 //! cases only; what a role without health access receives (the record, its conflicts, its
-//! problems, the list's problems) goes through [`access::RECORD_WITHOUT_HEALTH`]. Every read of
-//! one record and every list is written to the audit log.
+//! problems, the list's problems) goes through [`crate::redaction`]'s one allow-list. Every read
+//! of one record and every list is written to the audit log.
 
 use auxilio_core::EncounterId;
 use auxilio_core::document::Conflict;
@@ -24,6 +24,7 @@ use crate::audit;
 use crate::error::AppError;
 use crate::index::{self, EncounterRow, ListFilter, Problem};
 use crate::ledger;
+use crate::redaction;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -91,7 +92,7 @@ async fn list(
                 let mut encounters = index::list(conn, &filter, visible_team.as_deref())?;
                 if !with_health {
                     for row in &mut encounters {
-                        row.health_detail_withheld = access::redact_problems(&mut row.problems);
+                        row.health_detail_withheld = redaction::redact_problems(&mut row.problems);
                     }
                 }
                 audit::record(
@@ -183,8 +184,8 @@ async fn show(
                 let health_detail_withheld = if with_health {
                     0
                 } else {
-                    access::redact_health(&mut encounter, &mut conflicts)
-                        + access::redact_problems(&mut problems)
+                    redaction::redact_health(&mut encounter, &mut conflicts)
+                        + redaction::redact_problems(&mut problems)
                 };
                 audit::record(
                     conn,
