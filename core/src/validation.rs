@@ -39,6 +39,20 @@ pub const KEY_MAX_CHARS: usize = 64;
 /// from growing a change that no server would accept in a request.
 pub const RECORD_MAX_BYTES: usize = 64 * 1024;
 
+/// The most characters in an administrative area code (`adm1`, `adm2`).
+pub const AREA_CODE_MAX_CHARS: usize = 16;
+
+/// Whether `text` is an administrative area code such as `MX-SON` (ISO 3166-2) or `26` (INEGI):
+/// ASCII letters, digits, `-`, `.` and `_`, starting with a letter or digit. Exports write only
+/// such codes, so a device cannot put a spreadsheet formula in a report through them.
+pub fn is_area_code(text: &str) -> bool {
+    text.len() <= AREA_CODE_MAX_CHARS
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
 /// The services that allow individual sub-records (besides a UASC).
 const INDIVIDUAL_RECORD_SERVICES: [Service; 4] = [
     Service::Rescue,
@@ -153,6 +167,17 @@ pub fn validate(encounter: &Encounter) -> Result<(), ValidationErrors> {
             check.fail(
                 "location.accuracy_m",
                 format!("{accuracy} is not a distance in metres"),
+            );
+        }
+    }
+
+    for (field, code) in [("adm1", &encounter.adm1), ("adm2", &encounter.adm2)] {
+        if let Some(code) = code
+            && !is_area_code(code)
+        {
+            check.fail(
+                field,
+                format!("`{code}` is not an area code: 1 to {AREA_CODE_MAX_CHARS} letters, digits, `-`, `.` or `_`, starting with a letter or digit (e.g. MX-SON or 26)"),
             );
         }
     }
@@ -345,6 +370,30 @@ mod tests {
 
     fn valid() -> Encounter {
         serde_json::from_str(r#"{"schema_version":1,"services":["rescue"],"counts":{"m":{"18-59":2}},"started_at":"2026-11-28T10:00:00-07:00"}"#).unwrap()
+    }
+
+    #[test]
+    fn an_area_code_that_could_carry_a_spreadsheet_formula_is_flagged() {
+        for code in ["MX-SON", "26", "26030", "mx.son_1"] {
+            assert!(is_area_code(code), "{code}");
+        }
+        for code in [
+            "=SUM(1,2)",
+            "-26",
+            "\tMX",
+            "MX SON",
+            "\u{ff1d}1",
+            "",
+            "MX-SONORA-1234567",
+        ] {
+            assert!(!is_area_code(code), "{code:?}");
+        }
+        let mut record = valid();
+        record.adm1 = Some("@SUM(1,2)".into());
+        record.adm2 = Some("26030".into());
+        let errors = validate(&record).unwrap_err().0;
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["adm1"]);
     }
 
     fn fields(encounter: &Encounter) -> Vec<String> {

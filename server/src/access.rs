@@ -16,8 +16,8 @@
 //! | `ManageDevices`   |       |           |             |                    | all           |         |
 //! | `ReadAudit`       |       |           |             |                    |               | all     |
 //!
-//! "team" means the device's own team only; health detail is what a casualty sub-record holds
-//! beyond its triage category, sex, age band and disposition.
+//! "team" means the device's own team only; what a role without `ReadHealth` is shown of a
+//! record is [`crate::redaction`]'s one allow-list.
 
 use crate::directory::{Device, Role};
 use crate::error::AppError;
@@ -156,113 +156,9 @@ pub fn protection_cases_only(role: Role) -> bool {
     role == Role::ProtectionOfficer
 }
 
-/// Casualty fields every role that reads a record sees: enough to count, triage and follow a
-/// hand-over, nothing clinical and no exact age.
-const CASUALTY_FIELDS_WITHOUT_HEALTH: [&str; 6] = [
-    "sex",
-    "age_band",
-    "triage",
-    "disposition",
-    "uasc",
-    "withdrawn_at",
-];
-
-/// Encounter fields restricted like health data (the brief: trafficking indicators).
-const RESTRICTED_ENCOUNTER_FIELDS: [&str; 1] = ["trafficking_indicators"];
-
-/// Removes health detail from an encounter's JSON and from its conflicts, for a role without
-/// [`Permission::ReadHealth`]. Returns how many values were left out, so the answer can say so.
-pub fn redact_health(
-    encounter: &mut serde_json::Value,
-    conflicts: &mut Vec<auxilio_core::document::Conflict>,
-) -> usize {
-    let mut removed = 0;
-    if let Some(fields) = encounter.as_object_mut() {
-        for field in RESTRICTED_ENCOUNTER_FIELDS {
-            // Always left out; counted only when it held something.
-            let held = fields.remove(field).is_some_and(|value| {
-                !(value.is_null() || value.as_array().is_some_and(Vec::is_empty))
-            });
-            removed += usize::from(held);
-        }
-    }
-    if let Some(casualties) = encounter
-        .get_mut("casualties")
-        .and_then(|c| c.as_object_mut())
-    {
-        for casualty in casualties.values_mut() {
-            if let Some(fields) = casualty.as_object_mut() {
-                let before = fields.len();
-                fields.retain(|key, _| CASUALTY_FIELDS_WITHOUT_HEALTH.contains(&key.as_str()));
-                removed += before - fields.len();
-            }
-        }
-    }
-    let before = conflicts.len();
-    conflicts.retain(|conflict| !is_health_path(&conflict.path));
-    removed + (before - conflicts.len())
-}
-
-/// Whether a dotted field path (as in a conflict) holds health or restricted detail.
-fn is_health_path(path: &str) -> bool {
-    let mut parts = path.split('.');
-    match parts.next() {
-        Some(first) if RESTRICTED_ENCOUNTER_FIELDS.contains(&first) => true,
-        Some("casualties") => {
-            let _person = parts.next();
-            parts
-                .next()
-                .is_some_and(|field| !CASUALTY_FIELDS_WITHOUT_HEALTH.contains(&field))
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn health_detail_is_removed_from_the_record_and_its_conflicts() {
-        use auxilio_core::document::{Conflict, ConflictingValue};
-        let mut encounter = serde_json::json!({
-            "team": "sonora",
-            "trafficking_indicators": ["debt_bondage"],
-            "casualties": { "p1": {
-                "sex": "f", "age_years": 15, "age_band": "12-17",
-                "triage": {"method": "start", "category": "red"},
-                "vitals": [{"at": "2026-01-01T00:00:00Z", "pulse": 130}],
-                "conditions": ["heat_stroke"], "uasc": {"dif_unit": "Hermosillo"}
-            }}
-        });
-        let value = |v: serde_json::Value| ConflictingValue {
-            value: v,
-            device: None,
-        };
-        let mut conflicts = vec![
-            Conflict {
-                path: "casualties.p1.vitals".into(),
-                values: vec![value(1.into()), value(2.into())],
-            },
-            Conflict {
-                path: "casualties.p1.triage".into(),
-                values: vec![value("red".into()), value("yellow".into())],
-            },
-            Conflict {
-                path: "status".into(),
-                values: vec![value("open".into()), value("closed".into())],
-            },
-        ];
-        let removed = redact_health(&mut encounter, &mut conflicts);
-        assert_eq!(removed, 5);
-        let casualty = &encounter["casualties"]["p1"];
-        assert!(casualty.get("vitals").is_none() && casualty.get("conditions").is_none());
-        assert!(casualty.get("age_years").is_none());
-        assert_eq!(casualty["triage"]["category"], "red");
-        assert!(encounter.get("trafficking_indicators").is_none());
-        let paths: Vec<&str> = conflicts.iter().map(|c| c.path.as_str()).collect();
-        assert_eq!(paths, ["casualties.p1.triage", "status"]);
-    }
 
     #[test]
     fn every_permission_belongs_to_some_role_and_no_role_has_them_all() {

@@ -8,11 +8,15 @@
 //!   referrals or trafficking indicators;
 //! - coordinates are rounded to 0.1° (about 11 km), in every format;
 //! - in the aggregate (HXL) export, every count from 1 to 4 is written as `<5` (0 stays 0), and
-//!   a row's main origin is named only when at least 5 people share it.
+//!   a row's main origin is named only when at least 5 people share it;
+//! - in CSV and HXL, a cell a spreadsheet would run (starting with `=`, `+`, `-`, `@`, a tab, a
+//!   line break, `|` or their full-width forms) gets a leading `'`, and `adm1` is written only
+//!   when it is an area code.
 
 use std::collections::BTreeMap;
 
 use auxilio_core::EncounterId;
+use auxilio_core::validation::is_area_code;
 use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
 use serde_json::json;
@@ -107,9 +111,17 @@ fn generalised_text(degrees: Option<f64>) -> String {
         .unwrap_or_default()
 }
 
-/// One CSV field: quoted when needed, and text a spreadsheet would run as a formula defused.
+/// First characters with which a spreadsheet (Excel, LibreOffice, Google Sheets) runs a cell as a
+/// formula or a command: the ASCII ones, the full-width forms some of them also accept, and the
+/// controls that start a new cell or line before one.
+const FORMULA_STARTS: [char; 12] = [
+    '=', '+', '-', '@', '\t', '\r', '\n', '|', '\u{ff1d}', '\u{ff0b}', '\u{ff0d}', '\u{ff20}',
+];
+
+/// One CSV field: quoted when needed, and text a spreadsheet would run as a formula defused by a
+/// leading `'` (a plain number such as `-112.9` is left as it is).
 fn csv_field(text: &str) -> String {
-    let text = if text.starts_with(['=', '+', '-', '@']) && text.parse::<f64>().is_err() {
+    let text = if text.starts_with(FORMULA_STARTS) && text.parse::<f64>().is_err() {
         format!("'{text}")
     } else {
         text.to_string()
@@ -118,6 +130,16 @@ fn csv_field(text: &str) -> String {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
         text
+    }
+}
+
+/// An `adm1` as a device wrote it, written only when it is an area code (else left empty: the
+/// record itself is flagged for it).
+fn area_code(adm1: String) -> String {
+    if is_area_code(&adm1) {
+        adm1
+    } else {
+        String::new()
     }
 }
 
@@ -187,7 +209,7 @@ fn encounter_rows(
             row.get(3)?,
             service_codes(row.get(4)?).join(";"),
             row.get(5)?,
-            row.get(6)?,
+            area_code(row.get(6)?),
             number(7)?,
             number(8)?,
             number(9)?,
@@ -337,6 +359,7 @@ fn hxl(
     let mut out = csv_line(&HXL_COLUMNS.map(|(header, _)| header.to_string()));
     out.push_str(&csv_line(&HXL_COLUMNS.map(|(_, tag)| tag.to_string())));
     for ((period, adm1, team), group) in &groups {
+        let adm1 = area_code(adm1.clone());
         let (lat, lon) = if group.located > 0 {
             (
                 Some(group.sum_lat / group.located as f64),
@@ -355,7 +378,7 @@ fn hxl(
             .unwrap_or_default();
         let mut fields = vec![
             period.clone(),
-            adm1.clone(),
+            adm1,
             generalised_text(lat),
             generalised_text(lon),
             team.clone(),
@@ -429,6 +452,21 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("=1+1"), "'=1+1");
         assert_eq!(csv_field("-112.9"), "-112.9");
+        for formula in [
+            "\tcalc",
+            "\rcalc",
+            "|calc",
+            "\u{ff1d}1+1",
+            "\u{ff20}SUM(1)",
+            "-1+1",
+        ] {
+            assert!(
+                csv_field(formula).trim_start_matches('"').starts_with('\''),
+                "{formula:?}"
+            );
+        }
+        assert_eq!(area_code("MX-SON".into()), "MX-SON");
+        assert_eq!(area_code("=SUM(1,2)".into()), "");
         assert!(check_purpose(Some("  ")).unwrap_err().contains("purpose"));
         assert!(check_purpose(Some("ab")).is_err());
         assert_eq!(

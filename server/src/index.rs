@@ -171,8 +171,8 @@ pub fn remove(conn: &Connection, id: EncounterId) -> Result<(), rusqlite::Error>
     Ok(())
 }
 
-/// Filters of `GET /v1/encounters`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Filters of `GET /v1/encounters` (serialised as the audit log keeps them).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListFilter {
     pub team: Option<String>,
@@ -227,6 +227,10 @@ pub struct EncounterRow {
     pub uasc: i64,
     pub conflicts: i64,
     pub problems: Vec<Problem>,
+    /// How many problems were withheld or reworded because the reader's role may not read
+    /// health detail (set by the caller; 0 from the index).
+    #[serde(default)]
+    pub health_detail_withheld: usize,
 }
 
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -361,6 +365,7 @@ pub fn list(
             uasc: row.get(11)?,
             conflicts: row.get(12)?,
             problems: serde_json::from_str(&problems).unwrap_or_default(),
+            health_detail_withheld: 0,
         })
     })?;
     rows.collect()

@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod link_simulator;
 pub mod purge;
 pub mod rate_limit;
+pub mod redaction;
 pub mod retention;
 pub mod simulation;
 pub mod vault;

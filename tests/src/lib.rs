@@ -273,6 +273,23 @@ pub fn sync_answer(
     auxilio_core::protocol::decode_response(&body).unwrap()
 }
 
+/// One change on top of the device's copy of `id`, written with the device's own actor, as a
+/// modified app would write it (the real store refuses such edits): `edit` changes the raw
+/// Automerge document.
+pub fn raw_change(
+    device: &Device,
+    id: EncounterId,
+    edit: impl FnOnce(&mut automerge::AutoCommit),
+) -> automerge::Change {
+    let saved = device.store.document(id).unwrap().save();
+    let mut doc = automerge::AutoCommit::load(&saved)
+        .unwrap()
+        .with_actor(auxilio_core::id::new_actor_id(device.enrolled.device_id));
+    edit(&mut doc);
+    doc.commit();
+    doc.get_last_local_change().unwrap()
+}
+
 /// Runs `auxilio ARGS` in `cwd`, feeding `stdin`.
 pub fn run_auxilio(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = spawn_auxilio(cwd, args);

@@ -221,13 +221,13 @@ fn the_readme_walkthrough_works() {
     assert_eq!(one["heads"], two["heads"]);
     assert_eq!(one["encounter"], two["encounter"]);
     let mut without_restricted = one["encounter"].clone();
-    // Restricted like health data: never in a coordinator's answer, even when empty.
-    without_restricted
-        .as_object_mut()
-        .unwrap()
-        .remove("trafficking_indicators");
+    // Restricted like health data: never in a coordinator's answer, even when empty; the notes
+    // (free text, where health detail is written) are withheld and counted.
+    let restricted = without_restricted.as_object_mut().unwrap();
+    restricted.remove("trafficking_indicators");
+    restricted.remove("notes");
     assert_eq!(without_restricted, coordinator_view["encounter"]);
-    assert_eq!(coordinator_view["health_detail_withheld"], 0);
+    assert_eq!(coordinator_view["health_detail_withheld"], 1);
     assert_eq!(one["encounter"]["notes"], "found near km 40");
     assert_eq!(one["conflicts"][0]["path"], "counts.m.18-59");
 

@@ -16,7 +16,7 @@ use auxilio_server::client::{self, ClientError, SyncOptions};
 use auxilio_server::directory::Role;
 use auxilio_server::rate_limit::RateLimits;
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, TwoTeams, empty_sync_request, enroll, get_json, post_bytes,
+    EXAMPLE_ENCOUNTER, TwoTeams, empty_sync_request, enroll, get_json, post_bytes, raw_change,
     stored_snapshot,
 };
 use serde_bytes::ByteBuf;
@@ -39,23 +39,6 @@ fn request_body(encounter: EncounterId, changes: Vec<Vec<u8>>) -> Vec<u8> {
         }],
         ..empty_sync_request()
     })
-}
-
-/// One change on top of the device's copy of `id`, written with the device's own actor, as a
-/// modified app would write it (the real store refuses such edits): `edit` changes the raw
-/// Automerge document.
-fn raw_change(
-    device: &Device,
-    id: EncounterId,
-    edit: impl FnOnce(&mut automerge::AutoCommit),
-) -> automerge::Change {
-    let saved = device.store.document(id).unwrap().save();
-    let mut doc = automerge::AutoCommit::load(&saved)
-        .unwrap()
-        .with_actor(new_actor_id(device.enrolled.device_id));
-    edit(&mut doc);
-    doc.commit();
-    doc.get_last_local_change().unwrap()
 }
 
 /// Puts `change` on the device's pending list, as the modified app's store would hold it.

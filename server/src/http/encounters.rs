@@ -3,7 +3,9 @@
 //!
 //! Scoped by role (see [`crate::access`]): field devices and team leads read their own team,
 //! coordinators every team without health detail, protection officers UASC and missing-person
-//! cases only. Every read of one record is written to the audit log.
+//! cases only; what a role without health access receives (the record, its conflicts, its
+//! problems, the list's problems) goes through [`crate::redaction`]'s one allow-list. Every read
+//! of one record and every list is written to the audit log.
 
 use auxilio_core::EncounterId;
 use auxilio_core::document::Conflict;
@@ -22,6 +24,7 @@ use crate::audit;
 use crate::error::AppError;
 use crate::index::{self, EncounterRow, ListFilter, Problem};
 use crate::ledger;
+use crate::redaction;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -80,9 +83,32 @@ async fn list(
     }
     let visible_team = access::team_scope(&device).team().map(str::to_string);
     filter.protection_cases_only = access::protection_cases_only(device.role);
+    let with_health = access::allows(device.role, Permission::ReadHealth);
     let encounters = state
         .blocking(move |database| {
-            Ok(database.read(|conn| index::list(conn, &filter, visible_team.as_deref()))?)
+            // A write: the list is an in-system read like a record's (exact coordinates, for
+            // dispatch), so it is audited in the same transaction that reads it.
+            Ok(database.write(|conn| {
+                let mut encounters = index::list(conn, &filter, visible_team.as_deref())?;
+                if !with_health {
+                    for row in &mut encounters {
+                        row.health_detail_withheld = redaction::redact_problems(&mut row.problems);
+                    }
+                }
+                audit::record(
+                    conn,
+                    &device.id.to_string(),
+                    "encounter.list",
+                    serde_json::json!({
+                        "role": device.role,
+                        "team": device.team,
+                        "filters": filter,
+                        "rows": encounters.len(),
+                        "health": with_health,
+                    }),
+                )?;
+                Ok::<_, rusqlite::Error>(encounters)
+            })?)
         })
         .await?;
     Ok(Json(EncounterList {
@@ -153,11 +179,13 @@ async fn show(
                     Err(_) => document.to_json(),
                 };
                 let mut conflicts = document.conflicts();
+                let mut problems: Vec<Problem> = serde_json::from_str(&problems).unwrap_or_default();
                 let with_health = access::allows(device.role, Permission::ReadHealth);
                 let health_detail_withheld = if with_health {
                     0
                 } else {
-                    access::redact_health(&mut encounter, &mut conflicts)
+                    redaction::redact_health(&mut encounter, &mut conflicts)
+                        + redaction::redact_problems(&mut problems)
                 };
                 audit::record(
                     conn,
@@ -180,7 +208,7 @@ async fn show(
                     complete,
                     encounter,
                     conflicts,
-                    problems: serde_json::from_str(&problems).unwrap_or_default(),
+                    problems,
                     heads: heads_hex(&document.heads()),
                     health_detail_withheld,
                 })
