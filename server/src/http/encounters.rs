@@ -88,7 +88,7 @@ async fn list(
         .blocking(move |database| {
             // A write: the list is an in-system read like a record's (exact coordinates, for
             // dispatch), so it is audited in the same transaction that reads it.
-            Ok(database.write(|conn| {
+            Ok(database.transaction(|conn| {
                 let mut encounters = index::list(conn, &filter, visible_team.as_deref())?;
                 if !with_health {
                     for row in &mut encounters {
