@@ -100,6 +100,16 @@ pub fn roles_allowed(permission: Permission) -> Vec<Role> {
         .collect()
 }
 
+/// Whether an administrator may enrol a device of `role`, or rotate its token and receive the new
+/// one, over HTTP. Only `field` phones: that is the fleet's daily work. Every role that reads more
+/// than its own team's sync (team leads, coordinators, protection officers), reads the audit
+/// log (auditors) or manages credentials (administrators) is enrolled and rotated only with
+/// `auxilio admin device enroll` / `rotate` on the server's own data directory, so holding an
+/// administrator's token never turns into case access. Revoking works over HTTP for every role.
+pub fn managed_over_http(role: Role) -> bool {
+    role == Role::Field
+}
+
 /// Refuses with 403 unless the device's role may do `permission`.
 pub fn require(device: &Device, permission: Permission) -> Result<(), AppError> {
     if allows(device.role, permission) {

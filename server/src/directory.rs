@@ -5,6 +5,11 @@
 //! 32 random bytes, stored only as its SHA-256 (a leaked database does not leak tokens). A token
 //! is shown once, at enrolment. Revocation takes effect on the very next request because every
 //! request reads the device row.
+//!
+//! Every change of a token is a compare-and-swap on the token the request presented, in the
+//! caller's transaction with its audit row: a self-rotation or the first use of a rotated token
+//! that lost a race with an administrator's rotation changes nothing, so a leaked token cannot
+//! outlive the rotation meant to retire it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,6 +36,23 @@ pub enum DirectoryError {
     NoSuchDevice(DeviceId),
     #[error("device {0} is already revoked")]
     AlreadyRevoked(DeviceId),
+    #[error(
+        "a device label is at most {MAX_LABEL_CHARS} characters with no control characters (line breaks, tabs)"
+    )]
+    BadLabel,
+    /// The token a self-rotation presented was replaced (by an administrator's rotation, or by
+    /// the device's own rotated token) while the request was under way.
+    #[error("the token was replaced while this request was under way")]
+    TokenSuperseded,
+}
+
+/// The longest device label, in characters.
+pub const MAX_LABEL_CHARS: usize = 100;
+
+/// Whether `label` is a usable device label: up to [`MAX_LABEL_CHARS`] characters (empty means
+/// none), no control characters.
+pub fn valid_label(label: &str) -> bool {
+    label.chars().count() <= MAX_LABEL_CHARS && !label.chars().any(char::is_control)
 }
 
 /// Why a bearer token was not accepted. Deliberately coarse in what reaches the client.
@@ -221,6 +243,9 @@ pub fn enroll_by(
     role: Role,
     label: &str,
 ) -> Result<Enrolled, DirectoryError> {
+    if !valid_label(label) {
+        return Err(DirectoryError::BadLabel);
+    }
     let exists: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM teams WHERE name = ?1)",
         [team],
@@ -295,6 +320,7 @@ pub fn rotate_by(
         return Err(DirectoryError::AlreadyRevoked(device));
     }
     let (secret, token) = new_token(device);
+    // Any pending self-rotated token goes too: it was asked for with a token now retired.
     conn.execute(
         "UPDATE devices SET token_hash = ?2, next_token_hash = NULL WHERE id = ?1",
         params![device.as_bytes(), hash_secret(&secret)],
@@ -311,12 +337,34 @@ pub fn rotate_by(
 /// A device's own rotation: the new token is valid alongside the old one until its first use,
 /// which retires the old one ([`promote_next_token`]). A rotation whose answer is lost on the
 /// way leaves the device with a working token; asking again replaces the pending one.
-pub fn begin_rotation(conn: &Connection, device: &Device) -> Result<String, DirectoryError> {
+///
+/// `presented` is the token the request authenticated with: the rotation happens only if it is
+/// still the device's current token ([`DirectoryError::TokenSuperseded`] otherwise), so a request
+/// that raced an administrator's rotation cannot plant a token of its own. Run it in the
+/// transaction that commits its audit row.
+pub fn begin_rotation(
+    conn: &Connection,
+    device: &Device,
+    presented: &str,
+) -> Result<String, DirectoryError> {
+    let (id, presented_secret) =
+        parse_token(presented).map_err(|_| DirectoryError::TokenSuperseded)?;
+    if id != device.id {
+        return Err(DirectoryError::TokenSuperseded);
+    }
     let (secret, token) = new_token(device.id);
-    conn.execute(
-        "UPDATE devices SET next_token_hash = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-        params![device.id.as_bytes(), hash_secret(&secret)],
+    let changed = conn.execute(
+        "UPDATE devices SET next_token_hash = ?2
+         WHERE id = ?1 AND revoked_at IS NULL AND token_hash = ?3",
+        params![
+            device.id.as_bytes(),
+            hash_secret(&secret),
+            hash_secret(&presented_secret)
+        ],
     )?;
+    if changed == 0 {
+        return Err(DirectoryError::TokenSuperseded);
+    }
     audit::record(
         conn,
         &device.id.to_string(),
@@ -326,14 +374,27 @@ pub fn begin_rotation(conn: &Connection, device: &Device) -> Result<String, Dire
     Ok(token)
 }
 
-/// The first use of a rotated token: it becomes the device's only token.
-pub fn promote_next_token(conn: &Connection, device: DeviceId) -> Result<(), DirectoryError> {
+/// The first use of a rotated token: it becomes the device's only token. A compare-and-swap on
+/// `presented` (the token the request used): true if `presented` is the device's current token
+/// afterwards (promoted now, or by a concurrent request that used it too), false if it was
+/// retired meanwhile (an administrator's rotation, a revocation, a newer self-rotation), and the
+/// request must then be refused.
+pub fn promote_next_token(conn: &Connection, presented: &str) -> Result<bool, DirectoryError> {
+    let Ok((device, secret)) = parse_token(presented) else {
+        return Ok(false);
+    };
+    let presented_hash = hash_secret(&secret);
     conn.execute(
         "UPDATE devices SET token_hash = next_token_hash, next_token_hash = NULL
-         WHERE id = ?1 AND next_token_hash IS NOT NULL",
-        [device.as_bytes()],
+         WHERE id = ?1 AND revoked_at IS NULL AND next_token_hash = ?2",
+        params![device.as_bytes(), presented_hash],
     )?;
-    Ok(())
+    let current: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM devices WHERE id = ?1 AND revoked_at IS NULL AND token_hash = ?2)",
+        params![device.as_bytes(), presented_hash],
+        |row| row.get(0),
+    )?;
+    Ok(current)
 }
 
 fn device_from_row(row: &rusqlite::Row<'_>) -> Result<(Device, Vec<u8>), rusqlite::Error> {
@@ -455,12 +516,12 @@ mod tests {
             add_team(conn, "sonora").unwrap();
             let enrolled = enroll(conn, "sonora", Role::Field, "").unwrap();
             let (device, _) = authenticate(conn, &enrolled.token).unwrap().unwrap();
-            let rotated = begin_rotation(conn, &device).unwrap();
+            let rotated = begin_rotation(conn, &device, &enrolled.token).unwrap();
             // The answer may have been lost: the old token still works.
             assert!(authenticate(conn, &enrolled.token).unwrap().is_ok());
             let (_, used) = authenticate(conn, &rotated).unwrap().unwrap();
             assert_eq!(used, TokenUsed::Rotated);
-            promote_next_token(conn, device.id).unwrap();
+            assert!(promote_next_token(conn, &rotated).unwrap());
             assert_eq!(
                 authenticate(conn, &enrolled.token).unwrap(),
                 Err(AuthError::Invalid)
@@ -479,6 +540,43 @@ mod tests {
             Ok::<_, DirectoryError>(())
         })
         .unwrap();
+    }
+
+    #[test]
+    fn a_self_rotation_or_promotion_that_lost_a_race_with_an_administrators_rotation_changes_nothing()
+     {
+        let (_dir, db) = database();
+        db.write(|conn| {
+            add_team(conn, "sonora").unwrap();
+            let leaked = enroll(conn, "sonora", Role::Field, "").unwrap();
+            let (device, _) = authenticate(conn, &leaked.token).unwrap().unwrap();
+            // A rotation asked for before the administrator's, promoted after it.
+            let pending = begin_rotation(conn, &device, &leaked.token).unwrap();
+            let replaced = rotate_by(conn, ADMIN_CLI, device.id).unwrap();
+            assert!(!promote_next_token(conn, &pending).unwrap());
+            // A rotation authenticated before the administrator's, written after it.
+            assert!(matches!(
+                begin_rotation(conn, &device, &leaked.token),
+                Err(DirectoryError::TokenSuperseded)
+            ));
+            assert!(authenticate(conn, &pending).unwrap().is_err());
+            assert!(authenticate(conn, &leaked.token).unwrap().is_err());
+            assert_eq!(
+                authenticate(conn, &replaced).unwrap().unwrap().1,
+                TokenUsed::Current
+            );
+            Ok::<_, DirectoryError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn labels_are_capped_and_free_of_control_characters() {
+        assert!(valid_label(""));
+        assert!(valid_label(&"ñ".repeat(MAX_LABEL_CHARS)));
+        assert!(!valid_label(&"x".repeat(MAX_LABEL_CHARS + 1)));
+        assert!(!valid_label("phone\n3"));
+        assert!(!valid_label("phone\u{1b}[31m"));
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub enum AppError {
     Unauthorized(#[from] AuthError),
     #[error("{0}")]
     Forbidden(String),
+    /// Refused over HTTP because it is done only on the server's own command line (see
+    /// [`crate::access::managed_over_http`]).
+    #[error("{0}")]
+    CommandLineOnly(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -40,7 +44,7 @@ impl AppError {
     fn status(&self) -> StatusCode {
         match self {
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::Forbidden(_) | AppError::CommandLineOnly(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -59,6 +63,9 @@ impl AppError {
             AppError::Unauthorized(_) => {
                 Some("check the token printed by `auxilio admin device enroll`")
             }
+            AppError::CommandLineOnly(_) => Some(
+                "run `auxilio admin device enroll --team TEAM --role ROLE` or `auxilio admin device rotate DEVICE_ID` on the server itself, on its data directory",
+            ),
             AppError::PayloadTooLarge { .. } => Some("send fewer changes per request"),
             AppError::TooManyRequests { .. } => {
                 Some("wait as long as Retry-After says, then send the same request again")

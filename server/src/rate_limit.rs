@@ -1,6 +1,10 @@
-//! Request rate limits: a token bucket per device, and one per client address for requests that
-//! fail authentication (so guessing tokens is slowed, and a flood of bad tokens does not reach
-//! the database at full speed).
+//! Request rate limits: a token bucket per device, and for requests that fail authentication one
+//! per client address and one per claimed device id (the id part of a token whose secret is
+//! wrong), so guessing tokens is slowed from one address and at one device from many. Only failed
+//! requests take from those two: a valid token is served whatever its address or id was sent by
+//! others, so one attacker behind the same NAT or proxy as the fleet cannot lock the fleet out.
+//! The same buckets, counted per hour, bound what one device can make the audit log write
+//! ([`RateLimiter::per_period`]).
 //!
 //! A bucket holds up to `burst` requests and refills at `per_minute`; a request takes one. The
 //! defaults are far above what a phone needs (a whole deployment syncs in a few pages), so only a
@@ -47,6 +51,8 @@ pub enum Client {
     Device(DeviceId),
     /// A client address whose requests failed authentication.
     Address(IpAddr),
+    /// A device id named by tokens whose secret was wrong.
+    ClaimedDevice(DeviceId),
     /// Requests that failed authentication and whose address is unknown (a router driven in
     /// process, without a socket).
     UnknownAddress,
@@ -67,34 +73,50 @@ struct Bucket {
 /// The buckets of every client, shared by all requests (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
-    limits: RateLimits,
+    /// Requests a full bucket holds; 0 turns the limiter off.
+    burst: u32,
+    /// Refill, in requests per second; 0 turns the limiter off.
+    per_second: f64,
     buckets: Arc<Mutex<HashMap<Client, Bucket>>>,
 }
 
 impl RateLimiter {
     pub fn new(limits: RateLimits) -> Self {
+        Self::with_rate(limits.burst, f64::from(limits.per_minute) / 60.0)
+    }
+
+    /// At most `count` requests per `period` (all at once, then one every `period / count`);
+    /// 0 turns the limiter off.
+    pub fn per_period(count: u32, period: Duration) -> Self {
+        let seconds = period.as_secs_f64();
+        let per_second = if seconds > 0.0 {
+            f64::from(count) / seconds
+        } else {
+            0.0
+        };
+        Self::with_rate(count, per_second)
+    }
+
+    fn with_rate(burst: u32, per_second: f64) -> Self {
         Self {
-            limits,
+            burst,
+            per_second,
             buckets: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    pub fn limits(&self) -> RateLimits {
-        self.limits
-    }
-
     fn enabled(&self) -> bool {
-        self.limits.per_minute > 0 && self.limits.burst > 0
+        self.per_second > 0.0 && self.burst > 0
     }
 
     fn per_second(&self) -> f64 {
-        f64::from(self.limits.per_minute) / 60.0
+        self.per_second
     }
 
     /// The bucket's tokens at `now`, refilled since it was last touched.
     fn refilled(&self, bucket: &Bucket, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        (bucket.tokens + elapsed * self.per_second()).min(f64::from(self.limits.burst))
+        (bucket.tokens + elapsed * self.per_second()).min(f64::from(self.burst))
     }
 
     /// How long until a bucket holding `tokens` holds one.
@@ -114,7 +136,7 @@ impl RateLimiter {
         if !buckets.contains_key(&client) && buckets.len() >= MAX_TRACKED {
             self.evict(&mut buckets, now);
         }
-        let burst = f64::from(self.limits.burst);
+        let burst = f64::from(self.burst);
         let bucket = buckets.entry(client).or_insert(Bucket {
             tokens: burst,
             updated: now,
@@ -153,7 +175,7 @@ impl RateLimiter {
     /// Makes room for one more bucket: drops every bucket that has refilled (it is the same as
     /// none), and if all are busy, the one untouched the longest.
     fn evict(&self, buckets: &mut HashMap<Client, Bucket>, now: Instant) {
-        let burst = f64::from(self.limits.burst);
+        let burst = f64::from(self.burst);
         buckets.retain(|_, bucket| self.refilled(bucket, now) < burst);
         if buckets.len() >= MAX_TRACKED
             && let Some(oldest) = buckets
@@ -219,6 +241,21 @@ mod tests {
                 .take(Client::Device(DeviceId::from_bytes([1; 16])), now)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_per_hour_quota_allows_its_count_then_one_per_share_of_the_hour() {
+        let limiter = RateLimiter::per_period(3, Duration::from_secs(3600));
+        let device = Client::Device(DeviceId::from_bytes([1; 16]));
+        let start = Instant::now();
+        for _ in 0..3 {
+            limiter.take(device, start).unwrap();
+        }
+        let limited = limiter.take(device, start).unwrap_err();
+        assert!((limited.retry_after.as_secs_f64() - 1200.0).abs() < 0.001);
+        limiter
+            .take(device, start + Duration::from_secs(1201))
+            .unwrap();
     }
 
     #[test]

@@ -198,6 +198,14 @@ impl TeamFixture {
         let enrolled = enroll(self.data.path(), &self.team, role);
         Device::new(self.devices.path(), name, &self.server.url, &enrolled)
     }
+
+    /// Runs `auxilio admin --data <this data directory> ARGS`, as an operator on the server would.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let data = self.data.path().to_str().unwrap();
+        let mut full = vec!["admin", "--data", data];
+        full.extend_from_slice(args);
+        run_auxilio(self.data.path(), &full, None)
+    }
 }
 
 /// The `auxilio` binary built from this workspace.

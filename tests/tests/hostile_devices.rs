@@ -304,11 +304,11 @@ fn guessing_tokens_is_slowed_per_address() {
         .collect();
     assert_eq!(statuses[..3], [401, 401, 401], "{statuses:?}");
     assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
-    // Even the right token waits while the address is over its limit: the check comes before
-    // any token is looked up.
+    // Only failures are limited: the right token from the same address is served (behind a
+    // NAT or proxy the whole fleet shares it).
     let (status, body) =
         get_json(&s.server.url, "/v1/whoami", Some(&s.sonora.enrolled.token)).unwrap();
-    assert_eq!(status, 429, "{body}");
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]

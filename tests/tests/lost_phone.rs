@@ -13,10 +13,7 @@ const KNOWN_TO_THE_SERVER: &str = "Marker-synced-4471";
 const NEVER_SYNCED: &str = "Marker-unsynced-8832";
 
 fn run_admin(fixture: &TeamFixture, args: &[&str]) -> std::process::Output {
-    let data = fixture.data.path().to_str().unwrap();
-    let mut full = vec!["admin", "--data", data];
-    full.extend_from_slice(args);
-    run_auxilio(fixture.data.path(), &full, None)
+    fixture.admin(args)
 }
 
 #[test]

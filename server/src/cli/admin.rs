@@ -175,7 +175,8 @@ enum DeviceCommand {
         team: String,
         #[arg(long, value_enum)]
         role: Role,
-        /// A note for administrators (never shown to devices).
+        /// A note for administrators (never shown to devices): at most 100 characters, no
+        /// control characters.
         #[arg(long, default_value = "")]
         label: String,
     },
@@ -304,7 +305,9 @@ fn run_directory(
     command: AdminCommand,
 ) -> anyhow::Result<(serde_json::Value, String)> {
     database.write(|conn| -> anyhow::Result<(serde_json::Value, String)> {
-        let tx = conn.transaction()?;
+        // Immediate: a rotation reads the device then writes it, and a deferred transaction
+        // would fail with "database is locked" if the running server wrote in between.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let output = match command {
             AdminCommand::Team(TeamCommand::Add { name }) => {
                 directory::add_team(&tx, &name)?;

@@ -1,7 +1,7 @@
 //! `auxilio serve`: opens the data directory, binds, serves until Ctrl-C or SIGTERM, and runs
 //! the retention policy on its own every `--retention-every` seconds.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,12 +25,24 @@ pub struct ServeArgs {
     max_request_bytes: usize,
     /// Requests a device may make per minute, sustained; over it the server answers 429 with
     /// Retry-After (the device's sync waits and carries on). The same limit slows requests with
-    /// bad tokens, per client address. 0 turns rate limiting off.
+    /// bad tokens, per client address and per device id they claim (valid tokens are always
+    /// served). 0 turns rate limiting off.
     #[arg(long, default_value_t = RateLimits::default().per_minute, value_name = "REQUESTS")]
     rate_limit_per_minute: u32,
     /// Requests a device may make at once after a quiet spell, above the per-minute rate.
     #[arg(long, default_value_t = RateLimits::default().burst, value_name = "REQUESTS")]
     rate_limit_burst: u32,
+    /// A reverse proxy (TLS terminator) in front of the server, by IP address; repeat for each.
+    /// Only from these is `X-Forwarded-For` believed (its rightmost address that is not a trusted
+    /// proxy is the client, for the bad-token limit); from anyone else it is ignored.
+    #[arg(long = "trusted-proxy", value_name = "IP")]
+    trusted_proxies: Vec<IpAddr>,
+    /// Seconds a client may take to send a request's headers before its connection is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = ServerConfig::default().header_read_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout: u64,
+    /// Token rotations a device may ask for itself per hour (each is audited); 0: no limit.
+    #[arg(long, value_name = "ROTATIONS", default_value_t = ServerConfig::default().self_rotations_per_hour)]
+    self_rotations_per_hour: u32,
     /// Bytes of changes per sync response for a device that does not ask for a size (a device
     /// may ask for anything from 4 KiB to --max-page-bytes).
     #[arg(long, default_value_t = PageLimits::default().default_response_change_bytes)]
@@ -75,6 +87,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             per_minute: args.rate_limit_per_minute,
             burst: args.rate_limit_burst,
         },
+        trusted_proxies: args.trusted_proxies.clone(),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        self_rotations_per_hour: args.self_rotations_per_hour,
+        ..ServerConfig::default()
     };
     let state = AppState::new(database, config).with_map_page(map_page);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

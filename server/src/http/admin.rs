@@ -2,9 +2,16 @@
 //! devices, and add teams (`/v1/admin/...`), plus a device's own token rotation
 //! (`POST /v1/token/rotate`).
 //!
-//! Administrators manage credentials and never see case data (see [`crate::access`]). Every
-//! change is audited with the administrator's device as the actor, in the transaction that
-//! makes it; a token is in the response body only, never in a log or the audit detail.
+//! Administrators manage credentials and never see case data (see [`crate::access`]). Over HTTP
+//! they enrol and rotate `field` phones only ([`access::managed_over_http`]): every other role is
+//! enrolled and rotated on the server's own command line, so an administrator's token cannot be
+//! turned into case access (403 with a hint naming the command). Every change is audited with
+//! the administrator's device as the actor, in the transaction that makes it; a token is in the
+//! response body only, never in a log or the audit detail.
+//!
+//! A device's own rotation is a compare-and-swap on the token it presented
+//! ([`directory::begin_rotation`]) and is limited per device per hour
+//! ([`super::ServerConfig::self_rotations_per_hour`]): each one writes an audit row.
 
 use auxilio_core::DeviceId;
 use axum::extract::{Path, State};
@@ -12,10 +19,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{AppState, AuthenticatedDevice, JsonBody};
+use std::time::Instant;
+
+use super::auth::too_many;
+use super::{AppState, AuthenticatedDevice, JsonBody, PresentedToken};
 use crate::access::{self, Permission};
-use crate::directory::{self, Device, DirectoryError, Enrolled, Role};
+use crate::directory::{self, AuthError, Device, DirectoryError, Enrolled, Role};
 use crate::error::AppError;
+use crate::rate_limit::Client;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -34,11 +45,22 @@ impl From<DirectoryError> for AppError {
             DirectoryError::TeamExists(_) | DirectoryError::AlreadyRevoked(_) => {
                 AppError::Conflict(err.to_string())
             }
-            DirectoryError::NoSuchTeam(_) | DirectoryError::BadTeamName(_) => {
-                AppError::BadRequest(err.to_string())
-            }
+            DirectoryError::NoSuchTeam(_)
+            | DirectoryError::BadTeamName(_)
+            | DirectoryError::BadLabel => AppError::BadRequest(err.to_string()),
+            DirectoryError::TokenSuperseded => AppError::Unauthorized(AuthError::Invalid),
         }
     }
+}
+
+/// Refuses over HTTP what only the server's command line does.
+fn require_managed_over_http(role: Role, action: &str) -> Result<(), AppError> {
+    if access::managed_over_http(role) {
+        return Ok(());
+    }
+    Err(AppError::CommandLineOnly(format!(
+        "{action} a {role} device is done only on the server's command line: over HTTP an administrator enrols and rotates field devices only"
+    )))
 }
 
 fn parse_device_id(text: &str) -> Result<DeviceId, AppError> {
@@ -62,7 +84,7 @@ async fn add_team(
     let added = name.clone();
     state
         .blocking(move |database| {
-            Ok(database.transaction(|conn| directory::add_team_by(conn, &actor, &added))?)
+            database.transaction(|tx| Ok(directory::add_team_by(tx, &actor, &added)?))
         })
         .await?;
     Ok(Json(serde_json::json!({ "team": name })))
@@ -94,11 +116,11 @@ async fn enrol_device(
     JsonBody(NewDevice { team, role, label }): JsonBody<NewDevice>,
 ) -> Result<Json<Enrolled>, AppError> {
     access::require(&admin, Permission::ManageDevices)?;
+    require_managed_over_http(role, "enrolling")?;
     let actor = admin.id.to_string();
     let enrolled = state
         .blocking(move |database| {
-            Ok(database
-                .transaction(|conn| directory::enroll_by(conn, &actor, &team, role, &label))?)
+            database.transaction(|tx| Ok(directory::enroll_by(tx, &actor, &team, role, &label)?))
         })
         .await?;
     tracing::info!(admin = %admin.id, device = %enrolled.device_id, role = %enrolled.role, "device enrolled");
@@ -115,7 +137,7 @@ async fn revoke_device(
     let actor = admin.id.to_string();
     state
         .blocking(move |database| {
-            Ok(database.transaction(|conn| directory::revoke_by(conn, &actor, device))?)
+            database.transaction(|tx| Ok(directory::revoke_by(tx, &actor, device)?))
         })
         .await?;
     tracing::info!(admin = %admin.id, %device, "device revoked");
@@ -134,7 +156,12 @@ async fn rotate_device(
     let actor = admin.id.to_string();
     let token = state
         .blocking(move |database| {
-            Ok(database.transaction(|conn| directory::rotate_by(conn, &actor, device))?)
+            database.transaction(|tx| {
+                let found = directory::find_device(tx, device)?
+                    .ok_or(DirectoryError::NoSuchDevice(device))?;
+                require_managed_over_http(found.role, "rotating the token of")?;
+                Ok(directory::rotate_by(tx, &actor, device)?)
+            })
         })
         .await?;
     Ok(Json(
@@ -142,15 +169,24 @@ async fn rotate_device(
     ))
 }
 
-/// Any device, any role: a new token for itself, valid alongside the old one until first used.
+/// Any device, any role: a new token for itself, valid alongside the old one until first used,
+/// and only if the token it presented is still its current one.
 async fn rotate_own_token(
     State(state): State<AppState>,
     AuthenticatedDevice(device): AuthenticatedDevice,
+    PresentedToken(presented): PresentedToken,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let id = device.id;
+    state
+        .self_rotations
+        .take(Client::Device(id), Instant::now())
+        .map_err(|limited| {
+            tracing::warn!(device = %id, "self-rotations over the hourly limit");
+            too_many(limited)
+        })?;
     let token = state
         .blocking(move |database| {
-            Ok(database.transaction(|conn| directory::begin_rotation(conn, &device))?)
+            database.transaction(|tx| Ok(directory::begin_rotation(tx, &device, &presented)?))
         })
         .await?;
     Ok(Json(serde_json::json!({ "device_id": id, "token": token })))

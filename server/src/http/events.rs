@@ -8,8 +8,10 @@
 //!
 //! Events name encounter ids and teams only, never the content of a record: whoever reads the
 //! stream must still fetch the encounters through the scoped query API. Coordinators hear of every
-//! team, team leads of their own team only. Revocation is checked again at every keep-alive, so a revoked
-//! coordinator's open stream ends within one interval rather than living on.
+//! team, team leads of their own team only. The token the stream was opened with is checked again
+//! at every keep-alive ([`super::ServerConfig::events_keep_alive`]), so a stream ends within one
+//! interval once that token stops working: the device revoked, its token rotated by an
+//! administrator, or superseded by the device's own rotated token on its first use.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use futures_util::stream::{self, Stream};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
-use super::{AppState, AuthenticatedDevice};
+use super::{AppState, AuthenticatedDevice, PresentedToken};
 use crate::access::{self, Permission, TeamScope};
 use crate::directory;
 use crate::error::AppError;
@@ -133,6 +135,8 @@ pub fn router() -> Router<AppState> {
 struct Subscription {
     state: AppState,
     device: auxilio_core::DeviceId,
+    /// The token the stream was opened with: when it stops working, the stream ends.
+    token: String,
     scope: TeamScope,
     receiver: broadcast::Receiver<Arc<Published>>,
     closing: watch::Receiver<bool>,
@@ -143,9 +147,10 @@ struct Subscription {
 async fn events(
     State(state): State<AppState>,
     AuthenticatedDevice(device): AuthenticatedDevice,
+    PresentedToken(token): PresentedToken,
 ) -> Result<Response, AppError> {
     access::require(&device, Permission::ReadMap)?;
-    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    let mut keep_alive = tokio::time::interval(state.config.events_keep_alive);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick completes at once; the stream sends `ready` instead.
     keep_alive.reset();
@@ -154,6 +159,7 @@ async fn events(
         closing: state.events.closing.subscribe(),
         state,
         device: device.id,
+        token,
         scope: access::team_scope(&device),
         keep_alive,
         started: false,
@@ -197,8 +203,8 @@ fn event_stream(subscription: Subscription) -> impl Stream<Item = Result<Event, 
                 Err(broadcast::error::RecvError::Closed) => return None,
             },
             _ = sub.keep_alive.tick() => {
-                if !still_enrolled(&sub.state, sub.device).await {
-                    tracing::info!(device = %sub.device, "event stream closed: device revoked");
+                if !token_still_works(&sub.state, &sub.token).await {
+                    tracing::info!(device = %sub.device, "event stream closed: its token was revoked, rotated or superseded");
                     return None;
                 }
                 Event::default().comment("keep-alive")
@@ -209,17 +215,19 @@ fn event_stream(subscription: Subscription) -> impl Stream<Item = Result<Event, 
     })
 }
 
-/// Whether the subscriber's device is still enrolled and not revoked (a failed read keeps the
-/// stream: the next request the page makes checks its token anyway).
-async fn still_enrolled(state: &AppState, device: auxilio_core::DeviceId) -> bool {
+/// Whether the token the stream was opened with still authenticates its device (a failed read
+/// keeps the stream: the next request the page makes checks its token anyway). A token that is
+/// still current while the device's own rotated token waits for its first use still works.
+async fn token_still_works(state: &AppState, token: &str) -> bool {
+    let token = token.to_string();
     state
         .blocking(move |database| {
             database
-                .read(|conn| directory::find_device(conn, device))
+                .read(|conn| directory::authenticate(conn, &token))
                 .map_err(AppError::internal)
         })
         .await
-        .map(|found| found.is_some_and(|d| d.revoked_at.is_none()))
+        .map(|outcome| outcome.is_ok())
         .unwrap_or(true)
 }
 
