@@ -11,6 +11,7 @@
 pub mod document;
 pub mod edit;
 pub mod id;
+pub mod private_files;
 pub mod protocol;
 pub mod relay;
 pub mod schema;

@@ -59,6 +59,13 @@ pub enum StoreError {
     WrongTeam { enrolled: String, given: String },
     #[error("the store is damaged: {0}")]
     Corrupt(String),
+    #[error(
+        "cannot create the store file {path} readable by its owner only ({source}): check the folder exists and is yours"
+    )]
+    PrivateFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(
@@ -584,6 +591,13 @@ fn pending_for(conn: &Connection, id: EncounterId) -> Result<u64, StoreError> {
 impl DeviceStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        // The store holds records and the device's token: its owner's alone.
+        crate::private_files::prepare_private_database(path.as_ref()).map_err(|source| {
+            StoreError::PrivateFile {
+                path: path.as_ref().display().to_string(),
+                source,
+            }
+        })?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

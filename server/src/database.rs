@@ -389,11 +389,15 @@ impl Database {
 
     /// Opens the database in `data_dir`, creating the directory and running migrations.
     pub fn open(data_dir: &Path) -> Result<Self, DatabaseError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| DatabaseError::DataDirectory {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
+        // Owner-only directory and files, created before SQLite opens them (its `-wal` and
+        // `-shm` files then take the database file's mode).
         let path = data_dir.join(DATABASE_FILE);
+        auxilio_core::private_files::create_private_dir(data_dir)
+            .and_then(|()| auxilio_core::private_files::prepare_private_database(&path))
+            .map_err(|source| DatabaseError::DataDirectory {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
         let mut writer = Connection::open(&path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
