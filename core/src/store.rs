@@ -232,7 +232,7 @@ pub struct DeviceStore {
     conn: Connection,
 }
 
-fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+pub(crate) fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
             row.get(0)
@@ -240,7 +240,7 @@ fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
         .optional()?)
 }
 
-fn put_setting(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+pub(crate) fn put_setting(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -667,7 +667,8 @@ impl DeviceStore {
             }
             tx.execute_batch(
                 "DELETE FROM encounters; DELETE FROM held_changes;
-                 DELETE FROM settings WHERE key IN ('cursor', 'cursor_check', 'purges_cursor');",
+                 DELETE FROM settings WHERE key IN ('cursor', 'cursor_check', 'purges_cursor',
+                     'relay_signing_key', 'relay_team_keys');",
             )?;
         }
         put_setting(
@@ -678,6 +679,7 @@ impl DeviceStore {
         if !same_device {
             put_setting(&tx, "actor", &new_actor_id(new.device_id).to_hex_string())?;
         }
+        crate::relay_auth::ensure_signing_key(&tx)?;
         tx.commit()?;
         Ok(())
     }

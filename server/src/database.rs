@@ -340,6 +340,11 @@ const MIGRATIONS: &[&str] = &[
         hash BLOB NOT NULL
     );
 ",
+    r"
+    -- Issue 10, relay: each device's Ed25519 relay public key (32 bytes), registered by the device
+    -- over its authenticated connection; teammates check relay handshakes against it.
+    ALTER TABLE devices ADD COLUMN relay_key BLOB;
+",
 ];
 
 /// The position (counted from 1, as `user_version` counts) of the migration that added purges.

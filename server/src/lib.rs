@@ -23,6 +23,7 @@ pub mod ledger;
 pub mod link_simulator;
 pub mod purge;
 pub mod rate_limit;
+pub mod relay_keys;
 pub mod retention;
 pub mod simulation;
 pub mod vault;
