@@ -14,7 +14,9 @@ use crate::directory::{Device, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayKeyError {
-    #[error("`key` must be an Ed25519 public key as 64 hexadecimal digits")]
+    #[error(
+        "`key` must be an Ed25519 public key as 64 hexadecimal digits: send {{\"key\": \"<64 hex digits>\"}} (the app sends its own at each sync)"
+    )]
     InvalidKey,
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),

@@ -22,7 +22,7 @@ use auxilio_server::database::DATABASE_FILE;
 use auxilio_server::directory::Role;
 use auxilio_tests::{
     Device, EXAMPLE_ENCOUNTER, TeamFixture, add_team, enroll, get_json, pending_hashes, post_bytes,
-    run_auxilio, spawn_auxilio, stored_change_hashes, stored_snapshot,
+    post_json, run_auxilio, spawn_auxilio, stored_change_hashes, stored_snapshot,
 };
 
 /// Relays between two stores over a TCP connection on the loopback interface, `initiator`
@@ -662,4 +662,71 @@ fn a_phone_that_never_synced_refuses_to_relay_and_says_to_sync_first() {
         "desert had already uploaded it"
     );
     assert_eq!(town.ids().len(), 1);
+}
+
+#[test]
+fn a_revoked_teammate_is_refused_once_the_other_phone_has_synced_since() {
+    let fixture = TeamFixture::start("sonora", ServerConfig::default());
+    let mut desert = fixture.device("desert", Role::Field);
+    let mut town = fixture.device("town", Role::Field);
+    sync_to_learn_relay_keys(&mut [&mut desert, &mut town]);
+    desert.log(EXAMPLE_ENCOUNTER);
+    // Positive control: before the revocation the two relay.
+    let (initiated, responded) = relay_over_tcp(&mut desert.store, &mut town.store);
+    initiated.unwrap();
+    assert_eq!(responded.unwrap().received, 1);
+
+    let database = auxilio_server::Database::open(fixture.data.path()).unwrap();
+    database
+        .write(|conn| auxilio_server::directory::revoke(conn, desert.enrolled.device_id))
+        .unwrap();
+    town.sync().unwrap();
+    let keys = town.store.team_relay_keys().unwrap().unwrap();
+    assert_eq!(
+        keys.iter().map(|k| k.device).collect::<Vec<_>>(),
+        vec![town.enrolled.device_id],
+        "only the town phone's own key is current"
+    );
+    desert.log(EXAMPLE_ENCOUNTER);
+    let before = holdings(&town.store);
+    let (_, responded) = relay_over_tcp(&mut desert.store, &mut town.store);
+    assert!(
+        matches!(
+            &responded,
+            Err(RelayError::Auth(RelayAuthError::UnknownPeer { device, .. })) if *device == desert.enrolled.device_id
+        ),
+        "{responded:?}"
+    );
+    assert_eq!(holdings(&town.store), before);
+}
+
+#[test]
+fn registering_a_relay_key_that_is_not_one_is_refused_and_a_role_that_does_not_sync_may_not() {
+    let fixture = TeamFixture::start("sonora", ServerConfig::default());
+    let mut phone = fixture.device("phone", Role::Field);
+    let token = Some(phone.enrolled.token.as_str());
+    for bad in [
+        serde_json::json!({ "key": "not hex" }),
+        serde_json::json!({ "key": "00" }),
+        serde_json::json!({ "nothing": true }),
+    ] {
+        let (status, body) = post_json(&fixture.server.url, "/v1/relay-keys", token, &bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let good = serde_json::json!({ "key": phone.store.relay_public_key().unwrap() });
+    let (status, body) = post_json(&fixture.server.url, "/v1/relay-keys", token, &good);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["keys"][0]["device"],
+        phone.enrolled.device_id.to_string()
+    );
+    let coordinator = enroll(fixture.data.path(), "sonora", Role::Coordinator);
+    let (status, _) = post_json(
+        &fixture.server.url,
+        "/v1/relay-keys",
+        Some(&coordinator.token),
+        &good,
+    );
+    assert_eq!(status, 403, "a role that does not sync does not relay");
 }
