@@ -17,6 +17,7 @@ use auxilio_core::relay::{
     self, OfferedEncounter, RelayAnswer, RelayChanges, RelayDone, RelayOffer, RelayedChange,
     RelayedEncounter,
 };
+use auxilio_core::relay_auth::{RelayHello, RelayProof};
 use auxilio_core::{DeviceId, Encounter, EncounterId, SCHEMA_VERSION};
 use serde_bytes::ByteBuf;
 
@@ -185,6 +186,28 @@ fn main() {
         &protocol::compress(&[0; 200_000]),
     );
 
+    let hello = RelayHello {
+        protocol: relay::RELAY_PROTOCOL_VERSION,
+        team: "beta-sonora".into(),
+        device,
+        nonce: ByteBuf::from(vec![9; 32]),
+    };
+    write(
+        &dir,
+        "relay_message",
+        "hello.cbor",
+        &relay::encode_message(&hello),
+    );
+    let proof = RelayProof {
+        protocol: relay::RELAY_PROTOCOL_VERSION,
+        signature: ByteBuf::from(vec![3; 64]),
+    };
+    write(
+        &dir,
+        "relay_message",
+        "proof.cbor",
+        &relay::encode_message(&proof),
+    );
     let offer = RelayOffer {
         protocol: relay::RELAY_PROTOCOL_VERSION,
         team: "beta-sonora".into(),

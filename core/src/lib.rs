@@ -11,8 +11,10 @@
 pub mod document;
 pub mod edit;
 pub mod id;
+pub mod private_files;
 pub mod protocol;
 pub mod relay;
+pub mod relay_auth;
 pub mod schema;
 pub mod store;
 pub mod validation;

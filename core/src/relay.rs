@@ -3,9 +3,11 @@
 //! reach of any network.
 //!
 //! Core reads and writes only the byte stream the caller hands it (Bluetooth or Wi-Fi Direct in
-//! the app, a socket or a pipe in the tests); it opens no socket. The exchange is three messages
-//! and an acknowledgement, each framed as a 4-byte big-endian length and a CBOR body (layout in
-//! ARCHITECTURE.md):
+//! the app, a socket or a pipe in the tests); it opens no socket. The exchange starts with an
+//! authenticated handshake ([`crate::relay_auth`]: hellos both ways, then the initiator's and the
+//! responder's proofs), and nothing of the team's records moves before both sides have proved
+//! they hold a current relay key of the team. Then three messages and an acknowledgement, each
+//! framed as a 4-byte big-endian length and a CBOR body (layout in ARCHITECTURE.md):
 //!
 //! 1. initiator → responder: [`RelayOffer`], the heads of each encounter the initiator holds;
 //! 2. responder → initiator: [`RelayAnswer`], the responder's own offer and the changes the
@@ -19,8 +21,8 @@
 //! whichever phone reaches signal first uploads it; the server stores a change once whoever
 //! uploads it, and takes a relayed change only from a teammate of its author.
 //!
-//! The peer is not authenticated here: its team and device id are what it says they are. The app
-//! must pair the phones before it hands the stream over.
+//! Independently of the handshake, a phone never takes from a peer a new change written under its
+//! own device id: only this device writes as itself.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
@@ -32,15 +34,18 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::document::{EncounterDocument, parse_change};
+use crate::id::device_of_actor;
 use crate::id::{DeviceId, EncounterId};
 use crate::protocol::{describe_cbor_error, is_compressed_change};
+use crate::relay_auth::{RelayAuthError, RelayHello, RelayProof, Signer};
 use crate::store::{
     DeviceStore, StoreError, add_pending, encounter_ids, enrolment, is_purged, load_document,
     merge_with_held, save_merged,
 };
 
-/// The relay protocol version this build speaks (independent of the sync protocol's).
-pub const RELAY_PROTOCOL_VERSION: u32 = 1;
+/// The relay protocol version this build speaks (independent of the sync protocol's). Version 2
+/// added the authenticated handshake; a version 1 peer is refused.
+pub const RELAY_PROTOCOL_VERSION: u32 = 2;
 
 /// The largest relay message read or written. A phone holds at most a few thousand encounters of
 /// a few kilobytes of changes each; a larger length is a broken or hostile peer, refused before
@@ -72,6 +77,12 @@ pub enum RelayError {
         "the connection closed before the other phone's {waiting_for} arrived whole; what this phone committed before is kept"
     )]
     Closed { waiting_for: &'static str },
+    #[error(
+        "the other phone proved it is device {proved} but its offer names device {named}: refused, nothing of it was stored"
+    )]
+    NotThePeer { proved: DeviceId, named: DeviceId },
+    #[error(transparent)]
+    Auth(#[from] RelayAuthError),
     #[error("the relay connection failed: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -151,6 +162,12 @@ pub trait RelayMessage: Serialize + DeserializeOwned {
     const NAME: &'static str;
 }
 
+impl RelayMessage for RelayHello {
+    const NAME: &'static str = "hello";
+}
+impl RelayMessage for RelayProof {
+    const NAME: &'static str = "proof of identity";
+}
 impl RelayMessage for RelayOffer {
     const NAME: &'static str = "offer";
 }
@@ -264,17 +281,37 @@ fn read_message<T: RelayMessage>(stream: &mut impl Read) -> Result<T, RelayError
     decode_message(&body)
 }
 
-/// Refuses a peer of another version or team.
-fn check_peer(ours: &str, peer: &RelayOffer) -> Result<(), RelayError> {
-    if peer.protocol != RELAY_PROTOCOL_VERSION {
-        return Err(RelayError::UnsupportedVersion {
-            found: peer.protocol,
-        });
+/// Refuses a peer that speaks another version or names another team.
+fn check_version_and_team(ours: &str, protocol: u32, theirs: &str) -> Result<(), RelayError> {
+    if protocol != RELAY_PROTOCOL_VERSION {
+        return Err(RelayError::UnsupportedVersion { found: protocol });
     }
-    if peer.team != ours {
+    if theirs != ours {
         return Err(RelayError::OtherTeam {
             ours: ours.to_string(),
-            theirs: peer.team.clone(),
+            theirs: theirs.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses an offer of another version or team.
+fn check_peer(ours: &str, peer: &RelayOffer) -> Result<(), RelayError> {
+    check_version_and_team(ours, peer.protocol, &peer.team)
+}
+
+/// Refuses a hello of another version or team (the hello's own checks are in
+/// [`crate::relay_auth`]).
+fn check_hello(ours: &str, peer: &RelayHello) -> Result<(), RelayError> {
+    check_version_and_team(ours, peer.protocol, &peer.team)
+}
+
+/// Refuses an offer that names another device than the one that proved who it is.
+fn check_offer_from(proved: &RelayHello, offer: &RelayOffer) -> Result<(), RelayError> {
+    if offer.device != proved.device {
+        return Err(RelayError::NotThePeer {
+            proved: proved.device,
+            named: offer.device,
         });
     }
     Ok(())
@@ -460,7 +497,7 @@ impl DeviceStore {
         peer: &RelayOffer,
         changes: &RelayChanges,
     ) -> Result<RelayAccepted, RelayError> {
-        let (team, _) = enrolled_team(self.connection())?;
+        let (team, own_device) = enrolled_team(self.connection())?;
         check_peer(&team, peer)?;
         if changes.protocol != RELAY_PROTOCOL_VERSION {
             return Err(RelayError::UnsupportedVersion {
@@ -484,6 +521,16 @@ impl DeviceStore {
                 if !document.has_change(&change.hash()) && !is_held(&tx, change)? {
                     new.push((change.clone(), *pending));
                 }
+            }
+            // Only this device writes as itself: a change under its id that it does not hold
+            // already was made by someone else.
+            if let Some((forged, _)) = new
+                .iter()
+                .find(|(c, _)| device_of_actor(c.actor_id()) == Some(own_device))
+            {
+                tracing::warn!(encounter = %id, change = %forged.hash(), "relayed changes refused: a change claims this device as its author");
+                accepted.refused_encounters.push(id);
+                continue;
             }
             let merged = match merge_with_held(
                 &tx,
@@ -514,25 +561,6 @@ impl DeviceStore {
         tx.commit().map_err(StoreError::from)?;
         Ok(accepted)
     }
-
-    /// An answer that tells a peer this store's version and team and nothing else: sent when the
-    /// peer's offer is refused, so that both sides can say why.
-    fn relay_refusal(&self) -> Result<RelayAnswer, RelayError> {
-        let (team, device) = enrolled_team(self.connection())?;
-        Ok(RelayAnswer {
-            protocol: RELAY_PROTOCOL_VERSION,
-            offer: RelayOffer {
-                protocol: RELAY_PROTOCOL_VERSION,
-                team,
-                device,
-                encounters: Vec::new(),
-            },
-            changes: RelayChanges {
-                protocol: RELAY_PROTOCOL_VERSION,
-                encounters: Vec::new(),
-            },
-        })
-    }
 }
 
 /// Runs a whole relay with a peer over `stream`: offers, exchanges what each side lacks, and
@@ -559,12 +587,63 @@ pub fn relay_over<S: Read + Write>(
     Ok(report)
 }
 
+/// The initiator's half of the handshake: hellos, then its proof, then the responder's. Returns
+/// the responder's hello once it has proved it.
+fn authenticate_responder<S: Read + Write>(
+    store: &DeviceStore,
+    stream: &mut S,
+) -> Result<RelayHello, RelayError> {
+    let ours = store.relay_hello(RELAY_PROTOCOL_VERSION)?;
+    write_message(stream, &ours)?;
+    let theirs: RelayHello = read_message(stream)?;
+    check_hello(&ours.team, &theirs)?;
+    store.check_relay_peer(&theirs)?;
+    write_message(
+        stream,
+        &store.relay_proof(Signer::Initiator, &ours, &theirs)?,
+    )?;
+    let proof: RelayProof = read_message(stream)?;
+    store.verify_relay_proof(Signer::Responder, &ours, &theirs, &proof)?;
+    Ok(theirs)
+}
+
+/// The responder's half: its hello goes out (a device id, a team name and a nonce: nothing of
+/// the records), then the initiator must prove itself before the responder does. Returns the
+/// initiator's hello once it has proved it.
+fn authenticate_initiator<S: Read + Write>(
+    store: &DeviceStore,
+    stream: &mut S,
+) -> Result<RelayHello, RelayError> {
+    let ours = store.relay_hello(RELAY_PROTOCOL_VERSION)?;
+    let theirs = match read_message::<RelayHello>(stream) {
+        Ok(theirs) => theirs,
+        Err(refused @ RelayError::UnsupportedVersion { .. }) => {
+            // The peer learns our version from our hello; if it has gone, our reason stands.
+            let _ = write_message(stream, &ours);
+            return Err(refused);
+        }
+        Err(other) => return Err(other),
+    };
+    write_message(stream, &ours)?;
+    check_hello(&ours.team, &theirs)?;
+    store.check_relay_peer(&theirs)?;
+    let proof: RelayProof = read_message(stream)?;
+    store.verify_relay_proof(Signer::Initiator, &theirs, &ours, &proof)?;
+    write_message(
+        stream,
+        &store.relay_proof(Signer::Responder, &theirs, &ours)?,
+    )?;
+    Ok(theirs)
+}
+
 fn initiate<S: Read + Write>(
     store: &mut DeviceStore,
     stream: &mut S,
 ) -> Result<RelayReport, RelayError> {
+    let peer = authenticate_responder(store, stream)?;
     write_message(stream, &store.relay_offer()?)?;
     let answer: RelayAnswer = read_message(stream)?;
+    check_offer_from(&peer, &answer.offer)?;
     let accepted = store.accept_relayed(&answer.offer, &answer.changes)?;
     let changes = store.relay_changes_for(&answer.offer)?;
     write_message(stream, &changes)?;
@@ -586,20 +665,11 @@ fn respond<S: Read + Write>(
     store: &mut DeviceStore,
     stream: &mut S,
 ) -> Result<RelayReport, RelayError> {
+    let peer = authenticate_initiator(store, stream)?;
     let (team, _) = enrolled_team(store.connection())?;
-    let offer = read_message::<RelayOffer>(stream).and_then(|offer| {
-        check_peer(&team, &offer)?;
-        Ok(offer)
-    });
-    let offer = match offer {
-        Ok(offer) => offer,
-        Err(refused @ (RelayError::OtherTeam { .. } | RelayError::UnsupportedVersion { .. })) => {
-            // The peer learns why from our version and team; if it has gone, our reason stands.
-            let _ = write_message(stream, &store.relay_refusal()?);
-            return Err(refused);
-        }
-        Err(other) => return Err(other),
-    };
+    let offer: RelayOffer = read_message(stream)?;
+    check_peer(&team, &offer)?;
+    check_offer_from(&peer, &offer)?;
     let changes = store.relay_changes_for(&offer)?;
     let sent = changes.change_count();
     write_message(
@@ -659,6 +729,8 @@ mod tests {
         Result<RelayReport, RelayError>,
         Result<RelayReport, RelayError>,
     ) {
+        // As two phones that have both synced since the other enrolled.
+        crate::relay_auth::test_support::introduce(&mut [&mut *initiator, &mut *responder]);
         let (mut near, mut far) = UnixStream::pair().unwrap();
         for end in [&near, &far] {
             end.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -811,6 +883,7 @@ mod tests {
     fn a_message_over_the_size_limit_is_refused_before_its_body_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = enrolled(&dir, "b.db", "sonora");
+        crate::relay_auth::test_support::introduce(&mut [&mut b]);
         let (mut peer, mut far) = UnixStream::pair().unwrap();
         far.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let announced = MAX_RELAY_MESSAGE_BYTES + 1;
@@ -828,23 +901,27 @@ mod tests {
     #[test]
     fn a_peer_of_another_protocol_version_is_refused_and_told_ours() {
         let dir = tempfile::tempdir().unwrap();
-        let a = enrolled(&dir, "a.db", "sonora");
+        let mut a = enrolled(&dir, "a.db", "sonora");
         let mut b = enrolled(&dir, "b.db", "sonora");
+        crate::relay_auth::test_support::introduce(&mut [&mut a, &mut b]);
+        b.log(example()).unwrap();
         let (mut peer, mut far) = UnixStream::pair().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        let mut offer = a.relay_offer().unwrap();
-        offer.protocol = 9;
-        write_message(&mut peer, &offer).unwrap();
+        let hello = a.relay_hello(9).unwrap();
+        write_message(&mut peer, &hello).unwrap();
         let err = relay_over(&mut b, &mut far, RelayRole::Responder).unwrap_err();
         assert!(
             matches!(err, RelayError::UnsupportedVersion { found: 9 }),
             "{err:?}"
         );
-        let told: RelayAnswer = read_message(&mut peer).unwrap();
+        drop(far);
+        let told: RelayHello = read_message(&mut peer).unwrap();
         assert_eq!(told.protocol, RELAY_PROTOCOL_VERSION);
-        assert_eq!(told.offer.team, "sonora");
-        assert!(told.offer.encounters.is_empty() && told.changes.encounters.is_empty());
+        assert_eq!(told.team, "sonora");
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "nothing but the hello is sent");
     }
 
     #[test]
@@ -1001,5 +1078,37 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, RelayError::Malformed { .. }), "{err:?}");
         assert!(b.encounter_ids().unwrap().is_empty());
+    }
+
+    #[test]
+    fn changes_written_under_this_devices_own_id_by_another_store_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = enrolled(&dir, "b.db", "sonora");
+        let own = b.log(example()).unwrap();
+        let mut forger = DeviceStore::open(dir.path().join("forger.db")).unwrap();
+        let mut as_b = b.enrolment().unwrap().unwrap();
+        as_b.token = "none".into();
+        forger.enrol(&as_b).unwrap();
+        let forged = forger.log(example()).unwrap();
+        let empty = b.relay_offer().unwrap();
+        let changes = forger
+            .relay_changes_for(&RelayOffer {
+                encounters: vec![],
+                ..empty
+            })
+            .unwrap();
+        assert_eq!(
+            changes.change_count(),
+            1,
+            "positive control: one forged change"
+        );
+
+        let accepted = b
+            .accept_relayed(&forger.relay_offer().unwrap(), &changes)
+            .unwrap();
+        assert_eq!(accepted.refused_encounters, vec![forged]);
+        assert_eq!(accepted.received, 0);
+        assert_eq!(b.encounter_ids().unwrap(), vec![own]);
+        assert_eq!(b.pending_count().unwrap(), 1);
     }
 }

@@ -59,6 +59,13 @@ pub enum StoreError {
     WrongTeam { enrolled: String, given: String },
     #[error("the store is damaged: {0}")]
     Corrupt(String),
+    #[error(
+        "cannot create the store file {path} readable by its owner only ({source}): check the folder exists and is yours"
+    )]
+    PrivateFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(
@@ -225,7 +232,7 @@ pub struct DeviceStore {
     conn: Connection,
 }
 
-fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+pub(crate) fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
             row.get(0)
@@ -233,7 +240,7 @@ fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
         .optional()?)
 }
 
-fn put_setting(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+pub(crate) fn put_setting(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -584,6 +591,13 @@ fn pending_for(conn: &Connection, id: EncounterId) -> Result<u64, StoreError> {
 impl DeviceStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        // The store holds records and the device's token: its owner's alone.
+        crate::private_files::prepare_private_database(path.as_ref()).map_err(|source| {
+            StoreError::PrivateFile {
+                path: path.as_ref().display().to_string(),
+                source,
+            }
+        })?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -653,7 +667,8 @@ impl DeviceStore {
             }
             tx.execute_batch(
                 "DELETE FROM encounters; DELETE FROM held_changes;
-                 DELETE FROM settings WHERE key IN ('cursor', 'cursor_check', 'purges_cursor');",
+                 DELETE FROM settings WHERE key IN ('cursor', 'cursor_check', 'purges_cursor',
+                     'relay_signing_key', 'relay_team_keys');",
             )?;
         }
         put_setting(
@@ -664,6 +679,7 @@ impl DeviceStore {
         if !same_device {
             put_setting(&tx, "actor", &new_actor_id(new.device_id).to_hex_string())?;
         }
+        crate::relay_auth::ensure_signing_key(&tx)?;
         tx.commit()?;
         Ok(())
     }

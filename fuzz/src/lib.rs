@@ -10,6 +10,7 @@ use auxilio_core::document::{EncounterDocument, parse_change};
 use auxilio_core::id::new_actor_id;
 use auxilio_core::protocol;
 use auxilio_core::relay::{self, RelayAnswer, RelayChanges, RelayDone, RelayMessage, RelayOffer};
+use auxilio_core::relay_auth::{RelayHello, RelayProof};
 use auxilio_core::validation::validate;
 use auxilio_core::{DeviceId, Encounter, EncounterId};
 use auxilio_server::{directory, ledger};
@@ -88,8 +89,11 @@ fn relay_round_trip<T: RelayMessage + PartialEq + std::fmt::Debug>(body: &[u8]) 
 }
 
 /// Relay message bodies (phone to phone, over Bluetooth or Wi-Fi): `relay::decode_message` for
-/// each of the four messages, as the receiving phone reads them.
+/// each of its messages (the handshake's hello and proof, then the exchange), as the receiving
+/// phone reads them.
 pub fn relay_message(body: &[u8]) {
+    relay_round_trip::<RelayHello>(body);
+    relay_round_trip::<RelayProof>(body);
     relay_round_trip::<RelayOffer>(body);
     relay_round_trip::<RelayAnswer>(body);
     relay_round_trip::<RelayChanges>(body);

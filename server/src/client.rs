@@ -53,6 +53,8 @@ pub enum ClientError {
     Store(#[from] StoreError),
     #[error("sync did not finish after {0} round trips")]
     Stuck(u32),
+    #[error("this device's relay keys could not be kept: {0}")]
+    RelayKeys(String),
 }
 
 /// Figures of one `sync`, printed as one JSON line by `auxilio device sync`.
@@ -301,6 +303,36 @@ pub fn rotate_token(store: &mut DeviceStore) -> Result<WhoAmI, ClientError> {
     store.enrol(&enrolment)?;
     // The first use makes the new token the only one.
     whoami(&enrolment.server_url, &enrolment.token)
+}
+
+/// Registers this device's relay public key with its server (`POST /v1/relay-keys`) and keeps
+/// the team's current relay keys the server answers with, so this phone can check teammates in
+/// a relay out of signal. Returns how many keys the team has. [`sync`] calls it after each
+/// successful sync.
+pub fn refresh_relay_keys(store: &mut DeviceStore) -> Result<usize, ClientError> {
+    let enrolment = store.enrolment()?.ok_or(StoreError::NotEnrolled)?;
+    let key = store
+        .relay_public_key()
+        .map_err(|e| ClientError::RelayKeys(e.to_string()))?;
+    let url = endpoint(&enrolment.server_url, "/v1/relay-keys");
+    let body = serde_json::to_vec(&serde_json::json!({ "key": key })).expect("serialisable");
+    let answer = finish(
+        &url,
+        agent()
+            .post(&url)
+            .header("Authorization", &format!("Bearer {}", enrolment.token))
+            .header("Content-Type", "application/json")
+            .send(&body[..]),
+    )?;
+    let team: crate::http::relay_keys::TeamRelayKeys =
+        serde_json::from_slice(&answer).map_err(|e| ClientError::Server {
+            status: 200,
+            message: format!("unexpected relay keys answer: {e}"),
+        })?;
+    store
+        .set_team_relay_keys(&team.keys)
+        .map_err(|e| ClientError::RelayKeys(e.to_string()))?;
+    Ok(team.keys.len())
 }
 
 /// Syncs `store` with its server until nothing more is waiting either way; `progress` sees the
@@ -663,6 +695,10 @@ pub fn sync_with(
             && wanted.is_empty()
             && uploaded_up_to >= page.last
         {
+            // A failure here loses nothing: the relay keys stay as they were until next sync.
+            if let Err(err) = refresh_relay_keys(store) {
+                tracing::warn!(%err, "could not refresh the team's relay keys; relays use the ones from the last sync");
+            }
             return Ok(report);
         }
         if report.round_trips >= MAX_ROUND_TRIPS {

@@ -360,6 +360,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_chain_is_fixed_delete BEFORE DELETE ON audit_chain
     BEGIN SELECT RAISE(ABORT, 'the audit chain marker is fixed'); END;
 ",
+    r"
+    -- Issue 10, relay: each device's Ed25519 relay public key (32 bytes), registered by the device
+    -- over its authenticated connection; teammates check relay handshakes against it.
+    ALTER TABLE devices ADD COLUMN relay_key BLOB;
+",
 ];
 
 /// The position (counted from 1, as `user_version` counts) of the migration that added purges.
@@ -429,14 +434,24 @@ impl Database {
         data_dir: &Path,
         audit_key: Option<&Path>,
     ) -> Result<Self, DatabaseError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| DatabaseError::DataDirectory {
-            path: data_dir.to_path_buf(),
-            source,
+        // Owner-only directory and files, created before SQLite opens them (its `-wal` and
+        // `-shm` files then take the database file's mode).
+        auxilio_core::private_files::create_private_dir(data_dir).map_err(|source| {
+            DatabaseError::DataDirectory {
+                path: data_dir.to_path_buf(),
+                source,
+            }
         })?;
         let key_path =
             audit_key.map_or_else(|| audit_key::default_path(data_dir), Path::to_path_buf);
         let audit_key = AuditKey::load_or_create(&key_path, data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
+        auxilio_core::private_files::prepare_private_database(&path).map_err(|source| {
+            DatabaseError::DataDirectory {
+                path: data_dir.to_path_buf(),
+                source,
+            }
+        })?;
         let mut writer = Connection::open(&path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;

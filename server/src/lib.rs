@@ -25,6 +25,7 @@ pub mod link_simulator;
 pub mod purge;
 pub mod rate_limit;
 pub mod redaction;
+pub mod relay_keys;
 pub mod retention;
 pub mod simulation;
 pub mod vault;

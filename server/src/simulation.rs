@@ -405,7 +405,7 @@ impl Deployment {
                 held_before_sync: BTreeSet::new(),
             }));
         }
-        Ok(Self {
+        let deployment = Self {
             random: SplitMix64::new(config.seed),
             config,
             data_dir,
@@ -418,7 +418,39 @@ impl Deployment {
             _stores: stores,
             _own_data: own_data,
             _own_server: own_server,
-        })
+        };
+        deployment.learn_relay_keys()?;
+        Ok(deployment)
+    }
+
+    /// Every phone registers its relay key and learns its teammates' (twice round, so the first
+    /// to register learns the last), as phones do when they sync at the base before going out
+    /// of signal: a phone relays only with teammates whose keys it holds.
+    fn learn_relay_keys(&self) -> Result<(), SimulationError> {
+        /// Tries per phone: the link may cut each request, as it cuts syncs.
+        const ATTEMPTS: u32 = 50;
+        for _ in 0..2 {
+            for (n, device) in self.devices.iter().enumerate() {
+                let mut device = device.lock().unwrap_or_else(|p| p.into_inner());
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match client::refresh_relay_keys(&mut device.store) {
+                        Ok(_) => break,
+                        Err(err @ ClientError::Unreachable { .. }) if attempt < ATTEMPTS => {
+                            tracing::debug!(device = n, %err, "relay keys request cut; retrying");
+                        }
+                        Err(err) => {
+                            return Err(SimulationError::Sync {
+                                device: n,
+                                source: Box::new(err),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The server's address as devices see it (through the simulated link).

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use auxilio_core::edit::FieldEdit;
 use auxilio_core::relay::{RelayReport, RelayRole, relay_over};
+use auxilio_core::relay_auth::RelayAuthError;
 use auxilio_core::store::{Enrolment, StoreError};
 use auxilio_core::vault::VaultContents;
 use auxilio_core::{DeviceStore, Encounter, EncounterId};
@@ -103,13 +104,17 @@ enum DeviceCommand {
     /// Exchange encounters directly with a teammate's device, no server needed: each gets what
     /// the other lacks, and uploads the other's unsynced changes when it next syncs.
     #[command(
-        after_help = "Example (start the listening device first):\n  auxilio device --store phone2.db relay --listen 0.0.0.0:7070\n  auxilio device --store phone1.db relay --connect 192.168.49.1:7070 --json"
+        after_help = "Both devices must have synced with signal since the other was enrolled, so each knows\nthe other's relay key; a device that never synced refuses to relay.\n\nExamples (start the listening device first):\n  auxilio device --store phone2.db relay --listen                 # 127.0.0.1:7070\n  auxilio device --store phone1.db relay --connect 127.0.0.1:7070\n  auxilio device --store phone2.db relay --listen 192.168.49.1:7070  # a Wi-Fi Direct link\n  auxilio device --store phone1.db relay --connect 192.168.49.1:7070 --json"
     )]
     Relay {
-        /// Wait on this address for one device to connect, relay with it, and exit.
+        /// Wait for one device to connect, relay with it, and exit. Listens on the loopback
+        /// interface (127.0.0.1) unless given a HOST:PORT; a bare PORT, or nothing, stays on
+        /// loopback (port 7070 by default).
         #[arg(
             long,
-            value_name = "ADDR",
+            value_name = "[HOST:]PORT",
+            num_args = 0..=1,
+            default_missing_value = DEFAULT_RELAY_PORT,
             conflicts_with = "connect",
             required_unless_present = "connect"
         )]
@@ -118,6 +123,22 @@ enum DeviceCommand {
         #[arg(long, value_name = "ADDR")]
         connect: Option<String>,
     },
+}
+
+/// The port `relay --listen` uses when given none.
+const DEFAULT_RELAY_PORT: &str = "7070";
+
+/// Where `relay --listen VALUE` listens: a bare port stays on the loopback interface, which only
+/// this machine reaches; another interface must be named.
+fn listen_address(value: &str) -> String {
+    let value = value.trim();
+    if value.is_empty() {
+        format!("127.0.0.1:{DEFAULT_RELAY_PORT}")
+    } else if value.chars().all(|c| c.is_ascii_digit()) {
+        format!("127.0.0.1:{value}")
+    } else {
+        value.to_string()
+    }
 }
 
 /// How long connecting, or waiting for the other device mid-exchange, may take: a phone-to-phone
@@ -132,6 +153,7 @@ fn relay_stream(
 ) -> anyhow::Result<(TcpStream, RelayRole)> {
     let (stream, role) = match (listen, connect) {
         (Some(address), _) => {
+            let address = listen_address(&address);
             let listener = TcpListener::bind(&address)
                 .with_context(|| format!("cannot listen on {address}"))?;
             eprintln!(
@@ -396,6 +418,9 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
         DeviceCommand::Relay { listen, connect } => {
             // Refused before anyone waits on a connection that could not be used.
             store.enrolment()?.ok_or(StoreError::NotEnrolled)?;
+            if store.team_relay_keys()?.is_none() {
+                return Err(RelayAuthError::NotIntroduced.into());
+            }
             let (mut stream, role) = relay_stream(listen, connect)?;
             let report = relay_over(&mut store, &mut stream, role)?;
             print_relay_report(&report, json);
@@ -449,4 +474,16 @@ fn init(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_listens_on_loopback_unless_told_another_interface() {
+        assert_eq!(listen_address(DEFAULT_RELAY_PORT), "127.0.0.1:7070");
+        assert_eq!(listen_address("7171"), "127.0.0.1:7171");
+        assert_eq!(listen_address("192.168.49.1:7070"), "192.168.49.1:7070");
+    }
 }

@@ -16,6 +16,7 @@ pub mod json_body;
 mod map;
 pub mod map_page;
 mod purge;
+pub mod relay_keys;
 mod sync;
 pub mod vault;
 
@@ -163,6 +164,7 @@ pub fn app(state: AppState) -> Router {
         .merge(events::router())
         .merge(map_page::router())
         .merge(vault::router())
+        .merge(relay_keys::router())
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed);
     with_body_limits(router)
