@@ -14,6 +14,7 @@ pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod database;
+pub mod device_time;
 pub mod directory;
 pub mod error;
 pub mod export;

@@ -468,7 +468,12 @@ fn the_retention_policy_purges_old_encounters_on_its_own() {
     add_team(data.path(), "sonora");
     let field = enroll(data.path(), "sonora", Role::Field);
     let coordinator = enroll(data.path(), "sonora", Role::Coordinator).token;
-    let old_record = EXAMPLE_ENCOUNTER.replacen('{', r#"{"started_at":"2018-03-01T10:00:00Z","#, 1);
+    // Logged 20 days before the phone reached signal: within the offline gap the server trusts
+    // a device's clock for (retention counts from the server's time otherwise).
+    let twenty_days_ago = (chrono::Utc::now() - chrono::Duration::days(20))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let old_record =
+        EXAMPLE_ENCOUNTER.replacen('{', &format!(r#"{{"started_at":"{twenty_days_ago}","#), 1);
     let (old, recent) = {
         // Retention off while the records arrive.
         let server = ServerProcess::spawn_with(
@@ -494,7 +499,7 @@ fn the_retention_policy_purges_old_encounters_on_its_own() {
             "run",
             "--dry-run",
             "--retain-encounter-days",
-            "365",
+            "10",
             "--data",
             data_arg,
         ],
@@ -508,7 +513,7 @@ fn the_retention_policy_purges_old_encounters_on_its_own() {
     let server = ServerProcess::spawn_with(
         &auxilio_bin(),
         data.path(),
-        &["--retain-encounter-days", "365", "--retention-every", "1"],
+        &["--retain-encounter-days", "10", "--retention-every", "1"],
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -1,0 +1,169 @@
+//! Attack review (issue 10): retention counts from the server's time, not from a device's clock,
+//! and a protection officer reaches only what the role may read. Real server, real SQLite
+//! files, real phones' stores and the real `auxilio` binary for the retention run and the
+//! officer's vault tools.
+
+use std::path::Path;
+
+use auxilio_core::EncounterId;
+use auxilio_core::vault::{FamilyContact, VaultContents};
+use auxilio_server::ServerConfig;
+use auxilio_server::directory::Role;
+use auxilio_tests::{Device, EXAMPLE_ENCOUNTER, TeamFixture, auxilio_ok, enroll, get_json};
+use chrono::{Duration, SecondsFormat, Utc};
+
+fn days_ago(days: i64) -> String {
+    (Utc::now() - Duration::days(days)).to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn family() -> VaultContents {
+    VaultContents {
+        names: vec!["Yaretzi Coc Tiul".into()],
+        family_contacts: vec![FamilyContact {
+            name: "Matilde Tiul".into(),
+            relation: Some("mother".into()),
+            phone: Some("+502 5555 0142".into()),
+            place: Some("Cobán".into()),
+        }],
+        notes: None,
+    }
+}
+
+/// A closed case of an unaccompanied girl whose hand-over to DIF the phone says happened at
+/// `handed_over_at`.
+fn handed_over_case(handed_over_at: &str) -> String {
+    format!(
+        r#"{{"services":["rescue"],"status":"closed","counts":{{"f":{{"12-17":1}},"uasc":1}},"location":{{"lat":31.3,"lon":-110.9}},"casualties":{{"p1":{{"sex":"f","age_band":"12-17","uasc":{{"dif_unit":"DIF Nogales","handed_over_at":"{handed_over_at}"}}}}}}}}"#
+    )
+}
+
+fn admin(data: &Path, args: &[&str]) -> String {
+    let mut all = vec!["admin", "--data", data.to_str().unwrap()];
+    all.extend_from_slice(args);
+    auxilio_ok(data, &all, None)
+}
+
+fn server_database(data: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(data.join(auxilio_server::database::DATABASE_FILE)).unwrap()
+}
+
+fn stored(data: &Path, id: EncounterId) -> bool {
+    server_database(data)
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM encounters WHERE id = ?1)",
+            [id.as_bytes()],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+fn envelopes_of(data: &Path, id: EncounterId) -> i64 {
+    server_database(data)
+        .query_row(
+            "SELECT count(*) FROM vault_envelopes WHERE encounter = ?1",
+            [id.as_bytes()],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+/// The ids `GET /v1/encounters?flagged=true` lists, each with the fields its problems name as
+/// `clock_suspect`.
+fn clock_suspects(url: &str, token: &str) -> Vec<(String, Vec<String>)> {
+    let (status, body) = get_json(url, "/v1/encounters?flagged=true", Some(token)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["encounters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a list of encounters: {body}"))
+        .iter()
+        .map(|row| {
+            let fields = row["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["message"].as_str().unwrap().contains("clock_suspect"))
+                .map(|p| p["field"].as_str().unwrap().to_string())
+                .collect();
+            (row["id"].as_str().unwrap().to_string(), fields)
+        })
+        .collect()
+}
+
+#[test]
+fn retention_counts_from_the_servers_time_so_a_backdated_phone_clock_erases_nothing_and_is_flagged()
+{
+    let fixture = TeamFixture::start("sonora", ServerConfig::default());
+    let data = fixture.data.path();
+    let (_, public) = auxilio_core::vault::generate_identity();
+    admin(data, &["vault-key", "add", &public, "--label", "officer"]);
+    let field = enroll(data, "sonora", Role::Field);
+    let mut phone = Device::new(fixture.devices.path(), "a", &fixture.server.url, &field);
+    phone.sync().unwrap();
+
+    // A phone whose clock fell back to 2016, and one that says a child was handed over in 2020.
+    let backdated_start =
+        phone.log(&EXAMPLE_ENCOUNTER.replacen('{', r#"{"started_at":"2016-03-01T10:00:00Z","#, 1));
+    let backdated_hand_over = phone.log(&handed_over_case("2020-01-01T00:00:00Z"));
+    // Positive controls, due by the server's time: an encounter logged 20 days before it reached
+    // signal, and a child handed over 5 days ago.
+    let old_enough = phone.log(&EXAMPLE_ENCOUNTER.replacen(
+        '{',
+        &format!(r#"{{"started_at":"{}","#, days_ago(20)),
+        1,
+    ));
+    let handed_over = phone.log(&handed_over_case(&days_ago(5)));
+    for case in [backdated_hand_over, handed_over] {
+        phone.store.seal_vault(case, &family()).unwrap();
+    }
+    let report = phone.sync().unwrap();
+    assert_eq!(report.vaults_uploaded, 2, "{report:?}");
+
+    let suspects = clock_suspects(&fixture.server.url, &field.token);
+    let fields_of = |id: EncounterId| {
+        suspects
+            .iter()
+            .find(|(listed, _)| *listed == id.to_string())
+            .map(|(_, fields)| fields.clone())
+    };
+    assert_eq!(
+        fields_of(backdated_start),
+        Some(vec!["started_at".to_string()]),
+        "{suspects:?}"
+    );
+    assert_eq!(
+        fields_of(backdated_hand_over),
+        Some(vec!["casualties.p1.uasc.handed_over_at".to_string()]),
+        "{suspects:?}"
+    );
+    for plausible in [old_enough, handed_over] {
+        assert!(
+            fields_of(plausible).is_none_or(|fields| fields.is_empty()),
+            "{suspects:?}"
+        );
+    }
+
+    let out = admin(
+        data,
+        &[
+            "retention",
+            "run",
+            "--retain-encounter-days",
+            "10",
+            "--retain-vault-days",
+            "2",
+        ],
+    );
+    // The controls are purged by the same run: the run did act.
+    assert!(!stored(data, old_enough), "{out}");
+    assert_eq!(envelopes_of(data, handed_over), 0, "{out}");
+    // The backdated ones are kept, and still flagged for a person to look at.
+    assert!(stored(data, backdated_start), "{out}");
+    assert_eq!(envelopes_of(data, backdated_hand_over), 1, "{out}");
+    let suspects = clock_suspects(&fixture.server.url, &field.token);
+    for kept in [backdated_start, backdated_hand_over] {
+        assert!(
+            suspects.iter().any(|(id, _)| *id == kept.to_string()),
+            "{suspects:?}"
+        );
+    }
+}
