@@ -60,6 +60,10 @@ fn listed_ids(url: &str, token: &str) -> Vec<String> {
         .collect()
 }
 
+/// An unaccompanied girl among a rescued group: a UASC case, what a protection officer reads and
+/// so may purge over HTTP.
+const PROTECTION_CASE: &str = r#"{"services":["rescue","first_aid"],"location":{"lat":31.69,"lon":-106.42,"accuracy_m":15},"terrain":"desert","counts":{"f":{"12-17":1},"m":{"18-59":2},"uasc":1},"nationality_counts":{"HND":3},"status":"open"}"#;
+
 fn purge_over_http(
     url: &str,
     token: Option<&str>,
@@ -238,7 +242,7 @@ fn a_device_offline_during_the_purge_has_its_pending_edit_refused_and_drops_its_
         officer,
         ..
     } = team();
-    let id = phone_a.log(EXAMPLE_ENCOUNTER);
+    let id = phone_a.log(PROTECTION_CASE);
     phone_a.sync().unwrap();
     offline.sync().unwrap();
     // Edited in the desert, with no signal, while the purge happens.
@@ -278,7 +282,7 @@ fn a_device_whose_cursor_points_at_a_purged_change_does_not_start_again() {
     } = team();
     let kept = phone_a.log(EXAMPLE_ENCOUNTER);
     phone_a.sync().unwrap();
-    let purged = phone_a.log(EXAMPLE_ENCOUNTER);
+    let purged = phone_a.log(PROTECTION_CASE);
     phone_a.sync().unwrap();
     phone_b.sync().unwrap();
     // B's cursor is the log position of the purged encounter's change, the last one stored.
@@ -305,7 +309,7 @@ fn only_protection_officers_purge_and_the_audit_log_keeps_the_reason() {
     let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
     let url = fixture.server.url.clone();
     let mut phone = fixture.device("a", Role::Field);
-    let id = phone.log(EXAMPLE_ENCOUNTER);
+    let id = phone.log(PROTECTION_CASE);
     phone.sync().unwrap();
     let body = serde_json::json!({"reason": "consent withdrawn"});
     for role in Role::ALL

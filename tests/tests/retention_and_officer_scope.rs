@@ -9,7 +9,9 @@ use auxilio_core::EncounterId;
 use auxilio_core::vault::{FamilyContact, VaultContents};
 use auxilio_server::ServerConfig;
 use auxilio_server::directory::Role;
-use auxilio_tests::{Device, EXAMPLE_ENCOUNTER, TeamFixture, auxilio_ok, enroll, get_json};
+use auxilio_tests::{
+    Device, EXAMPLE_ENCOUNTER, TeamFixture, auxilio_ok, enroll, get_json, post_json,
+};
 use chrono::{Duration, SecondsFormat, Utc};
 
 fn days_ago(days: i64) -> String {
@@ -166,4 +168,39 @@ fn retention_counts_from_the_servers_time_so_a_backdated_phone_clock_erases_noth
             "{suspects:?}"
         );
     }
+}
+
+/// `POST /v1/encounters/{id}/purge` as `token`; the answer's status and body with the id
+/// written as `ID`, so two answers about two ids compare.
+fn purge_answer(url: &str, token: &str, id: EncounterId) -> (u16, String) {
+    let (status, body) = post_json(
+        url,
+        &format!("/v1/encounters/{id}/purge"),
+        Some(token),
+        &serde_json::json!({"reason": "consent withdrawn"}),
+    );
+    (status, body.to_string().replace(&id.to_string(), "ID"))
+}
+
+#[test]
+fn an_officer_purging_an_encounter_it_may_not_read_is_answered_as_for_an_unknown_id_and_nothing_is_erased()
+ {
+    let fixture = TeamFixture::start("sonora", ServerConfig::default());
+    let data = fixture.data.path();
+    let url = &fixture.server.url;
+    let mut phone = fixture.device("a", Role::Field);
+    let not_a_case = phone.log(EXAMPLE_ENCOUNTER);
+    let case = phone.log(&handed_over_case(&days_ago(1)));
+    phone.sync().unwrap();
+    let officer = enroll(data, "sonora", Role::ProtectionOfficer).token;
+
+    let unknown = purge_answer(url, &officer, EncounterId::random());
+    assert_eq!(unknown.0, 404, "{}", unknown.1);
+    assert_eq!(purge_answer(url, &officer, not_a_case), unknown);
+    assert!(stored(data, not_a_case), "the record it may not read stays");
+    // Positive control: the officer's own kind of case is purged by the same request.
+    let (status, body) = purge_answer(url, &officer, case);
+    assert_eq!(status, 200, "{body}");
+    assert!(!stored(data, case));
+    assert!(stored(data, not_a_case));
 }
