@@ -340,6 +340,11 @@ const MIGRATIONS: &[&str] = &[
         hash BLOB NOT NULL
     );
 ",
+    r"
+    -- Issue 10, vault reseal: the digest a phone sealed an envelope's contents under, kept from
+    -- the first upload; a reseal must carry the same (NULL for envelopes sealed before).
+    ALTER TABLE vault_envelopes ADD COLUMN digest BLOB;
+",
 ];
 
 /// The position (counted from 1, as `user_version` counts) of the migration that added purges.

@@ -6,11 +6,12 @@
 use std::path::Path;
 
 use auxilio_core::EncounterId;
-use auxilio_core::vault::{FamilyContact, VaultContents};
+use auxilio_core::vault::{self, FamilyContact, SealedVault, VaultContents};
 use auxilio_server::ServerConfig;
+use auxilio_server::client::{self, ClientError};
 use auxilio_server::directory::Role;
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, TeamFixture, auxilio_ok, enroll, get_json, post_json,
+    Device, EXAMPLE_ENCOUNTER, TeamFixture, auxilio_ok, enroll, get_json, post_json, run_auxilio,
 };
 use chrono::{Duration, SecondsFormat, Utc};
 
@@ -96,7 +97,7 @@ fn retention_counts_from_the_servers_time_so_a_backdated_phone_clock_erases_noth
 {
     let fixture = TeamFixture::start("sonora", ServerConfig::default());
     let data = fixture.data.path();
-    let (_, public) = auxilio_core::vault::generate_identity();
+    let (_, public) = vault::generate_identity();
     admin(data, &["vault-key", "add", &public, "--label", "officer"]);
     let field = enroll(data, "sonora", Role::Field);
     let mut phone = Device::new(fixture.devices.path(), "a", &fixture.server.url, &field);
@@ -203,4 +204,116 @@ fn an_officer_purging_an_encounter_it_may_not_read_is_answered_as_for_an_unknown
     assert_eq!(status, 200, "{body}");
     assert!(!stored(data, case));
     assert!(stored(data, not_a_case));
+}
+
+/// A protection officer's key pair, its secret written to an identity file in `dir` for the
+/// `auxilio vault` commands: (file, secret, public key).
+fn officer_key(dir: &Path, name: &str) -> (std::path::PathBuf, String, String) {
+    let (secret, public) = vault::generate_identity();
+    let file = dir.join(name);
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    (file, secret, public)
+}
+
+/// `auxilio vault open` as an officer: exit success, stdout, stderr.
+fn vault_open(
+    dir: &Path,
+    url: &str,
+    token: &str,
+    identity: &Path,
+    id: EncounterId,
+) -> (bool, String, String) {
+    let output = run_auxilio(
+        dir,
+        &[
+            "vault",
+            "open",
+            &id.to_string(),
+            "--server",
+            url,
+            "--token",
+            token,
+            "--identity",
+            identity.to_str().unwrap(),
+        ],
+        None,
+    );
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+const SWAPPED_PHONE: &str = "+52 662 555 0000";
+
+/// What officer B would put in the child's vault instead: another "family" contact.
+fn swapped() -> VaultContents {
+    let mut contents = family();
+    contents.family_contacts[0].name = "Tío Beto".into();
+    contents.family_contacts[0].phone = Some(SWAPPED_PHONE.into());
+    contents
+}
+
+#[test]
+fn an_officer_cannot_swap_the_contents_of_a_childs_vault_by_resealing_it() {
+    let fixture = TeamFixture::start("sonora", ServerConfig::default());
+    let data = fixture.data.path();
+    let url = &fixture.server.url;
+    let keys = tempfile::tempdir().unwrap();
+    let (a_file, _, a_public) = officer_key(keys.path(), "a.key");
+    let (_, b_secret, b_public) = officer_key(keys.path(), "b.key");
+    for key in [&a_public, &b_public] {
+        admin(data, &["vault-key", "add", key, "--label", "officer"]);
+    }
+    let officer_a = enroll(data, "sonora", Role::ProtectionOfficer).token;
+    let officer_b = enroll(data, "sonora", Role::ProtectionOfficer).token;
+    let mut phone = fixture.device("a", Role::Field);
+    phone.sync().unwrap();
+    let case = phone.log(&handed_over_case(&days_ago(1)));
+    phone.store.seal_vault(case, &family()).unwrap();
+    assert_eq!(phone.sync().unwrap().vaults_uploaded, 1);
+    let stored = client::fetch_vault(url, &officer_b, case)
+        .unwrap()
+        .envelopes[0]
+        .sealed
+        .clone();
+    let recipients = [a_public.clone(), b_public.clone()];
+
+    // Positive control: B's honest reseal (key rotation) is taken.
+    let honest = vault::reseal(&stored, &b_secret, &recipients).unwrap();
+    client::put_resealed(url, &officer_b, &honest).unwrap();
+
+    // B seals other contents under the same envelope id: refused, nothing replaced.
+    let forged = SealedVault {
+        id: stored.id.clone(),
+        sealed_at: stored.sealed_at.clone(),
+        ..vault::seal(&swapped(), case, &recipients).unwrap()
+    };
+    let refused = client::put_resealed(url, &officer_b, &forged).unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Server { status: 409, .. }),
+        "{refused}"
+    );
+    let (opened, stdout, stderr) = vault_open(keys.path(), url, &officer_a, &a_file, case);
+    assert!(opened, "{stderr}");
+    assert!(
+        stdout.contains("+502 5555 0142") && !stdout.contains(SWAPPED_PHONE),
+        "{stdout}"
+    );
+
+    // B claims the kept digest for the other contents: the server cannot read them and takes
+    // the envelope, but officer A's `vault open` refuses them, loudly, and shows nothing false.
+    let under_kept_digest = SealedVault {
+        digest: stored.digest.clone(),
+        ..forged
+    };
+    client::put_resealed(url, &officer_b, &under_kept_digest).unwrap();
+    let (opened, stdout, stderr) = vault_open(keys.path(), url, &officer_a, &a_file, case);
+    assert!(!opened, "{stdout}");
+    assert!(!stdout.contains(SWAPPED_PHONE), "{stdout}");
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("do not match what the phone sealed"),
+        "{stderr}"
+    );
 }

@@ -1,7 +1,8 @@
 //! The protection officers' vault endpoints: `GET /v1/encounters/{id}/vault` (the sealed
 //! envelopes of one encounter), `GET /v1/vaults` (every envelope's id, encounter and recipients,
 //! paged, for key rotation) and `PUT /v1/encounters/{id}/vault/{envelope_id}` (replace an
-//! envelope's ciphertext with one resealed to the current keys).
+//! envelope's ciphertext with one resealed to the current keys; 409 when its digest is not the
+//! one kept since upload, which would change the sealed contents).
 //!
 //! Only [`Permission::ReadVault`] reaches them; every other role gets 403. The server hands out
 //! ciphertext only and cannot open it; each read and reseal is audited in the transaction that
@@ -185,6 +186,7 @@ async fn reseal(
                 let tx = conn.transaction()?;
                 vault_store::replace(&tx, &resealed).map_err(|err| match err {
                     ResealError::Refused(message) => AppError::BadRequest(message),
+                    ResealError::ContentsChanged { .. } => AppError::Conflict(err.to_string()),
                     ResealError::NotFound { .. } => AppError::NotFound(err.to_string()),
                     ResealError::Ledger(other) => AppError::internal(other),
                 })?;
