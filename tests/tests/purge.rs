@@ -12,7 +12,8 @@ use auxilio_core::vault::VaultContents;
 use auxilio_server::directory::Role;
 use auxilio_tests::{
     Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, auxilio_bin, auxilio_ok,
-    enroll, files_containing, files_in, get_json, post_json, run_auxilio, sync_answer,
+    enroll, example_encounter_with, files_containing, files_in, get_json, post_json, run_auxilio,
+    sync_answer,
 };
 
 /// Every file of `dir` whose name starts with `prefix` (a store and its `-wal` and `-shm`), with
@@ -150,10 +151,9 @@ fn a_purged_encounter_leaves_no_trace_on_the_server_or_on_synced_devices() {
     let marker = "PURGE-MARKER-Zq7v-consent-withdrawn";
 
     let kept = phone_a.log(EXAMPLE_ENCOUNTER);
-    let purged = phone_a.log(EXAMPLE_ENCOUNTER);
-    phone_a.sync().unwrap();
-    // A small edit change: the marker is stored as it was typed, so the grep below can find it.
-    phone_a.edit(purged, &[&format!("notes={marker}")]);
+    // A scalar field of the first change: stored compressed in the phones' documents, where
+    // `files_containing` finds it by inflating every DEFLATE stream of a file.
+    let purged = phone_a.log(&example_encounter_with(&format!(r#""agent":"{marker}""#)));
     phone_a.sync().unwrap();
     phone_b.sync().unwrap();
     assert!(phone_b.ids().contains(&purged));
@@ -476,8 +476,7 @@ fn the_retention_policy_purges_old_encounters_on_its_own() {
     // a device's clock for (retention counts from the server's time otherwise).
     let twenty_days_ago = (chrono::Utc::now() - chrono::Duration::days(20))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let old_record =
-        EXAMPLE_ENCOUNTER.replacen('{', &format!(r#"{{"started_at":"{twenty_days_ago}","#), 1);
+    let old_record = example_encounter_with(&format!(r#""started_at":"{twenty_days_ago}""#));
     let (old, recent) = {
         // Retention off while the records arrive.
         let server = ServerProcess::spawn_with(

@@ -11,7 +11,8 @@ use auxilio_server::ServerConfig;
 use auxilio_server::client::{self, ClientError};
 use auxilio_server::directory::Role;
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, TeamFixture, auxilio_ok, enroll, get_json, post_json, run_auxilio,
+    Device, EXAMPLE_ENCOUNTER, TeamFixture, auxilio_ok, enroll, example_encounter_with, get_json,
+    post_json, run_auxilio,
 };
 use chrono::{Duration, SecondsFormat, Utc};
 
@@ -104,16 +105,16 @@ fn retention_counts_from_the_servers_time_so_a_backdated_phone_clock_erases_noth
     phone.sync().unwrap();
 
     // A phone whose clock fell back to 2016, and one that says a child was handed over in 2020.
-    let backdated_start =
-        phone.log(&EXAMPLE_ENCOUNTER.replacen('{', r#"{"started_at":"2016-03-01T10:00:00Z","#, 1));
+    let backdated_start = phone.log(&example_encounter_with(
+        r#""started_at":"2016-03-01T10:00:00Z""#,
+    ));
     let backdated_hand_over = phone.log(&handed_over_case("2020-01-01T00:00:00Z"));
     // Positive controls, due by the server's time: an encounter logged 20 days before it reached
     // signal, and a child handed over 5 days ago.
-    let old_enough = phone.log(&EXAMPLE_ENCOUNTER.replacen(
-        '{',
-        &format!(r#"{{"started_at":"{}","#, days_ago(20)),
-        1,
-    ));
+    let old_enough = phone.log(&example_encounter_with(&format!(
+        r#""started_at":"{}""#,
+        days_ago(20)
+    )));
     let handed_over = phone.log(&handed_over_case(&days_ago(5)));
     for case in [backdated_hand_over, handed_over] {
         phone.store.seal_vault(case, &family()).unwrap();
