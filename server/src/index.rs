@@ -24,9 +24,10 @@ use serde_json::Value as Json;
 /// factory date).
 const EARLIEST_PLAUSIBLE: &str = "2015-01-01T00:00:00Z";
 
-/// When the encounter happened, for queries and retention: the device's `started_at` if it is
-/// plausible (after 2015, at most [`crate::device_time::MAX_OFFLINE_GAP_DAYS`] before the
-/// server's `received_at` and not after it, see [`crate::device_time`]), else `received_at`. Returns the time and whether the device clock was suspect.
+/// When the encounter happened, for queries: the device's `started_at` if it is plausible (after
+/// 2015, and not after the server's `received_at`), else `received_at`. A `started_at` more than
+/// [`crate::device_time::MAX_OFFLINE_GAP_DAYS`] before `received_at` is kept but suspect:
+/// retention counts from `received_at` less that gap at the earliest. Returns the time and whether the device clock was suspect.
 pub fn occurred_at(started_at: Option<&str>, received_at: &str) -> (String, bool) {
     let received = DateTime::parse_from_rfc3339(received_at)
         .map(|t| t.with_timezone(&Utc))
@@ -37,10 +38,14 @@ pub fn occurred_at(started_at: Option<&str>, received_at: &str) -> (String, bool
     match started_at.and_then(|s| DateTime::parse_from_rfc3339(s).ok()) {
         Some(started) => {
             let started = started.with_timezone(&Utc);
-            // Not before the offline gap: a phone's clock may not date an encounter years back
-            // (retention counts from this time).
-            if started >= earliest && crate::device_time::plausible(started, received, received) {
-                (started.to_rfc3339_opts(SecondsFormat::Secs, true), false)
+            if started >= earliest && started <= received + Duration::days(1) {
+                // Kept for the map and stats, but flagged when it is further back than a phone
+                // stays offline: retention does not count from it (see `crate::retention`).
+                let backdated = !crate::device_time::plausible(started, received, received);
+                (
+                    started.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    backdated,
+                )
             } else {
                 (received.to_rfc3339_opts(SecondsFormat::Secs, true), true)
             }
@@ -437,6 +442,15 @@ mod tests {
         let (at, suspect) = occurred_at(Some("2026-11-27T08:00:00-07:00"), "2026-11-28T10:00:00Z");
         assert_eq!(at, "2026-11-27T15:00:00Z");
         assert!(!suspect);
+    }
+
+    #[test]
+    fn a_start_years_before_the_server_received_it_is_kept_for_the_map_but_suspect() {
+        let (at, suspect) = occurred_at(Some("2016-03-01T10:00:00Z"), "2026-11-28T10:00:00Z");
+        assert_eq!(at, "2016-03-01T10:00:00Z");
+        assert!(suspect);
+        let (_, suspect) = occurred_at(Some("2026-11-01T10:00:00Z"), "2026-11-28T10:00:00Z");
+        assert!(!suspect, "within the offline gap");
     }
 
     #[test]

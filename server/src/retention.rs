@@ -5,7 +5,7 @@
 //! | category          | kept                                                    | default   |
 //! |-------------------|---------------------------------------------------------|-----------|
 //! | identity vault    | N days after the UASC hand-over, else after closure      | 30 days   |
-//! | whole encounter   | N days after it occurred (`occurred_at`)                 | 1825 days |
+//! | whole encounter   | N days after it occurred (`occurred_at`, see below)      | 1825 days |
 //!
 //! A vault's period starts at the hand-over once every UASC casualty of the encounter has a
 //! `uasc.handed_over_at` (the latest of them); otherwise at the encounter's closure (its
@@ -14,11 +14,13 @@
 //! purge off (a mistyped 0 must not erase everything at once).
 //!
 //! Periods count from the server's time. A device's time (`started_at` through the index's
-//! `occurred_at`, `ended_at`, `handed_over_at`) counts only when [`crate::device_time::plausible`]:
-//! at most [`crate::device_time::MAX_OFFLINE_GAP_DAYS`] before the server first received the
-//! encounter and not in the future. A hand-over dated outside that is treated as no hand-over, an
-//! `ended_at` outside it as none (the server's last merge is the closure), and the index flags
-//! both `clock_suspect` for a person to look at: a phone whose clock says 2016 erases nothing.
+//! `occurred_at`, `ended_at`, `handed_over_at`) counts only as far as
+//! [`crate::device_time::plausible`] allows: at most
+//! [`crate::device_time::MAX_OFFLINE_GAP_DAYS`] before the server first received the encounter
+//! and not in the future. An encounter's period starts at its first receipt when its start is
+//! further back than that (and never earlier than its first receipt less the gap); a hand-over dated outside it is treated as no hand-over, an `ended_at` outside it as
+//! none (the server's last merge is the closure); the index flags all three `clock_suspect` for
+//! a person to look at. A phone whose clock says 2016 erases nothing.
 //!
 //! Each purge is an ordinary [`crate::purge`] purge audited as actor `retention`, so devices drop
 //! their copies the same way. A sweep works in batches of [`BATCH`] purges, one transaction
@@ -133,12 +135,15 @@ pub fn due(
     if policy.encounter_days > 0 {
         let period = Duration::days(i64::from(policy.encounter_days));
         let cutoff = text(now - period);
-        // `occurred_at` is at most the offline gap before `received_at` (the index sees to it);
-        // the second bound holds for rows indexed before it did, too.
+        // From `occurred_at` (the device's start) when it is not suspect, else from when the
+        // server first received the encounter; and never earlier than the offline gap before
+        // that (rows indexed before suspect starts were flagged: `auxilio reindex` flags them).
         let received_cutoff =
             text(now - period + Duration::days(device_time::MAX_OFFLINE_GAP_DAYS));
         let mut statement = conn.prepare_cached(
-            "SELECT id, occurred_at FROM encounters WHERE occurred_at < ?1 AND received_at < ?3
+            "SELECT id, CASE WHEN clock_suspect THEN received_at ELSE occurred_at END
+             FROM encounters
+             WHERE occurred_at < ?1 AND (clock_suspect = 0 OR received_at < ?1) AND received_at < ?3
              ORDER BY occurred_at LIMIT ?2",
         )?;
         let rows = statement.query_map(
