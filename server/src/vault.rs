@@ -251,6 +251,16 @@ pub struct StoredEnvelope {
     pub received_at: String,
 }
 
+/// Whether encounter `id` has sealed envelopes stored (a vault stays readable to officers even if
+/// its record later stops being a protection case).
+pub fn has_envelopes(conn: &Connection, id: EncounterId) -> Result<bool, rusqlite::Error> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM vault_envelopes WHERE encounter = ?1)",
+        [id.as_bytes()],
+        |row| row.get(0),
+    )
+}
+
 /// The envelopes of encounter `id` and their encounter's team, oldest first.
 pub fn envelopes_of(
     conn: &Connection,

@@ -196,10 +196,20 @@ fn an_officer_purging_an_encounter_it_may_not_read_is_answered_as_for_an_unknown
     phone.sync().unwrap();
     let officer = enroll(data, "sonora", Role::ProtectionOfficer).token;
 
-    let unknown = purge_answer(url, &officer, EncounterId::random());
+    let unknown_id = EncounterId::random();
+    let unknown = purge_answer(url, &officer, unknown_id);
     assert_eq!(unknown.0, 404, "{}", unknown.1);
     assert_eq!(purge_answer(url, &officer, not_a_case), unknown);
     assert!(stored(data, not_a_case), "the record it may not read stays");
+    // Nor does its vault endpoint tell the id exists.
+    let vault_answer = |id: EncounterId| {
+        let (status, body) =
+            get_json(url, &format!("/v1/encounters/{id}/vault"), Some(&officer)).unwrap();
+        (status, body.to_string().replace(&id.to_string(), "ID"))
+    };
+    assert_eq!(vault_answer(unknown_id).0, 404);
+    assert_eq!(vault_answer(not_a_case), vault_answer(unknown_id));
+    assert_eq!(vault_answer(case).0, 200, "positive control");
     // Positive control: the officer's own kind of case is purged by the same request.
     let (status, body) = purge_answer(url, &officer, case);
     assert_eq!(status, 200, "{body}");

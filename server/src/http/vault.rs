@@ -20,6 +20,7 @@ use super::{AppState, AuthenticatedDevice};
 use crate::access::{self, Permission};
 use crate::audit;
 use crate::error::AppError;
+use crate::index;
 use crate::vault::{self as vault_store, EnvelopeSummary, ResealError, StoredEnvelope};
 
 pub fn router() -> Router<AppState> {
@@ -69,7 +70,11 @@ async fn read(
                     [id.as_bytes()],
                     |row| row.get(0),
                 )?;
-                if !known {
+                // Only cases the role reads: another encounter answers like an unknown id.
+                let readable = !access::protection_cases_only(device.role)
+                    || index::is_protection_case(&tx, id)?
+                    || vault_store::has_envelopes(&tx, id)?;
+                if !known || !readable {
                     return Err(AppError::NotFound(format!("no encounter {id}")));
                 }
                 let envelopes = vault_store::envelopes_of(&tx, id).map_err(AppError::internal)?;
