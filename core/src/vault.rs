@@ -11,6 +11,16 @@
 //!
 //! Plaintext exists only in memory: [`seal`] serialises the contents to JSON and encrypts them
 //! in one step, and [`open`] decrypts into a bounded buffer.
+//!
+//! **A reseal cannot swap the contents.** [`seal`] commits to what it sealed: it draws a random
+//! salt, encrypts it with the contents, and puts the envelope's `digest` in clear, SHA-256 of
+//! the salt and the contents ([`SealedVault::digest`]). The salt keeps the digest from
+//! confirming a guessed name; the server keeps the digest from the first upload and refuses a
+//! reseal that carries another. [`open`] recomputes it from what it decrypted and refuses an
+//! envelope whose contents do not match ([`VaultError::ContentsAltered`]): an officer who seals
+//! other contents under the kept digest is caught by every officer who opens it. [`reseal`]
+//! re-encrypts the same plaintext, so the digest stays. Envelopes sealed before digests existed
+//! have none and open as they are.
 
 use std::io::{Read, Write};
 use std::str::FromStr;
@@ -63,6 +73,10 @@ pub enum VaultError {
     TooLarge { limit: usize },
     #[error("the envelope is malformed: {0}")]
     Malformed(String),
+    #[error(
+        "WARNING: the contents of this envelope do not match what the phone sealed (their digest differs from the one the server kept at upload): someone resealed it with other contents. Do not act on them; the audit log's `vault.reseal` rows name who resealed it"
+    )]
+    ContentsAltered,
 }
 
 /// One family contact of the person.
@@ -187,6 +201,54 @@ mod hex_when_readable {
     }
 }
 
+/// [`hex_when_readable`] for an optional field.
+mod optional_hex_when_readable {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::ByteBuf;
+
+    pub fn serialize<S: Serializer>(
+        bytes: &Option<ByteBuf>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => super::hex_when_readable::serialize(bytes, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<ByteBuf>, D::Error> {
+        #[derive(Deserialize)]
+        struct Bytes(#[serde(with = "super::hex_when_readable")] ByteBuf);
+        Ok(Option::<Bytes>::deserialize(deserializer)?.map(|Bytes(bytes)| bytes))
+    }
+}
+
+/// Length of an envelope's digest (SHA-256).
+pub const DIGEST_BYTES: usize = 32;
+/// Length of the random salt sealed with the contents.
+const SALT_BYTES: usize = 32;
+
+/// What [`seal`] encrypts: the contents and the salt of their digest. (Envelopes sealed before
+/// digests existed hold the contents alone.)
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sealed {
+    vault: VaultContents,
+    salt: String,
+}
+
+/// The digest an envelope carries for `contents` sealed with `salt`.
+fn digest_of(salt: &[u8], contents: &VaultContents) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"auxilio vault contents v1\0");
+    hasher.update(salt);
+    hasher.update(serde_json::to_vec(contents).expect("vault contents serialise"));
+    hasher.finalize().to_vec()
+}
+
 /// Lowercase hex of `bytes` (envelope ids in URLs and JSON).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -219,6 +281,15 @@ pub struct SealedVault {
     /// The contents as JSON, encrypted in the age binary format.
     #[serde(with = "hex_when_readable")]
     pub ciphertext: ByteBuf,
+    /// SHA-256 of a random salt (sealed inside) and the contents: what the sealer committed to.
+    /// The server keeps the first one it received and refuses a reseal with another; [`open`]
+    /// refuses contents that do not match it. Absent on envelopes sealed before digests existed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_hex_when_readable"
+    )]
+    pub digest: Option<ByteBuf>,
 }
 
 fn parse_recipient(key: &str) -> Result<age::x25519::Recipient, VaultError> {
@@ -304,7 +375,13 @@ pub fn seal(
     recipients: &[String],
 ) -> Result<SealedVault, VaultError> {
     contents.validate()?;
-    let plaintext = serde_json::to_vec(contents).expect("vault contents serialise");
+    let mut salt = vec![0; SALT_BYTES];
+    getrandom::fill(&mut salt).expect("the operating system provides random bytes");
+    let plaintext = serde_json::to_vec(&Sealed {
+        vault: contents.clone(),
+        salt: hex(&salt),
+    })
+    .expect("vault contents serialise");
     let (ciphertext, recipients) = encrypt_to(&plaintext, recipients)?;
     let mut id = vec![0; ENVELOPE_ID_BYTES];
     getrandom::fill(&mut id).expect("the operating system provides random bytes");
@@ -314,12 +391,39 @@ pub fn seal(
         sealed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         recipients,
         ciphertext: ByteBuf::from(ciphertext),
+        digest: Some(ByteBuf::from(digest_of(&salt, contents))),
     })
 }
 
 /// Opens an envelope with a protection officer's identity (`AGE-SECRET-KEY-1...`, or the text of
-/// an identity file).
+/// an identity file), and checks the contents against the envelope's digest: contents that do
+/// not match it are refused ([`VaultError::ContentsAltered`]), never shown as the case's.
 pub fn open(sealed: &SealedVault, identity: &str) -> Result<VaultContents, VaultError> {
+    let plaintext = decrypt(sealed, identity)?;
+    checked_contents(sealed, &plaintext)
+}
+
+/// The contents of a decrypted envelope, checked against its digest.
+fn checked_contents(sealed: &SealedVault, plaintext: &[u8]) -> Result<VaultContents, VaultError> {
+    let not_a_vault = |e: serde_json::Error| {
+        VaultError::Damaged(format!("the sealed contents are not a vault: {e}"))
+    };
+    let Some(digest) = &sealed.digest else {
+        // Sealed before digests existed: the contents alone.
+        return serde_json::from_slice(plaintext).map_err(not_a_vault);
+    };
+    let Ok(Sealed { vault, salt }) = serde_json::from_slice::<Sealed>(plaintext) else {
+        return Err(VaultError::ContentsAltered);
+    };
+    let salt = unhex(&salt).ok_or(VaultError::ContentsAltered)?;
+    if digest_of(&salt, &vault) != digest.as_slice() {
+        return Err(VaultError::ContentsAltered);
+    }
+    Ok(vault)
+}
+
+/// Decrypts an envelope's ciphertext into a bounded buffer.
+fn decrypt(sealed: &SealedVault, identity: &str) -> Result<Vec<u8>, VaultError> {
     let identity = parse_identity(identity)?;
     if sealed.ciphertext.len() > MAX_CIPHERTEXT_BYTES {
         return Err(VaultError::TooLarge {
@@ -341,20 +445,19 @@ pub fn open(sealed: &SealedVault, identity: &str) -> Result<VaultContents, Vault
         .take(MAX_CIPHERTEXT_BYTES as u64)
         .read_to_end(&mut plaintext)
         .map_err(|e| VaultError::Damaged(e.to_string()))?;
-    let contents: VaultContents = serde_json::from_slice(&plaintext)
-        .map_err(|e| VaultError::Damaged(format!("the sealed contents are not a vault: {e}")))?;
-    Ok(contents)
+    Ok(plaintext)
 }
 
-/// Re-encrypts an envelope to `recipients` (key rotation): opened with `identity`, sealed again
-/// under the same id, encounter and sealing time.
+/// Re-encrypts an envelope to `recipients` (key rotation): opened with `identity` and checked
+/// against its digest, the same plaintext sealed again under the same id, encounter, sealing
+/// time and digest.
 pub fn reseal(
     sealed: &SealedVault,
     identity: &str,
     recipients: &[String],
 ) -> Result<SealedVault, VaultError> {
-    let contents = open(sealed, identity)?;
-    let plaintext = serde_json::to_vec(&contents).expect("vault contents serialise");
+    let plaintext = decrypt(sealed, identity)?;
+    checked_contents(sealed, &plaintext)?;
     let (ciphertext, recipients) = encrypt_to(&plaintext, recipients)?;
     Ok(SealedVault {
         recipients,
@@ -387,6 +490,14 @@ impl SealedVault {
         }
         for key in &self.recipients {
             parse_recipient(key)?;
+        }
+        if let Some(digest) = &self.digest
+            && digest.len() != DIGEST_BYTES
+        {
+            return Err(VaultError::Malformed(format!(
+                "the digest is {} bytes; it must be {DIGEST_BYTES}",
+                digest.len()
+            )));
         }
         if self.sealed_at.len() > 64 {
             return Err(VaultError::Malformed("sealed_at is too long".into()));
@@ -555,6 +666,35 @@ mod tests {
             open(&resealed, &a_secret),
             Err(VaultError::NotARecipient { .. })
         ));
+    }
+
+    #[test]
+    fn contents_sealed_under_another_envelopes_digest_are_refused_on_open_and_on_reseal() {
+        let (secret, public) = generate_identity();
+        let id = EncounterId::random();
+        let original = seal(&contents(), id, std::slice::from_ref(&public)).unwrap();
+        let mut other = contents();
+        other.family_contacts[0].phone = Some("+52 662 555 0000".into());
+        let forged = SealedVault {
+            digest: original.digest.clone(),
+            ..seal(&other, id, std::slice::from_ref(&public)).unwrap()
+        };
+        assert_eq!(open(&forged, &secret), Err(VaultError::ContentsAltered));
+        assert_eq!(
+            reseal(&forged, &secret, std::slice::from_ref(&public)),
+            Err(VaultError::ContentsAltered)
+        );
+        let resealed = reseal(&original, &secret, std::slice::from_ref(&public)).unwrap();
+        assert_eq!(resealed.digest, original.digest);
+        assert_eq!(open(&resealed, &secret).unwrap(), contents());
+        // An envelope sealed before digests existed opens as it is.
+        let (legacy, _) = encrypt_to(&serde_json::to_vec(&contents()).unwrap(), &[public]).unwrap();
+        let legacy = SealedVault {
+            ciphertext: ByteBuf::from(legacy),
+            digest: None,
+            ..original
+        };
+        assert_eq!(open(&legacy, &secret).unwrap(), contents());
     }
 
     #[test]

@@ -365,6 +365,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     -- over its authenticated connection; teammates check relay handshakes against it.
     ALTER TABLE devices ADD COLUMN relay_key BLOB;
 ",
+    r"
+    -- Issue 10, vault reseal: the digest a phone sealed an envelope's contents under, kept from
+    -- the first upload; a reseal must carry the same (NULL for envelopes sealed before).
+    ALTER TABLE vault_envelopes ADD COLUMN digest BLOB;
+",
 ];
 
 /// The position (counted from 1, as `user_version` counts) of the migration that added purges.

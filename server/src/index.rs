@@ -24,8 +24,10 @@ use serde_json::Value as Json;
 /// factory date).
 const EARLIEST_PLAUSIBLE: &str = "2015-01-01T00:00:00Z";
 
-/// When the encounter happened, for queries: the device's `started_at` if it is plausible, else
-/// the server's `received_at`. Returns the time and whether the device clock was suspect.
+/// When the encounter happened, for queries: the device's `started_at` if it is plausible (after
+/// 2015, and not after the server's `received_at`), else `received_at`. A `started_at` more than
+/// [`crate::device_time::MAX_OFFLINE_GAP_DAYS`] before `received_at` is kept but suspect:
+/// retention counts from `received_at` less that gap at the earliest. Returns the time and whether the device clock was suspect.
 pub fn occurred_at(started_at: Option<&str>, received_at: &str) -> (String, bool) {
     let received = DateTime::parse_from_rfc3339(received_at)
         .map(|t| t.with_timezone(&Utc))
@@ -37,7 +39,13 @@ pub fn occurred_at(started_at: Option<&str>, received_at: &str) -> (String, bool
         Some(started) => {
             let started = started.with_timezone(&Utc);
             if started >= earliest && started <= received + Duration::days(1) {
-                (started.to_rfc3339_opts(SecondsFormat::Secs, true), false)
+                // Kept for the map and stats, but flagged when it is further back than a phone
+                // stays offline: retention does not count from it (see `crate::retention`).
+                let backdated = !crate::device_time::plausible(started, received, received);
+                (
+                    started.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    backdated,
+                )
             } else {
                 (received.to_rfc3339_opts(SecondsFormat::Secs, true), true)
             }
@@ -112,6 +120,7 @@ pub fn update_with(
     }
     let started_at = text(&raw["started_at"]);
     let (occurred, clock_suspect) = occurred_at(started_at.as_deref(), &received_at);
+    problems.extend(clock_problems(conn, id, &raw, &received_at, clock_suspect)?);
     let people: i64 = ["f", "m", "unknown"]
         .iter()
         .filter_map(|sex| raw["counts"][sex].as_object())
@@ -158,6 +167,57 @@ pub fn update_with(
     }
     let derived = facts::Facts::derive(&raw, owner_team, &occurred);
     facts::refresh(conn, id.as_bytes(), &derived, aggregates)
+}
+
+/// The `clock_suspect` problems of a merged record: its `started_at` when it was not used
+/// (`started_suspect`), and an `ended_at` or a casualty's `uasc.handed_over_at` outside what
+/// [`crate::device_time::plausible`] allows, judged against the encounter's first receipt and
+/// the server's time of its latest merge. They flag the record; retention never counts from them.
+fn clock_problems(
+    conn: &Connection,
+    id: EncounterId,
+    raw: &Json,
+    received_at: &str,
+    started_suspect: bool,
+) -> Result<Vec<Problem>, rusqlite::Error> {
+    use crate::device_time;
+    let updated_at: String = conn.query_row(
+        "SELECT updated_at FROM encounters WHERE id = ?1",
+        [id.as_bytes()],
+        |row| row.get(0),
+    )?;
+    let (Some(received), Some(latest)) = (
+        device_time::parse(received_at),
+        device_time::parse(&updated_at),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let mut times: Vec<(String, &str)> = Vec::new();
+    if let Some(started) = raw["started_at"].as_str().filter(|_| started_suspect) {
+        times.push(("started_at".into(), started));
+    }
+    if let Some(ended) = raw["ended_at"].as_str() {
+        times.push(("ended_at".into(), ended));
+    }
+    if let Some(casualties) = raw["casualties"].as_object() {
+        for (person, casualty) in casualties {
+            if let Some(at) = casualty["uasc"]["handed_over_at"].as_str() {
+                times.push((format!("casualties.{person}.uasc.handed_over_at"), at));
+            }
+        }
+    }
+    Ok(times
+        .into_iter()
+        .filter(|(field, time)| {
+            field == "started_at"
+                || device_time::parse(time)
+                    .is_some_and(|t| !device_time::plausible(t, received, latest))
+        })
+        .map(|(field, time)| Problem {
+            field,
+            message: device_time::suspect_message(time, received_at),
+        })
+        .collect())
 }
 
 /// Deletes every index row of one encounter (its columns' row in `encounters` stays for the
@@ -387,6 +447,15 @@ mod tests {
         let (at, suspect) = occurred_at(Some("2026-11-27T08:00:00-07:00"), "2026-11-28T10:00:00Z");
         assert_eq!(at, "2026-11-27T15:00:00Z");
         assert!(!suspect);
+    }
+
+    #[test]
+    fn a_start_years_before_the_server_received_it_is_kept_for_the_map_but_suspect() {
+        let (at, suspect) = occurred_at(Some("2016-03-01T10:00:00Z"), "2026-11-28T10:00:00Z");
+        assert_eq!(at, "2016-03-01T10:00:00Z");
+        assert!(suspect);
+        let (_, suspect) = occurred_at(Some("2026-11-01T10:00:00Z"), "2026-11-28T10:00:00Z");
+        assert!(!suspect, "within the offline gap");
     }
 
     #[test]

@@ -178,7 +178,8 @@ fn hash_at(conn: &Connection, seq: u64) -> Result<Vec<u8>, rusqlite::Error> {
     .map(Option::unwrap_or_default)
 }
 
-fn encounter_team(tx: &Connection, id: EncounterId) -> Result<Option<String>, rusqlite::Error> {
+/// The team encounter `id` belongs to, or `None` if the server holds no such encounter.
+pub fn encounter_team(tx: &Connection, id: EncounterId) -> Result<Option<String>, rusqlite::Error> {
     tx.query_row(
         "SELECT team FROM encounters WHERE id = ?1",
         [id.as_bytes()],

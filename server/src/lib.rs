@@ -15,6 +15,7 @@ pub mod audit_key;
 pub mod cli;
 pub mod client;
 pub mod database;
+pub mod device_time;
 pub mod directory;
 pub mod error;
 pub mod export;

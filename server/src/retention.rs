@@ -5,13 +5,22 @@
 //! | category          | kept                                                    | default   |
 //! |-------------------|---------------------------------------------------------|-----------|
 //! | identity vault    | N days after the UASC hand-over, else after closure      | 30 days   |
-//! | whole encounter   | N days after it occurred (`occurred_at`)                 | 1825 days |
+//! | whole encounter   | N days after it occurred (`occurred_at`, see below)      | 1825 days |
 //!
 //! A vault's period starts at the hand-over once every UASC casualty of the encounter has a
 //! `uasc.handed_over_at` (the latest of them); otherwise at the encounter's closure (its
 //! `ended_at`, or when the server last merged a change if it has none); an open encounter whose
 //! children are not all handed over keeps its vault. A period of 0 days turns that category's
 //! purge off (a mistyped 0 must not erase everything at once).
+//!
+//! Periods count from the server's time. A device's time (`started_at` through the index's
+//! `occurred_at`, `ended_at`, `handed_over_at`) counts only as far as
+//! [`crate::device_time::plausible`] allows: at most
+//! [`crate::device_time::MAX_OFFLINE_GAP_DAYS`] before the server first received the encounter
+//! and not in the future. An encounter's period starts at its first receipt when its start is
+//! further back than that (and never earlier than its first receipt less the gap); a hand-over dated outside it is treated as no hand-over, an `ended_at` outside it as
+//! none (the server's last merge is the closure); the index flags all three `clock_suspect` for
+//! a person to look at. A phone whose clock says 2016 erases nothing.
 //!
 //! Each purge is an ordinary [`crate::purge`] purge audited as actor `retention`, so devices drop
 //! their copies the same way. A sweep works in batches of [`BATCH`] purges, one transaction
@@ -25,6 +34,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::database::Database;
+use crate::device_time;
 use crate::ledger;
 use crate::purge::{self, PurgeError, PurgeReport};
 
@@ -71,19 +81,33 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// The server's times of one encounter: when it first received it, and when it last merged a
+/// change into it.
+struct ServerTimes {
+    received_at: String,
+    updated_at: String,
+}
+
 /// When an encounter's vault period starts (see the module doc), from its merged record and the
-/// time the server last merged a change into it.
-fn vault_period_start(record: &Json, updated_at: &str) -> Option<(DateTime<Utc>, &'static str)> {
+/// server's times of it, at `now`.
+fn vault_period_start(
+    record: &Json,
+    server: &ServerTimes,
+    now: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, &'static str)> {
+    let received = parse_time(&server.received_at)?;
+    let device_time = |value: &Json| {
+        value
+            .as_str()
+            .and_then(parse_time)
+            .filter(|t| device_time::plausible(*t, received, now))
+    };
     let hand_overs: Vec<Option<DateTime<Utc>>> = record["casualties"]
         .as_object()
         .into_iter()
         .flat_map(|casualties| casualties.values())
         .filter(|casualty| casualty["uasc"].is_object())
-        .map(|casualty| {
-            casualty["uasc"]["handed_over_at"]
-                .as_str()
-                .and_then(parse_time)
-        })
+        .map(|casualty| device_time(&casualty["uasc"]["handed_over_at"]))
         .collect();
     if !hand_overs.is_empty() && hand_overs.iter().all(Option::is_some) {
         return hand_overs
@@ -93,10 +117,7 @@ fn vault_period_start(record: &Json, updated_at: &str) -> Option<(DateTime<Utc>,
             .map(|t| (t, "hand-over"));
     }
     if record["status"].as_str() == Some("closed") {
-        let closed = record["ended_at"]
-            .as_str()
-            .and_then(parse_time)
-            .or_else(|| parse_time(updated_at))?;
+        let closed = device_time(&record["ended_at"]).or_else(|| parse_time(&server.updated_at))?;
         return Some((closed, "closure"));
     }
     None
@@ -112,12 +133,25 @@ pub fn due(
 ) -> Result<Vec<Due>, PurgeError> {
     let mut out = Vec::new();
     if policy.encounter_days > 0 {
-        let cutoff = text(now - Duration::days(i64::from(policy.encounter_days)));
+        let period = Duration::days(i64::from(policy.encounter_days));
+        let cutoff = text(now - period);
+        // From `occurred_at` (the device's start) when it is not suspect, else from when the
+        // server first received the encounter; and never earlier than the offline gap before
+        // that (rows indexed before suspect starts were flagged: `auxilio reindex` flags them).
+        let received_cutoff =
+            text(now - period + Duration::days(device_time::MAX_OFFLINE_GAP_DAYS));
         let mut statement = conn.prepare_cached(
-            "SELECT id, occurred_at FROM encounters WHERE occurred_at < ?1 ORDER BY occurred_at LIMIT ?2",
+            "SELECT id, CASE WHEN clock_suspect THEN received_at ELSE occurred_at END
+             FROM encounters
+             WHERE occurred_at < ?1 AND (clock_suspect = 0 OR received_at < ?1) AND received_at < ?3
+             ORDER BY occurred_at LIMIT ?2",
         )?;
         let rows = statement.query_map(
-            rusqlite::params![cutoff, i64::try_from(limit).unwrap_or(i64::MAX)],
+            rusqlite::params![
+                cutoff,
+                i64::try_from(limit).unwrap_or(i64::MAX),
+                received_cutoff
+            ],
             |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?)),
         )?;
         for row in rows {
@@ -144,19 +178,25 @@ pub fn due(
             if out.iter().any(|d| d.encounter == encounter) {
                 continue;
             }
-            let updated_at: Option<String> = conn
+            let server_times: Option<ServerTimes> = conn
                 .query_row(
-                    "SELECT updated_at FROM encounters WHERE id = ?1",
+                    "SELECT received_at, updated_at FROM encounters WHERE id = ?1",
                     [encounter.as_bytes()],
-                    |row| row.get(0),
+                    |row| {
+                        Ok(ServerTimes {
+                            received_at: row.get(0)?,
+                            updated_at: row.get(1)?,
+                        })
+                    },
                 )
                 .optional()?;
-            let (Some(updated_at), Some(document)) =
-                (updated_at, ledger::load_document(conn, encounter)?)
+            let (Some(server_times), Some(document)) =
+                (server_times, ledger::load_document(conn, encounter)?)
             else {
                 continue;
             };
-            if let Some((start, event)) = vault_period_start(&document.to_json(), &updated_at)
+            if let Some((start, event)) =
+                vault_period_start(&document.to_json(), &server_times, now)
                 && start < cutoff
             {
                 out.push(Due {
@@ -225,6 +265,31 @@ mod tests {
         parse_time(text).unwrap()
     }
 
+    fn server(received_at: &str, updated_at: &str) -> ServerTimes {
+        ServerTimes {
+            received_at: received_at.into(),
+            updated_at: updated_at.into(),
+        }
+    }
+
+    #[test]
+    fn a_hand_over_dated_years_before_the_server_received_the_case_starts_no_period() {
+        let record = serde_json::json!({"status": "open", "casualties": {
+            "p1": {"uasc": {"handed_over_at": "2020-01-01T00:00:00Z"}}
+        }});
+        let times = server("2026-01-10T00:00:00Z", "2026-01-10T00:00:00Z");
+        assert_eq!(
+            vault_period_start(&record, &times, at("2026-03-01T00:00:00Z")),
+            None
+        );
+        let mut plausible = record.clone();
+        plausible["casualties"]["p1"]["uasc"]["handed_over_at"] = "2026-01-02T00:00:00Z".into();
+        assert_eq!(
+            vault_period_start(&plausible, &times, at("2026-03-01T00:00:00Z")),
+            Some((at("2026-01-02T00:00:00Z"), "hand-over"))
+        );
+    }
+
     #[test]
     fn a_vault_period_starts_when_every_child_is_handed_over() {
         let record = serde_json::json!({"status": "open", "casualties": {
@@ -233,7 +298,11 @@ mod tests {
             "p3": {"sex": "m"}
         }});
         assert_eq!(
-            vault_period_start(&record, "2026-02-01T00:00:00Z"),
+            vault_period_start(
+                &record,
+                &server("2026-01-04T00:00:00Z", "2026-02-01T00:00:00Z"),
+                at("2026-02-01T00:00:00Z")
+            ),
             Some((at("2026-01-09T00:00:00Z"), "hand-over"))
         );
     }
@@ -244,16 +313,24 @@ mod tests {
             "p1": {"uasc": {"handed_over_at": "2026-01-05T00:00:00Z"}},
             "p2": {"uasc": {"dif_unit": "Hermosillo"}}
         }});
-        assert_eq!(vault_period_start(&record, "2026-02-01T00:00:00Z"), None);
+        let times = server("2026-01-04T00:00:00Z", "2026-02-01T00:00:00Z");
+        let now = at("2026-02-02T00:00:00Z");
+        assert_eq!(vault_period_start(&record, &times, now), None);
         record["status"] = "closed".into();
         assert_eq!(
-            vault_period_start(&record, "2026-02-01T00:00:00Z"),
+            vault_period_start(&record, &times, now),
             Some((at("2026-02-01T00:00:00Z"), "closure"))
         );
         record["ended_at"] = "2026-01-20T00:00:00Z".into();
         assert_eq!(
-            vault_period_start(&record, "2026-02-01T00:00:00Z"),
+            vault_period_start(&record, &times, now),
             Some((at("2026-01-20T00:00:00Z"), "closure"))
+        );
+        // A closing time years before the server saw the case counts as the server's instead.
+        record["ended_at"] = "2019-01-20T00:00:00Z".into();
+        assert_eq!(
+            vault_period_start(&record, &times, now),
+            Some((at("2026-02-01T00:00:00Z"), "closure"))
         );
     }
 }

@@ -225,8 +225,8 @@ fn store_one(
     }
     tx.execute(
         "INSERT INTO vault_envelopes (id, encounter, team, device, sealed_at, received_at,
-                                      recipients, ciphertext)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                      recipients, ciphertext, digest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             sealed.id.as_slice(),
             id.as_bytes(),
@@ -236,6 +236,7 @@ fn store_one(
             now_text(),
             serde_json::to_string(&sealed.recipients).expect("serialisable"),
             sealed.ciphertext.as_slice(),
+            sealed.digest.as_deref().map(|d| d.as_slice()),
         ],
     )?;
     Ok(Ok(()))
@@ -250,28 +251,43 @@ pub struct StoredEnvelope {
     pub received_at: String,
 }
 
+/// Whether encounter `id` has sealed envelopes stored (a vault stays readable to officers even if
+/// its record later stops being a protection case).
+pub fn has_envelopes(conn: &Connection, id: EncounterId) -> Result<bool, rusqlite::Error> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM vault_envelopes WHERE encounter = ?1)",
+        [id.as_bytes()],
+        |row| row.get(0),
+    )
+}
+
 /// The envelopes of encounter `id` and their encounter's team, oldest first.
 pub fn envelopes_of(
     conn: &Connection,
     id: EncounterId,
 ) -> Result<Vec<StoredEnvelope>, LedgerError> {
     let mut statement = conn.prepare(
-        "SELECT id, sealed_at, recipients, ciphertext, team, received_at FROM vault_envelopes
+        "SELECT id, sealed_at, recipients, ciphertext, team, received_at, digest FROM vault_envelopes
          WHERE encounter = ?1 ORDER BY received_at, id",
     )?;
     let rows = statement.query_map([id.as_bytes()], |row| {
         Ok((
-            row.get::<_, Vec<u8>>(0)?,
-            row.get::<_, Option<String>>(1)?,
-            row.get::<_, String>(2)?,
-            row.get::<_, Vec<u8>>(3)?,
-            row.get::<_, String>(4)?,
-            row.get::<_, String>(5)?,
+            (
+                row.get::<_, Vec<u8>>(0)?,
+                row.get::<_, Option<String>>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Vec<u8>>(3)?,
+            ),
+            (
+                row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, Option<Vec<u8>>>(6)?,
+            ),
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (envelope_id, sealed_at, recipients, ciphertext, team, received_at) = row?;
+        let ((envelope_id, sealed_at, recipients, ciphertext), (team, received_at, digest)) = row?;
         out.push(StoredEnvelope {
             sealed: SealedVault {
                 id: ByteBuf::from(envelope_id),
@@ -280,6 +296,7 @@ pub fn envelopes_of(
                 recipients: serde_json::from_str(&recipients)
                     .map_err(|e| LedgerError::Corrupt(format!("vault recipients: {e}")))?,
                 ciphertext: ByteBuf::from(ciphertext),
+                digest: digest.map(ByteBuf::from),
             },
             team,
             received_at,
@@ -331,6 +348,10 @@ pub fn list(
 pub enum ResealError {
     #[error("{0}")]
     Refused(String),
+    #[error(
+        "a reseal may not change an envelope's contents: this one's digest differs from the one kept since envelope {envelope} was uploaded. Reseal with `auxilio vault reseal`, which re-encrypts the same contents"
+    )]
+    ContentsChanged { envelope: String },
     #[error("no envelope {envelope} of encounter {encounter}")]
     NotFound {
         encounter: EncounterId,
@@ -348,7 +369,10 @@ impl From<rusqlite::Error> for ResealError {
 
 /// Replaces the ciphertext and recipients of a stored envelope with `resealed` (key rotation).
 /// The new recipients must all be current keys: a reseal moves a vault to the officers' keys,
-/// never to a key the server does not know.
+/// never to a key the server does not know. It must carry the digest kept from the envelope's
+/// first upload (the contents it commits to), so a reseal cannot put other contents in the
+/// envelope under a digest of its own; contents sealed under the kept digest but not matching it
+/// are refused by every officer's `open` ([`vault::open`]).
 pub fn replace(conn: &Connection, resealed: &SealedVault) -> Result<(), ResealError> {
     resealed
         .check()
@@ -358,6 +382,20 @@ pub fn replace(conn: &Connection, resealed: &SealedVault) -> Result<(), ResealEr
         return Err(ResealError::Refused(format!(
             "{unknown} is not a current protection officer's key; reseal to the keys `GET /v1/vaults` lists as current"
         )));
+    }
+    let kept: Option<Option<Vec<u8>>> = conn
+        .query_row(
+            "SELECT digest FROM vault_envelopes WHERE id = ?1 AND encounter = ?2",
+            params![resealed.id.as_slice(), resealed.encounter.as_bytes()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(kept) = kept
+        && kept.as_deref() != resealed.digest.as_deref().map(|d| d.as_slice())
+    {
+        return Err(ResealError::ContentsChanged {
+            envelope: vault::hex(&resealed.id),
+        });
     }
     let replaced = conn.execute(
         "UPDATE vault_envelopes SET recipients = ?3, ciphertext = ?4 WHERE id = ?1 AND encounter = ?2",

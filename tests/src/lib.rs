@@ -495,13 +495,66 @@ pub fn bytes_contain(haystack: &[u8], needle: &str) -> bool {
         .any(|window| window == needle.as_bytes())
 }
 
-/// The files among `files` whose bytes contain `needle`.
+/// The files among `files` in which `needle` can be found: in their bytes as they are, or inside
+/// any DEFLATE stream they hold ([`inflates_to_contain`]). Automerge compresses a document's
+/// columns, so a plain byte search can miss a value that is there: an erasure test first proves
+/// its marker is found by this search (the positive control), then that it is not.
 pub fn files_containing(files: &[(PathBuf, Vec<u8>)], needle: &str) -> Vec<PathBuf> {
     files
         .iter()
-        .filter(|(_, bytes)| bytes_contain(bytes, needle))
+        .filter(|(_, bytes)| bytes_contain(bytes, needle) || inflates_to_contain(bytes, needle))
         .map(|(path, _)| path.clone())
         .collect()
+}
+
+/// The most bytes one inflation attempt may produce: bounds the work on a large file and on
+/// garbage that happens to inflate.
+const MAX_INFLATED_BYTES: u64 = 4 << 20;
+
+/// Whether some DEFLATE stream of `bytes`, raw or zlib-wrapped, starting at any offset,
+/// inflates (in full or until it breaks off) to bytes containing `needle`. Every offset is
+/// tried as a raw stream, and as a zlib stream where a zlib header is; each attempt stops at the
+/// stream's end, its first error or [`MAX_INFLATED_BYTES`].
+pub fn inflates_to_contain(bytes: &[u8], needle: &str) -> bool {
+    let mut inflater = flate2::Decompress::new(false);
+    let mut out = Vec::new();
+    for start in 0..bytes.len() {
+        let rest = &bytes[start..];
+        let zlib_header = rest.len() >= 2
+            && rest[0] & 0x0f == 8
+            && (u16::from(rest[0]) << 8 | u16::from(rest[1])) % 31 == 0;
+        for zlib in [false, true] {
+            if zlib && !zlib_header {
+                continue;
+            }
+            inflater.reset(zlib);
+            out.clear();
+            inflate_bounded(&mut inflater, rest, &mut out);
+            if out.len() >= needle.len() && bytes_contain(&out, needle) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Inflates `input` into `out` until the stream ends, breaks off or grows past the bound.
+fn inflate_bounded(inflater: &mut flate2::Decompress, input: &[u8], out: &mut Vec<u8>) {
+    while inflater.total_out() < MAX_INFLATED_BYTES {
+        out.reserve(16 * 1024);
+        let before = (inflater.total_in(), inflater.total_out());
+        let consumed = usize::try_from(inflater.total_in()).unwrap_or(usize::MAX);
+        let status = inflater.decompress_vec(
+            input.get(consumed..).unwrap_or_default(),
+            out,
+            flate2::FlushDecompress::None,
+        );
+        let progressed = (inflater.total_in(), inflater.total_out()) != before;
+        match status {
+            Ok(flate2::Status::Ok | flate2::Status::BufError) if progressed => {}
+            _ => return,
+        }
+    }
 }
 
 /// One Server-Sent Event as read off the wire: its `event:` name and its `data:` lines joined.
@@ -722,6 +775,11 @@ pub fn stored_change_hashes(data_dir: &Path) -> Vec<Vec<u8>> {
 /// The issue's example encounter, verbatim.
 pub const EXAMPLE_ENCOUNTER: &str = r#"{"services":["rescue","first_aid"],"location":{"lat":31.69,"lon":-106.42,"accuracy_m":15},"terrain":"desert","counts":{"f":{"18-59":1},"m":{"18-59":2}},"nationality_counts":{"HND":3},"status":"open"}"#;
 
+/// [`EXAMPLE_ENCOUNTER`] with more fields, given as JSON members: `"agent":"B-17"`.
+pub fn example_encounter_with(members: &str) -> String {
+    EXAMPLE_ENCOUNTER.replacen('{', &format!("{{{members},"), 1)
+}
+
 /// The benchmarks' encounter number `i`: a realistic record (services, location, counts, notes)
 /// that differs a little from one number to the next, so the benchmarks' workloads are the same.
 pub fn benchmark_encounter_json(i: usize) -> String {
@@ -749,5 +807,41 @@ pub fn sizes_from_args(default: &[usize]) -> Vec<usize> {
         default.to_vec()
     } else {
         sizes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn a_marker_inside_a_raw_or_zlib_deflate_stream_is_found_and_another_is_not() {
+        let text = "agent=B-17-Sonoyta ".repeat(40);
+        let raw = {
+            let mut encoder =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+            encoder.write_all(text.as_bytes()).unwrap();
+            encoder.finish().unwrap()
+        };
+        let zlib = {
+            let mut encoder =
+                flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+            encoder.write_all(text.as_bytes()).unwrap();
+            encoder.finish().unwrap()
+        };
+        for stream in [raw, zlib] {
+            let mut file = b"SQLite format 3\0 page header".to_vec();
+            file.extend_from_slice(&stream);
+            file.extend_from_slice(&[0x5a; 300]);
+            assert!(!bytes_contain(&file, "B-17-Sonoyta"), "compressed away");
+            let files = [(PathBuf::from("f"), file)];
+            assert_eq!(
+                files_containing(&files, "B-17-Sonoyta"),
+                [PathBuf::from("f")]
+            );
+            assert!(files_containing(&files, "B-18-Sonoyta").is_empty());
+        }
     }
 }

@@ -12,8 +12,8 @@ use auxilio_core::vault::{self, FamilyContact, SealedVault, VaultContents, Vault
 use auxilio_server::directory::{Enrolled, Role};
 use auxilio_server::{Database, ServerConfig};
 use auxilio_tests::{
-    Device, TeamFixture, add_team, auxilio_ok, bytes_contain, empty_sync_request, enroll, files_in,
-    get_json, run_auxilio, sync_answer,
+    Device, TeamFixture, add_team, auxilio_ok, empty_sync_request, enroll, files_containing,
+    files_in, get_json, run_auxilio, sync_answer,
 };
 use serde_bytes::ByteBuf;
 
@@ -21,6 +21,9 @@ const NAME: &str = "Zenaida Quispe-Huarachi";
 const FAMILY_PHONE: &str = "+51 984 555 0199";
 /// Text of the encounter's own (not sealed) notes, which the server stores readable.
 const UNSEALED_NOTE: &str = "found by the canal marker 4471";
+/// The agent who logged the case: a scalar field of the record, not sealed, which the search
+/// of the files must find (the positive control of every check that a name is absent).
+const UNSEALED_AGENT: &str = "agent-canal-4471";
 
 fn contents() -> VaultContents {
     VaultContents {
@@ -38,7 +41,7 @@ fn contents() -> VaultContents {
 /// An unaccompanied girl of 15 near Sonoyta.
 fn uasc_encounter() -> String {
     format!(
-        r#"{{"services":["rescue"],"counts":{{"f":{{"12-17":1}},"uasc":1}},"location":{{"lat":31.86,"lon":-112.85}},"notes":"{UNSEALED_NOTE}"}}"#
+        r#"{{"agent":"{UNSEALED_AGENT}","services":["rescue"],"counts":{{"f":{{"12-17":1}},"uasc":1}},"location":{{"lat":31.86,"lon":-112.85}},"notes":"{UNSEALED_NOTE}"}}"#
     )
 }
 
@@ -114,13 +117,13 @@ fn sealed_case() -> SealedCase {
     let id = phone.log(&uasc_encounter());
     let sealed = phone.store.seal_vault(id, &contents()).unwrap();
     assert_eq!(sealed.recipients, [public.as_str()]);
-    for (path, bytes) in files_in(fixture.devices.path()) {
-        assert!(
-            !bytes_contain(&bytes, "Zenaida"),
-            "the name is in {} before sync",
-            path.display()
-        );
-    }
+    let store_files = files_in(fixture.devices.path());
+    assert!(!files_containing(&store_files, UNSEALED_AGENT).is_empty());
+    assert_eq!(
+        files_containing(&store_files, "Zenaida"),
+        Vec::<std::path::PathBuf>::new(),
+        "the name is in the phone's files before sync"
+    );
     let report = phone.sync().unwrap();
     assert_eq!(report.vaults_uploaded, 1, "{report:?}");
     assert!(phone.store.vault_outbox().unwrap().is_empty());
@@ -147,35 +150,23 @@ fn a_sealed_name_never_reaches_the_servers_disk_in_plaintext() {
     } = sealed_case();
     let data = fixture.data.path();
 
-    // The grep works: the record's own notes, which are not sealed, are found on disk.
-    let server_files = files_in(data);
-    assert!(
-        server_files
-            .iter()
-            .any(|(_, bytes)| bytes_contain(bytes, UNSEALED_NOTE)),
-        "the unsealed notes should be readable in the server's files"
-    );
-    for (path, bytes) in &server_files {
-        for secret in [NAME, "Zenaida", FAMILY_PHONE, "Rosa Huarachi"] {
+    // The search works: the record's own agent and notes, which are not sealed, are found in
+    // the server's files and the phone's (raw bytes and every DEFLATE stream); the sealed name
+    // and family contact in none.
+    for files in [files_in(data), files_in(fixture.devices.path())] {
+        for unsealed in [UNSEALED_AGENT, UNSEALED_NOTE] {
             assert!(
-                !bytes_contain(bytes, secret),
-                "{secret:?} found in {}",
-                path.display()
+                !files_containing(&files, unsealed).is_empty(),
+                "{unsealed:?} should be readable in the files"
             );
         }
-    }
-    let store_dir = fixture.devices.path();
-    assert!(
-        files_in(store_dir)
-            .iter()
-            .any(|(_, bytes)| bytes_contain(bytes, UNSEALED_NOTE))
-    );
-    for (path, bytes) in files_in(store_dir) {
-        assert!(
-            !bytes_contain(&bytes, "Zenaida"),
-            "the name is in {}",
-            path.display()
-        );
+        for secret in [NAME, "Zenaida", FAMILY_PHONE, "Rosa Huarachi"] {
+            assert_eq!(
+                files_containing(&files, secret),
+                Vec::<std::path::PathBuf>::new(),
+                "{secret:?} found"
+            );
+        }
     }
 
     // The protection officer fetches the envelope over HTTP and opens it with their identity.

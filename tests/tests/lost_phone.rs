@@ -6,7 +6,8 @@ use auxilio_core::DeviceStore;
 use auxilio_server::client::{self, ClientError};
 use auxilio_server::directory::Role;
 use auxilio_tests::{
-    EXAMPLE_ENCOUNTER, TeamFixture, files_containing, files_in, get_json, post_json, run_auxilio,
+    EXAMPLE_ENCOUNTER, TeamFixture, example_encounter_with, files_containing, files_in, get_json,
+    post_json, run_auxilio,
 };
 
 const KNOWN_TO_THE_SERVER: &str = "Marker-synced-4471";
@@ -20,11 +21,16 @@ fn run_admin(fixture: &TeamFixture, args: &[&str]) -> std::process::Output {
 fn a_revoked_phone_is_refused_at_once_and_wipes_its_store_on_next_contact() {
     let fixture = TeamFixture::start("sonora", Default::default());
     let mut phone = fixture.device("phone", Role::Field);
-    let synced = phone.log(EXAMPLE_ENCOUNTER);
-    phone.edit(synced, &[&format!("notes={KNOWN_TO_THE_SERVER}")]);
+    // Scalar fields, stored compressed in the store's documents: `files_containing` inflates
+    // every DEFLATE stream of a file to find them.
+    let synced = phone.log(&example_encounter_with(&format!(
+        r#""agent":"{KNOWN_TO_THE_SERVER}""#
+    )));
     phone.sync().unwrap();
-    let unsynced = phone.log(EXAMPLE_ENCOUNTER);
-    phone.edit(unsynced, &[&format!("notes={NEVER_SYNCED}")]);
+    let unsynced = phone.log(&example_encounter_with(&format!(
+        r#""agent":"{NEVER_SYNCED}""#
+    )));
+    phone.edit(unsynced, &["adm2=26030"]);
     let store_dir = fixture.devices.path();
     // The check below can fail: before the wipe both texts are in the phone's files.
     let before = files_in(store_dir);

@@ -12,7 +12,8 @@ use auxilio_core::vault::VaultContents;
 use auxilio_server::directory::Role;
 use auxilio_tests::{
     Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, auxilio_bin, auxilio_ok,
-    enroll, files_containing, files_in, get_json, post_json, run_auxilio, sync_answer,
+    enroll, example_encounter_with, files_containing, files_in, get_json, post_json, run_auxilio,
+    sync_answer,
 };
 
 /// Every file of `dir` whose name starts with `prefix` (a store and its `-wal` and `-shm`), with
@@ -59,6 +60,10 @@ fn listed_ids(url: &str, token: &str) -> Vec<String> {
         .map(|row| row["id"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// An unaccompanied girl among a rescued group: a UASC case, what a protection officer reads and
+/// so may purge over HTTP.
+const PROTECTION_CASE: &str = r#"{"services":["rescue","first_aid"],"location":{"lat":31.69,"lon":-106.42,"accuracy_m":15},"terrain":"desert","counts":{"f":{"12-17":1},"m":{"18-59":2},"uasc":1},"nationality_counts":{"HND":3},"status":"open"}"#;
 
 fn purge_over_http(
     url: &str,
@@ -146,10 +151,9 @@ fn a_purged_encounter_leaves_no_trace_on_the_server_or_on_synced_devices() {
     let marker = "PURGE-MARKER-Zq7v-consent-withdrawn";
 
     let kept = phone_a.log(EXAMPLE_ENCOUNTER);
-    let purged = phone_a.log(EXAMPLE_ENCOUNTER);
-    phone_a.sync().unwrap();
-    // A small edit change: the marker is stored as it was typed, so the grep below can find it.
-    phone_a.edit(purged, &[&format!("notes={marker}")]);
+    // A scalar field of the first change: stored compressed in the phones' documents, where
+    // `files_containing` finds it by inflating every DEFLATE stream of a file.
+    let purged = phone_a.log(&example_encounter_with(&format!(r#""agent":"{marker}""#)));
     phone_a.sync().unwrap();
     phone_b.sync().unwrap();
     assert!(phone_b.ids().contains(&purged));
@@ -238,7 +242,7 @@ fn a_device_offline_during_the_purge_has_its_pending_edit_refused_and_drops_its_
         officer,
         ..
     } = team();
-    let id = phone_a.log(EXAMPLE_ENCOUNTER);
+    let id = phone_a.log(PROTECTION_CASE);
     phone_a.sync().unwrap();
     offline.sync().unwrap();
     // Edited in the desert, with no signal, while the purge happens.
@@ -278,7 +282,7 @@ fn a_device_whose_cursor_points_at_a_purged_change_does_not_start_again() {
     } = team();
     let kept = phone_a.log(EXAMPLE_ENCOUNTER);
     phone_a.sync().unwrap();
-    let purged = phone_a.log(EXAMPLE_ENCOUNTER);
+    let purged = phone_a.log(PROTECTION_CASE);
     phone_a.sync().unwrap();
     phone_b.sync().unwrap();
     // B's cursor is the log position of the purged encounter's change, the last one stored.
@@ -305,7 +309,7 @@ fn only_protection_officers_purge_and_the_audit_log_keeps_the_reason() {
     let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
     let url = fixture.server.url.clone();
     let mut phone = fixture.device("a", Role::Field);
-    let id = phone.log(EXAMPLE_ENCOUNTER);
+    let id = phone.log(PROTECTION_CASE);
     phone.sync().unwrap();
     let body = serde_json::json!({"reason": "consent withdrawn"});
     for role in Role::ALL
@@ -468,7 +472,11 @@ fn the_retention_policy_purges_old_encounters_on_its_own() {
     add_team(data.path(), "sonora");
     let field = enroll(data.path(), "sonora", Role::Field);
     let coordinator = enroll(data.path(), "sonora", Role::Coordinator).token;
-    let old_record = EXAMPLE_ENCOUNTER.replacen('{', r#"{"started_at":"2018-03-01T10:00:00Z","#, 1);
+    // Logged 20 days before the phone reached signal: within the offline gap the server trusts
+    // a device's clock for (retention counts from the server's time otherwise).
+    let twenty_days_ago = (chrono::Utc::now() - chrono::Duration::days(20))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let old_record = example_encounter_with(&format!(r#""started_at":"{twenty_days_ago}""#));
     let (old, recent) = {
         // Retention off while the records arrive.
         let server = ServerProcess::spawn_with(
@@ -494,7 +502,7 @@ fn the_retention_policy_purges_old_encounters_on_its_own() {
             "run",
             "--dry-run",
             "--retain-encounter-days",
-            "365",
+            "10",
             "--data",
             data_arg,
         ],
@@ -508,7 +516,7 @@ fn the_retention_policy_purges_old_encounters_on_its_own() {
     let server = ServerProcess::spawn_with(
         &auxilio_bin(),
         data.path(),
-        &["--retain-encounter-days", "365", "--retention-every", "1"],
+        &["--retain-encounter-days", "10", "--retention-every", "1"],
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -49,7 +49,9 @@ enum VaultCommand {
         json: bool,
     },
     /// Fetch an encounter's sealed vault and open it here with the officer's identity; prints
-    /// the contents as JSON.
+    /// the contents as JSON. Contents that do not match the digest the phone sealed them under
+    /// (resealed by someone with other contents) are not shown: a warning names the envelope and
+    /// the command fails.
     #[command(
         after_help = "Example:\n  auxilio vault open ENCOUNTER_ID --server https://auxilio.example --token auxilio_... --identity ~/.auxilio/officer.key"
     )]
@@ -130,6 +132,7 @@ fn open(encounter: EncounterId, server: &ServerArgs) -> anyhow::Result<()> {
     }
     let mut opened = Vec::new();
     let mut not_for_me = Vec::new();
+    let mut altered = Vec::new();
     for envelope in &answer.envelopes {
         match vault::open(&envelope.sealed, &identity) {
             Ok(contents) => opened.push(serde_json::json!({
@@ -138,11 +141,24 @@ fn open(encounter: EncounterId, server: &ServerArgs) -> anyhow::Result<()> {
                 "contents": contents,
             })),
             Err(VaultError::NotARecipient { recipients }) => not_for_me.push(recipients),
+            Err(err @ VaultError::ContentsAltered) => {
+                eprintln!(
+                    "envelope {} of encounter {encounter}: {err}",
+                    vault::hex(&envelope.sealed.id)
+                );
+                altered.push(vault::hex(&envelope.sealed.id));
+            }
             Err(other) => bail!(
                 "envelope {} of encounter {encounter}: {other}",
                 vault::hex(&envelope.sealed.id)
             ),
         }
+    }
+    if opened.is_empty() && !altered.is_empty() {
+        bail!(
+            "no envelope of encounter {encounter} could be trusted: {} were altered after sealing (see above)",
+            altered.len()
+        );
     }
     if opened.is_empty() {
         bail!(
@@ -157,6 +173,12 @@ fn open(encounter: EncounterId, server: &ServerArgs) -> anyhow::Result<()> {
         );
     }
     print_json(&serde_json::json!({ "encounter": encounter, "vaults": opened }));
+    if !altered.is_empty() {
+        bail!(
+            "envelope(s) {} of encounter {encounter} were altered after sealing and were not shown; only the contents printed above match what was sealed",
+            altered.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -166,6 +188,8 @@ struct ResealReport {
     resealed: u64,
     already_current: u64,
     not_openable_with_this_identity: u64,
+    /// Envelopes whose contents do not match their digest: left as they are for a person.
+    contents_altered: u64,
 }
 
 fn same_keys(a: &[String], b: &[String]) -> bool {
@@ -211,6 +235,13 @@ fn reseal(server: &ServerArgs) -> anyhow::Result<()> {
                 Err(VaultError::NotARecipient { .. }) => {
                     report.not_openable_with_this_identity += 1;
                 }
+                Err(err @ VaultError::ContentsAltered) => {
+                    eprintln!(
+                        "envelope {} of encounter {}: {err}",
+                        summary.id, summary.encounter
+                    );
+                    report.contents_altered += 1;
+                }
                 Err(other) => bail!(
                     "envelope {} of encounter {}: {other}",
                     summary.id,
@@ -228,6 +259,12 @@ fn reseal(server: &ServerArgs) -> anyhow::Result<()> {
         }
     }
     print_json(&report);
+    if report.contents_altered > 0 {
+        bail!(
+            "{} vault(s) hold contents that do not match what was sealed and were left as they are: see the warnings above",
+            report.contents_altered
+        );
+    }
     if report.not_openable_with_this_identity > 0 {
         bail!(
             "{} vault(s) are not sealed to this identity and were left as they are: run `auxilio vault reseal` with an identity they are sealed to before retiring its key",

@@ -1,7 +1,9 @@
 //! `POST /v1/encounters/{id}/purge`: erases an encounter, or only its identity vault, from the
 //! server's stored history (see [`crate::purge`]), for the roles allowed to purge (protection
-//! officers). The body is `{"reason": "...", "vault_only": false}`; the reason goes to the audit
-//! log. Devices drop their copies when they next sync.
+//! officers), and only what the role may read (an officer: UASC and missing-person cases);
+//! anything else, and what was purged already, answers 404 like an unknown id. The body is
+//! `{"reason": "...", "vault_only": false}`; the reason goes to the audit log. Devices drop their
+//! copies when they next sync.
 
 use auxilio_core::EncounterId;
 use auxilio_core::protocol::PurgeKind;
@@ -9,11 +11,14 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
+use rusqlite::TransactionBehavior;
 use serde::Deserialize;
 
 use super::{AppState, AuthenticatedDevice};
 use crate::access::{self, Permission};
 use crate::error::AppError;
+use crate::index;
+use crate::ledger;
 use crate::purge::{self, PurgeError, PurgeReport};
 
 /// A purge body is a reason and a flag; anything larger is not one.
@@ -37,6 +42,21 @@ struct PurgeRequest {
     /// Erase only the identity vault; the record stays.
     #[serde(default)]
     vault_only: bool,
+}
+
+/// Whether `device` may read encounter `id`, the only encounters it may purge: one of the teams
+/// its role reaches and, for a protection officer, a UASC or missing-person case. An id the
+/// server does not hold is left to the purge to answer.
+fn may_read(
+    conn: &rusqlite::Connection,
+    device: &crate::directory::Device,
+    id: EncounterId,
+) -> Result<bool, rusqlite::Error> {
+    let Some(team) = ledger::encounter_team(conn, id)? else {
+        return Ok(true);
+    };
+    Ok(device.may_see_team(&team)
+        && (!access::protection_cases_only(device.role) || index::is_protection_case(conn, id)?))
 }
 
 async fn purge_encounter(
@@ -74,15 +94,24 @@ async fn purge_encounter(
     let actor = device.id.to_string();
     let report = state
         .blocking(move |database| {
-            database
-                .write(|conn| purge::purge(conn, id, kind, &reason, &actor))
-                .map_err(|err| match err {
-                    PurgeError::NotFound(_) | PurgeError::AlreadyPurged { .. } => {
-                        AppError::NotFound(err.to_string())
-                    }
-                    PurgeError::MissingReason => AppError::BadRequest(err.to_string()),
-                    other => AppError::internal(other),
-                })
+            database.write(|conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                // What the role may not read answers exactly like an unknown id, and so does
+                // what was purged already: a purge discloses no id it was not shown.
+                let unknown = || AppError::NotFound(PurgeError::NotFound(id).to_string());
+                if !may_read(&tx, &device, id)? {
+                    return Err(unknown());
+                }
+                let report =
+                    purge::purge_in(&tx, id, kind, &reason, &actor).map_err(|err| match err {
+                        PurgeError::NotFound(_) | PurgeError::AlreadyPurged { .. } => unknown(),
+                        PurgeError::MissingReason => AppError::BadRequest(err.to_string()),
+                        other => AppError::internal(other),
+                    })?;
+                tx.commit()?;
+                purge::clear_files(conn)?;
+                Ok(report)
+            })
         })
         .await?;
     if kind == PurgeKind::Whole {

@@ -1,7 +1,8 @@
 //! The protection officers' vault endpoints: `GET /v1/encounters/{id}/vault` (the sealed
 //! envelopes of one encounter), `GET /v1/vaults` (every envelope's id, encounter and recipients,
 //! paged, for key rotation) and `PUT /v1/encounters/{id}/vault/{envelope_id}` (replace an
-//! envelope's ciphertext with one resealed to the current keys).
+//! envelope's ciphertext with one resealed to the current keys; 409 when its digest is not the
+//! one kept since upload, which would change the sealed contents).
 //!
 //! Only [`Permission::ReadVault`] reaches them; every other role gets 403. The server hands out
 //! ciphertext only and cannot open it; each read and reseal is audited in the transaction that
@@ -19,6 +20,7 @@ use super::{AppState, AuthenticatedDevice};
 use crate::access::{self, Permission};
 use crate::audit;
 use crate::error::AppError;
+use crate::index;
 use crate::vault::{self as vault_store, EnvelopeSummary, ResealError, StoredEnvelope};
 
 pub fn router() -> Router<AppState> {
@@ -68,7 +70,11 @@ async fn read(
                     [id.as_bytes()],
                     |row| row.get(0),
                 )?;
-                if !known {
+                // Only cases the role reads: another encounter answers like an unknown id.
+                let readable = !access::protection_cases_only(device.role)
+                    || index::is_protection_case(&tx, id)?
+                    || vault_store::has_envelopes(&tx, id)?;
+                if !known || !readable {
                     return Err(AppError::NotFound(format!("no encounter {id}")));
                 }
                 let envelopes = vault_store::envelopes_of(&tx, id).map_err(AppError::internal)?;
@@ -185,6 +191,7 @@ async fn reseal(
                 let tx = conn.transaction()?;
                 vault_store::replace(&tx, &resealed).map_err(|err| match err {
                     ResealError::Refused(message) => AppError::BadRequest(message),
+                    ResealError::ContentsChanged { .. } => AppError::Conflict(err.to_string()),
                     ResealError::NotFound { .. } => AppError::NotFound(err.to_string()),
                     ResealError::Ledger(other) => AppError::internal(other),
                 })?;
