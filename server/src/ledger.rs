@@ -15,7 +15,7 @@ use auxilio_core::protocol::{
     self, MAX_REQUEST_ID_BYTES, MAX_RESUMED, MAX_VAULTS_PER_REQUEST, PROTOCOL_VERSION,
     RejectReason, Rejection, ResponseFrame, SyncRequest, SyncResponse, WantedChanges,
 };
-use auxilio_core::{EncounterId, SCHEMA_VERSION};
+use auxilio_core::{DeviceId, EncounterId, SCHEMA_VERSION};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_bytes::ByteBuf;
 
@@ -233,6 +233,19 @@ fn reject(encounter: EncounterId, reason: RejectReason, message: String) -> Reje
     }
 }
 
+/// The one answer for an encounter id a device may not file changes under, whatever the cause
+/// (a first change that does not name it, or an id another team holds): the same reason and
+/// words for each, so the answer does not tell whether some other team's encounter has this id.
+fn not_usable(id: EncounterId) -> Rejection {
+    reject(
+        id,
+        RejectReason::InvalidChange,
+        format!(
+            "this device may not file changes under encounter {id}: a new encounter's first change is `create encounter {id}` from the device's own app; check the id the changes are filed under"
+        ),
+    )
+}
+
 /// A device uploads changes it wrote, and changes relayed to it by a teammate's phone: their
 /// author must be an active device of the uploader's team. Returns why not, if not.
 fn check_author(
@@ -250,16 +263,26 @@ fn check_author(
     if author == uploader.id {
         return Ok(Ok(()));
     }
-    let author_row: Option<(String, Option<String>)> = tx
+    let author_row: Option<(String, Option<String>, String)> = tx
         .query_row(
-            "SELECT team, revoked_at FROM devices WHERE id = ?1",
+            "SELECT team, revoked_at, role FROM devices WHERE id = ?1",
             [author.as_bytes()],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .optional()?;
     Ok(match author_row {
-        Some((team, None)) if team == uploader.team => Ok(()),
-        Some((_, Some(_))) => Err(format!(
+        // Only a device whose role syncs writes encounter documents: a coordinator's, an
+        // auditor's or an administrator's name on a change would be a forgery by the uploader.
+        Some((team, None, role)) if team == uploader.team => {
+            match role.parse::<crate::directory::Role>() {
+                Ok(role) if access::allows(role, access::Permission::Sync) => Ok(()),
+                _ => Err(format!(
+                    "change {} names device {author} as its author, a {role} device, which does not write encounters; only devices that sync (field, team lead) author changes",
+                    change.hash()
+                )),
+            }
+        }
+        Some((_, Some(_), _)) => Err(format!(
             "change {} was written by device {author}, which has been revoked",
             change.hash()
         )),
@@ -312,6 +335,11 @@ fn ingest_encounter(
             format!("encounter {id} was purged on {purged_at}; drop this device's copy"),
         )));
     }
+    // Whatever encounter it is filed under: a change of a purged encounter (kept on an old
+    // backup of a phone) would put the purged text back on disk and on teammates' phones.
+    if let Some(message) = purge::purged_change_in(tx, &upload.changes)? {
+        return Ok(Err(reject(id, RejectReason::Purged, message)));
+    }
     for change in &upload.changes {
         if let Err(message) = check_author(tx, device, change)? {
             return Ok(Err(reject(id, RejectReason::WrongAuthor, message)));
@@ -320,28 +348,19 @@ fn ingest_encounter(
     // A document's first change names its encounter (see `EncounterDocument::create`): one filed
     // under another id would make a copy of that encounter and block the real one.
     let expected_message = format!("create encounter {id}");
-    if let Some(change) = upload
+    if upload
         .changes
         .iter()
-        .find(|c| c.deps().is_empty() && c.message() != Some(expected_message.as_str()))
+        .any(|c| c.deps().is_empty() && c.message() != Some(expected_message.as_str()))
     {
-        return Ok(Err(reject(
-            id,
-            RejectReason::InvalidChange,
-            format!(
-                "change {} starts a document that is not encounter {id}",
-                change.hash()
-            ),
-        )));
+        return Ok(Err(not_usable(id)));
     }
     let existing_team = encounter_team(tx, id)?;
     let team = existing_team.clone().unwrap_or_else(|| device.team.clone());
     if !device.may_see_team(&team) {
-        return Ok(Err(reject(
-            id,
-            RejectReason::Forbidden,
-            "this encounter belongs to another team".into(),
-        )));
+        // Answered exactly like an id refused for its first change: whether another team holds
+        // an encounter with this id is not disclosed.
+        return Ok(Err(not_usable(id)));
     }
 
     let hashes: Vec<ByteBuf> = upload
@@ -453,6 +472,44 @@ fn ingest_encounter(
     }
     index::update_with(tx, id, &team, &document, aggregates)?;
     Ok(Ok(hashes))
+}
+
+/// A device whose changes an encounter holds, and the devices that uploaded them: itself, or a
+/// teammate's phone that relayed them. A relayed change is accepted only from a device of the
+/// author's team whose role syncs ([`check_author`]); the record view shows both, so a person
+/// reading it can tell who wrote a value from who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Author {
+    pub device: DeviceId,
+    pub uploaded_by: Vec<DeviceId>,
+}
+
+/// Every author of encounter `id`'s stored changes with their uploaders, in the order each
+/// first appears in the change log.
+pub fn authors(conn: &Connection, id: EncounterId) -> Result<Vec<Author>, LedgerError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT device, coalesce(uploader, device) FROM changes WHERE encounter = ?1
+         GROUP BY device, coalesce(uploader, device) ORDER BY min(seq)",
+    )?;
+    let rows = statement.query_map([id.as_bytes()], |row| {
+        Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?))
+    })?;
+    let device_id = |bytes: &[u8]| {
+        DeviceId::from_slice(bytes).map_err(|e| LedgerError::Corrupt(format!("a device id: {e}")))
+    };
+    let mut authors: Vec<Author> = Vec::new();
+    for row in rows {
+        let (author, uploader) = row?;
+        let (author, uploader) = (device_id(&author)?, device_id(&uploader)?);
+        match authors.iter_mut().find(|a| a.device == author) {
+            Some(known) => known.uploaded_by.push(uploader),
+            None => authors.push(Author {
+                device: author,
+                uploaded_by: vec![uploader],
+            }),
+        }
+    }
+    Ok(authors)
 }
 
 /// The log position of the last stored change (0 for an empty log). Read before and after a
