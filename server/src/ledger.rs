@@ -37,6 +37,156 @@ pub enum LedgerError {
     /// The device's role may not sync (see [`crate::access`]).
     #[error("{0}")]
     Forbidden(String),
+    /// The request uploads more encounters or changes than one request may; nothing of it was
+    /// stored (see [`SyncCaps`]).
+    #[error("{0}")]
+    TooManyItems(String),
+    /// The device has filed its day's ceiling of new encounters; nothing of the request was
+    /// stored. The ceiling resets at the next UTC midnight, `retry_after_secs` from now.
+    #[error(
+        "this device has filed {filed} new encounters today and this request adds {adding}; the server takes at most {limit} a day from one device"
+    )]
+    DailyCeiling {
+        filed: u64,
+        adding: u64,
+        limit: u64,
+        retry_after_secs: u64,
+    },
+}
+
+/// Ceilings on what devices upload, so that no request holds the single writer for long while
+/// other devices wait, and no device (a broken app, a stolen token) files without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncCaps {
+    /// Encounters one request may upload changes of.
+    pub max_encounters_per_request: usize,
+    /// Changes one request may upload.
+    pub max_changes_per_request: usize,
+    /// New encounters one device may file per UTC day.
+    pub max_new_encounters_per_day: u64,
+}
+
+impl Default for SyncCaps {
+    /// 500 encounters and 2,000 changes per request (what the app's pages hold at most), and
+    /// 20,000 new encounters per device per day: far above any real patrol's day.
+    fn default() -> Self {
+        Self {
+            max_encounters_per_request: protocol::MAX_ENCOUNTERS_PER_REQUEST,
+            max_changes_per_request: protocol::MAX_CHANGES_PER_REQUEST,
+            max_new_encounters_per_day: 20_000,
+        }
+    }
+}
+
+impl SyncCaps {
+    /// No ceiling at all: for bulk loads and tests that call the ledger directly.
+    pub fn unlimited() -> Self {
+        Self {
+            max_encounters_per_request: usize::MAX,
+            max_changes_per_request: usize::MAX,
+            max_new_encounters_per_day: u64::MAX,
+        }
+    }
+
+    /// Refuses a request that uploads more encounters or changes than one request may, before
+    /// anything of it is decoded or the writer is waited for.
+    pub fn check_request(&self, request: &SyncRequest) -> Result<(), LedgerError> {
+        let changes: usize = request.changes.iter().map(|g| g.changes.len()).sum();
+        let encounters = request
+            .changes
+            .iter()
+            .map(|g| g.encounter)
+            .collect::<HashSet<_>>()
+            .len();
+        if encounters > self.max_encounters_per_request {
+            return Err(LedgerError::TooManyItems(format!(
+                "the request uploads changes of {encounters} encounters; at most {} per request",
+                self.max_encounters_per_request
+            )));
+        }
+        if changes > self.max_changes_per_request {
+            return Err(LedgerError::TooManyItems(format!(
+                "the request uploads {changes} changes; at most {} per request",
+                self.max_changes_per_request
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses the request if its new encounters would take `device` past its day's ceiling, else
+/// returns the ids that are new (not yet on this server) so [`count_new_encounters`] can count
+/// those stored. Inside the request's transaction, before anything is stored.
+fn check_daily_ceiling(
+    tx: &Connection,
+    device: &Device,
+    uploads: &[Upload],
+    caps: &SyncCaps,
+) -> Result<Vec<EncounterId>, LedgerError> {
+    if caps.max_new_encounters_per_day == u64::MAX {
+        return Ok(Vec::new());
+    }
+    let mut new = Vec::new();
+    for upload in uploads {
+        if encounter_team(tx, upload.encounter)?.is_none() {
+            new.push(upload.encounter);
+        }
+    }
+    if new.is_empty() {
+        return Ok(new);
+    }
+    let now = chrono::Utc::now();
+    let filed: i64 = tx
+        .query_row(
+            "SELECT encounters FROM device_intake WHERE device = ?1 AND day = ?2",
+            params![device.id.as_bytes(), now.date_naive().to_string()],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let filed = filed.unsigned_abs();
+    let adding = new.len() as u64;
+    if filed.saturating_add(adding) > caps.max_new_encounters_per_day {
+        let midnight = now
+            .date_naive()
+            .succ_opt()
+            .and_then(|day| day.and_hms_opt(0, 0, 0))
+            .map_or(now, |at| at.and_utc());
+        return Err(LedgerError::DailyCeiling {
+            filed,
+            adding,
+            limit: caps.max_new_encounters_per_day,
+            retry_after_secs: (midnight - now).num_seconds().max(1).unsigned_abs(),
+        });
+    }
+    Ok(new)
+}
+
+/// Adds the encounters among `new` that the request stored to `device`'s count for today, and
+/// forgets its earlier days.
+fn count_new_encounters(
+    tx: &Connection,
+    device: &Device,
+    new: &[EncounterId],
+) -> Result<(), LedgerError> {
+    let mut stored = 0i64;
+    for id in new {
+        stored += i64::from(encounter_team(tx, *id)?.is_some());
+    }
+    if stored == 0 {
+        return Ok(());
+    }
+    let day = chrono::Utc::now().date_naive().to_string();
+    tx.execute(
+        "DELETE FROM device_intake WHERE device = ?1 AND day != ?2",
+        params![device.id.as_bytes(), day],
+    )?;
+    tx.execute(
+        "INSERT INTO device_intake (device, day, encounters) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device, day) DO UPDATE SET encounters = encounters + excluded.encounters",
+        params![device.id.as_bytes(), day, stored],
+    )?;
+    Ok(())
 }
 
 /// Limits on what one response carries. A response stops adding changes past its limit (at
@@ -576,16 +726,24 @@ pub fn sync(
     request: &SyncRequest,
     limits: PageLimits,
 ) -> Result<SyncResponse, LedgerError> {
-    sync_decoded(conn, device, decode(request.clone())?, limits)
+    sync_decoded(
+        conn,
+        device,
+        decode(request.clone())?,
+        limits,
+        &SyncCaps::unlimited(),
+    )
 }
 
 /// Stores a decoded request's changes and builds the response, all in one transaction that
-/// commits before the response exists.
+/// commits before the response exists. A request whose new encounters would pass the device's
+/// daily ceiling (`caps`) is refused whole before anything is stored.
 pub fn sync_decoded(
     conn: &mut Connection,
     device: &Device,
     decoded: DecodedRequest,
     limits: PageLimits,
+    caps: &SyncCaps,
 ) -> Result<SyncResponse, LedgerError> {
     if !access::allows(device.role, access::Permission::Sync) {
         // The HTTP handler refuses first; this keeps every other caller to the same rule.
@@ -601,6 +759,7 @@ pub fn sync_decoded(
         .collect();
 
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let new_encounters = check_daily_ceiling(&tx, device, &uploads, caps)?;
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
     let touched: Vec<EncounterId> = uploads.iter().map(|u| u.encounter).collect();
@@ -616,6 +775,7 @@ pub fn sync_decoded(
             Err(rejection) => rejected.push(rejection),
         }
     }
+    count_new_encounters(&tx, device, &new_encounters)?;
     // After the changes, so a vault travelling with its encounter's first changes finds it.
     let (vaults_accepted, vaults_rejected) =
         crate::vault::store_uploaded(&tx, device, &request.vaults)?;

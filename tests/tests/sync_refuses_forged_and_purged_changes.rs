@@ -11,10 +11,13 @@ use auxilio_core::document::EncounterDocument;
 use auxilio_core::id::new_actor_id;
 use auxilio_core::protocol::{self, EncounterChanges, RejectReason, Rejection, SyncRequest};
 use auxilio_core::{DeviceId, EncounterId, SCHEMA_VERSION};
+use auxilio_server::ServerConfig;
+use auxilio_server::client::ClientError;
 use auxilio_server::directory::Role;
+use auxilio_server::ledger::SyncCaps;
 use auxilio_tests::{
     Device, EXAMPLE_ENCOUNTER, TeamFixture, TwoTeams, empty_sync_request, enroll, files_containing,
-    files_in, get_json, post_bytes, post_json, stored_snapshot,
+    files_in, get_json, post_bytes, post_json, stored_change_hashes, stored_snapshot,
 };
 use serde_bytes::ByteBuf;
 
@@ -71,7 +74,7 @@ fn server_files(fixture: &TeamFixture) -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn a_purged_encounters_change_from_an_old_backup_filed_under_a_new_id_is_refused_and_stays_off_the_disk()
  {
-    let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
+    let fixture = TeamFixture::start("sonora", ServerConfig::default());
     let url = fixture.server.url.clone();
     let mut phone = fixture.device("a", Role::Field);
     let mut teammate = fixture.device("b", Role::Field);
@@ -166,7 +169,7 @@ struct Team {
 }
 
 fn team() -> Team {
-    let fixture = TeamFixture::start("sonora", auxilio_server::ServerConfig::default());
+    let fixture = TeamFixture::start("sonora", ServerConfig::default());
     let mut phone = fixture.device("a", Role::Field);
     let encounter = phone.log(EXAMPLE_ENCOUNTER);
     phone.sync().unwrap();
@@ -300,7 +303,7 @@ fn refusal(url: &str, token: &str, body: &[u8]) -> (RejectReason, String) {
 
 #[test]
 fn filing_under_another_teams_encounter_id_answers_exactly_like_any_id_the_device_may_not_use() {
-    let s = TwoTeams::start(auxilio_server::ServerConfig::default());
+    let s = TwoTeams::start(ServerConfig::default());
     let mut record: auxilio_core::Encounter = serde_json::from_str(EXAMPLE_ENCOUNTER).unwrap();
     record.schema_version = SCHEMA_VERSION;
     record.team = "chihuahua".into();
@@ -325,4 +328,144 @@ fn filing_under_another_teams_encounter_id_answers_exactly_like_any_id_the_devic
     assert_eq!(existing, unknown);
     assert!(!existing.1.contains("team"), "{}", existing.1);
     assert_eq!(stored_snapshot(&s.server.data_dir), before);
+}
+
+/// A team's server whose ceilings are `caps`, and a field phone (store `a`).
+fn capped(caps: SyncCaps) -> (TeamFixture, Device) {
+    let fixture = TeamFixture::start(
+        "sonora",
+        ServerConfig {
+            caps,
+            ..ServerConfig::default()
+        },
+    );
+    let phone = fixture.device("a", Role::Field);
+    (fixture, phone)
+}
+
+/// `POST /v1/sync` with `body` as `token`: the status, the `Retry-After` header and the JSON body.
+fn post_sync_reading_headers(
+    url: &str,
+    token: &str,
+    body: &[u8],
+) -> (u16, Option<String>, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .post(format!("{url}/v1/sync"))
+        .header("Content-Type", protocol::MEDIA_TYPE)
+        .header("Authorization", &format!("Bearer {token}"))
+        .send(body)
+        .unwrap();
+    let retry_after = response
+        .headers()
+        .get("Retry-After")
+        .map(|v| v.to_str().unwrap().to_string());
+    // A 200 answers in CBOR, not JSON: then the body is left as null.
+    let json = serde_json::from_slice(&response.body_mut().read_to_vec().unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    (response.status().as_u16(), retry_after, json)
+}
+
+#[test]
+fn a_device_with_more_pending_encounters_than_the_per_request_ceiling_syncs_them_all_in_smaller_pages()
+ {
+    let (fixture, mut phone) = capped(SyncCaps {
+        max_encounters_per_request: 8,
+        ..SyncCaps::default()
+    });
+    let logged: Vec<EncounterId> = (0..30).map(|_| phone.log(EXAMPLE_ENCOUNTER)).collect();
+    let report = phone.sync().unwrap();
+    assert_eq!(report.uploaded, 30, "{report:?}");
+    assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(phone.store.pending_count().unwrap(), 0);
+    assert_eq!(
+        stored_change_hashes(fixture.data.path()).len(),
+        logged.len()
+    );
+}
+
+#[test]
+fn a_raw_request_over_the_per_request_ceiling_is_refused_with_413_and_a_hint_and_stores_nothing() {
+    let (fixture, phone) = capped(SyncCaps {
+        max_encounters_per_request: 8,
+        ..SyncCaps::default()
+    });
+    let mut record: auxilio_core::Encounter = serde_json::from_str(EXAMPLE_ENCOUNTER).unwrap();
+    record.schema_version = SCHEMA_VERSION;
+    record.team = "sonora".into();
+    let creates: Vec<(EncounterId, automerge::Change)> = (0..9)
+        .map(|_| {
+            let id = EncounterId::random();
+            let actor = new_actor_id(phone.enrolled.device_id);
+            (
+                id,
+                EncounterDocument::create(actor, id, &record, 0).unwrap().1,
+            )
+        })
+        .collect();
+    let request = |n: usize| upload(creates[..n].iter().map(|(id, c)| (*id, vec![c])).collect());
+    let before = stored_snapshot(fixture.data.path());
+    let (status, _, body) =
+        post_sync_reading_headers(&fixture.server.url, &phone.enrolled.token, &request(9));
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("changes of 9 encounters; at most 8 per request"),
+        "{body}"
+    );
+    assert!(body["hint"].as_str().unwrap().contains("split"), "{body}");
+    assert_eq!(stored_snapshot(fixture.data.path()), before);
+    // Positive control: at the ceiling, the same kind of request is stored.
+    let response = sync_raw(&fixture.server.url, &phone.enrolled.token, &request(8));
+    assert_eq!(response.accepted.len(), 8, "{:?}", response.rejected);
+}
+
+#[test]
+fn a_device_past_its_daily_ceiling_of_new_encounters_gets_429_with_retry_after_and_keeps_its_records()
+ {
+    let (fixture, mut phone) = capped(SyncCaps {
+        max_new_encounters_per_day: 5,
+        ..SyncCaps::default()
+    });
+    for _ in 0..4 {
+        phone.log(EXAMPLE_ENCOUNTER);
+    }
+    assert_eq!(phone.sync().unwrap().uploaded, 4);
+    for _ in 0..3 {
+        phone.log(EXAMPLE_ENCOUNTER);
+    }
+    let before = stored_snapshot(fixture.data.path());
+    let (status, retry_after, body) = post_sync_reading_headers(
+        &fixture.server.url,
+        &phone.enrolled.token,
+        &protocol::encode(&phone.store.sync_request().unwrap()),
+    );
+    assert_eq!(status, 429, "{body}");
+    let retry_after: u64 = retry_after.expect("a Retry-After header").parse().unwrap();
+    assert!((1..=86_400).contains(&retry_after), "{retry_after}");
+    assert!(
+        body["error"].as_str().unwrap().contains("at most 5 a day"),
+        "{body}"
+    );
+    assert!(
+        body["hint"]
+            .as_str()
+            .unwrap()
+            .contains("--max-new-encounters-per-day"),
+        "{body}"
+    );
+    // The app stops at once (it does not wait for the next day) and keeps every record.
+    let err = phone.sync().unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Server { status: 429, message } if message.contains("nothing on this device was lost")),
+        "{err}"
+    );
+    assert_eq!(phone.store.pending_count().unwrap(), 3);
+    assert_eq!(phone.ids().len(), 7);
+    assert_eq!(stored_snapshot(fixture.data.path()), before);
 }

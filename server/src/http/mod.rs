@@ -32,7 +32,7 @@ pub use map_page::MapPageConfig;
 
 use crate::database::Database;
 use crate::error::AppError;
-use crate::ledger::PageLimits;
+use crate::ledger::{PageLimits, SyncCaps};
 use crate::rate_limit::{RateLimiter, RateLimits};
 
 /// The largest body of every route but `POST /v1/sync`: JSON commands and queries are a few
@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub pages: PageLimits,
     /// Requests per device, and per address for requests that fail authentication.
     pub rate_limits: RateLimits,
+    /// Encounters and changes per sync request, and new encounters per device per day.
+    pub caps: SyncCaps,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +57,7 @@ impl Default for ServerConfig {
             max_request_bytes: 16 * 1024 * 1024,
             pages: PageLimits::default(),
             rate_limits: RateLimits::default(),
+            caps: SyncCaps::default(),
         }
     }
 }
