@@ -1136,3 +1136,59 @@ pub fn rebuild(
     tx.commit()?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auxilio_core::protocol::EncounterChanges;
+
+    fn request(groups: &[(EncounterId, usize)]) -> SyncRequest {
+        SyncRequest {
+            protocol: PROTOCOL_VERSION,
+            cursor_check: None,
+            actor: None,
+            cursor: 0,
+            changes: groups
+                .iter()
+                .map(|(encounter, n)| EncounterChanges {
+                    encounter: *encounter,
+                    changes: vec![ByteBuf::from(vec![0u8]); *n],
+                })
+                .collect(),
+            request_id: None,
+            resume: vec![],
+            max_response_bytes: None,
+            purges_after: 0,
+            vaults: vec![],
+        }
+    }
+
+    #[test]
+    fn a_request_over_either_per_request_ceiling_is_refused_and_one_at_them_is_not() {
+        let caps = SyncCaps {
+            max_encounters_per_request: 2,
+            max_changes_per_request: 3,
+            ..SyncCaps::default()
+        };
+        let (a, b, c) = (
+            EncounterId::random(),
+            EncounterId::random(),
+            EncounterId::random(),
+        );
+        // Groups naming the same encounter count once.
+        assert!(
+            caps.check_request(&request(&[(a, 1), (b, 1), (a, 1)]))
+                .is_ok()
+        );
+        let too_many_encounters = caps.check_request(&request(&[(a, 1), (b, 1), (c, 1)]));
+        assert!(
+            matches!(&too_many_encounters, Err(LedgerError::TooManyItems(m)) if m.contains("3 encounters; at most 2")),
+            "{too_many_encounters:?}"
+        );
+        let too_many_changes = caps.check_request(&request(&[(a, 4)]));
+        assert!(
+            matches!(&too_many_changes, Err(LedgerError::TooManyItems(m)) if m.contains("4 changes; at most 3")),
+            "{too_many_changes:?}"
+        );
+    }
+}
