@@ -30,6 +30,11 @@ pub const MAX_REQUEST_ID_BYTES: usize = 32;
 pub const MAX_RESUMED: usize = 64;
 /// The most sealed vaults one request may carry.
 pub const MAX_VAULTS_PER_REQUEST: usize = 64;
+/// The most encounters one request uploads changes of, by default: a server refuses more with
+/// 413 (it may be configured lower; the client then splits its page further).
+pub const MAX_ENCOUNTERS_PER_REQUEST: usize = 500;
+/// The most changes one request uploads, by default (413 over it, as above).
+pub const MAX_CHANGES_PER_REQUEST: usize = 2000;
 
 /// The version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 2;

@@ -24,8 +24,8 @@ use crate::document::{Conflict, DocumentError, EncounterDocument, parse_change};
 use crate::edit::{EditError, FieldEdit, apply_edits_to_json, edits_between};
 use crate::id::{DeviceId, EncounterId, new_actor_id};
 use crate::protocol::{
-    EncounterChanges, PROTOCOL_VERSION, PurgeKind, RejectReason, Rejection, SyncRequest,
-    SyncResponse, WantedChanges,
+    EncounterChanges, MAX_CHANGES_PER_REQUEST, MAX_ENCOUNTERS_PER_REQUEST, PROTOCOL_VERSION,
+    PurgeKind, RejectReason, Rejection, SyncRequest, SyncResponse, WantedChanges,
 };
 use crate::schema::{Encounter, SCHEMA_VERSION, Status};
 use crate::validation::{FieldError, ValidationErrors, validate};
@@ -918,6 +918,24 @@ impl DeviceStore {
         after: u64,
         max_change_bytes: usize,
     ) -> Result<UploadPage, StoreError> {
+        self.upload_page_within(
+            after,
+            max_change_bytes,
+            MAX_ENCOUNTERS_PER_REQUEST,
+            MAX_CHANGES_PER_REQUEST,
+        )
+    }
+
+    /// [`Self::upload_page`] holding changes of at most `max_encounters` encounters and at most
+    /// `max_changes` changes (at least one change, so a page always makes progress): what a
+    /// server's per-request ceilings allow.
+    pub fn upload_page_within(
+        &self,
+        after: u64,
+        max_change_bytes: usize,
+        max_encounters: usize,
+        max_changes: usize,
+    ) -> Result<UploadPage, StoreError> {
         let mut statement = self.conn.prepare(
             "SELECT seq, encounter, hash, change FROM pending_changes WHERE seq > ?1 ORDER BY seq",
         )?;
@@ -930,14 +948,19 @@ impl DeviceStore {
         let mut sent = Vec::new();
         while let Some(row) = rows.next()? {
             let change: Vec<u8> = row.get(3)?;
-            if bytes > 0 && bytes.saturating_add(change.len()) > max_change_bytes {
+            let encounter = stored_id(&row.get::<_, Vec<u8>>(1)?)?;
+            let new_group = !group_of.contains_key(&encounter);
+            if bytes > 0
+                && (bytes.saturating_add(change.len()) > max_change_bytes
+                    || sent.len() >= max_changes
+                    || (new_group && grouped.len() >= max_encounters))
+            {
                 more = true;
                 break;
             }
             bytes += change.len();
             last = row.get::<_, i64>(0)?.unsigned_abs();
             sent.push((last, ByteBuf::from(row.get::<_, Vec<u8>>(2)?)));
-            let encounter = stored_id(&row.get::<_, Vec<u8>>(1)?)?;
             let index = *group_of.entry(encounter).or_insert_with(|| {
                 grouped.push(EncounterChanges {
                     encounter,

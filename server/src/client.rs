@@ -376,21 +376,28 @@ enum Exchange {
         retry_after: Duration,
         message: String,
     },
+    /// The server refused the request as too large (413: too many bytes, encounters or
+    /// changes) before storing anything: the same changes go again in smaller pages.
+    TooLarge(String),
 }
 
 /// The longest a sync waits on one 429 before trying again, whatever the server says: a phone
 /// that just reached signal should not sit idle for long.
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 
+/// A 429 asking to wait longer than this (a device's daily ceiling of new encounters, until the
+/// next UTC day) ends the sync at once instead: the records stay on the device for a later one.
+const LONGEST_WAIT_WITHIN_A_SYNC: Duration = Duration::from_secs(600);
+
 /// How long a 429 asks to wait: its `Retry-After` in seconds (an HTTP date or nothing is taken
-/// as one second), at most [`MAX_RATE_LIMIT_WAIT`].
+/// as one second). A sync waits at most [`MAX_RATE_LIMIT_WAIT`] at a time, and stops instead
+/// when asked to wait past [`LONGEST_WAIT_WITHIN_A_SYNC`].
 fn retry_after(headers: &ureq::http::HeaderMap) -> Duration {
     headers
         .get("Retry-After")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map_or(Duration::from_secs(1), Duration::from_secs)
-        .min(MAX_RATE_LIMIT_WAIT)
 }
 
 /// Counts the bytes that cross the link while a response streams in.
@@ -454,6 +461,7 @@ fn exchange(
                 retry_after: wait,
                 message,
             }),
+            413 => Ok(Exchange::TooLarge(message)),
             // The server failed, or is restarting behind a proxy: worth another try.
             500..=599 => Ok(Exchange::InDoubt(format!(
                 "the server answered {status}: {message}"
@@ -495,6 +503,11 @@ pub fn sync_with(
     let max_page = options.max_page_bytes.max(1);
     let min_page = options.min_page_bytes.clamp(1, max_page);
     let mut page_bytes = max_page;
+    // Lowered for the rest of the sync when the server answers 413 (its ceilings may be lower
+    // than this build's defaults).
+    let mut page_ceiling = max_page;
+    let mut max_encounters = protocol::MAX_ENCOUNTERS_PER_REQUEST;
+    let mut max_changes = protocol::MAX_CHANGES_PER_REQUEST;
     let mut report = SyncReport::default();
     let mut uploaded_up_to = 0;
     // Requests whose response never came: their ids, and the position of the first change they
@@ -520,7 +533,7 @@ pub fn sync_with(
             page.more = true;
             page
         } else {
-            store.upload_page(uploaded_up_to, page_bytes)?
+            store.upload_page_within(uploaded_up_to, page_bytes, max_encounters, max_changes)?
         };
         let request_id = ByteBuf::from(random_request_id());
         page.request.request_id = Some(request_id.clone());
@@ -568,6 +581,16 @@ pub fn sync_with(
                 failed_in_a_row += 1;
                 report.retries += 1;
                 tracing::info!(%message, ?retry_after, attempt = failed_in_a_row, "sync request over the server's rate limit; waiting");
+                if retry_after > LONGEST_WAIT_WITHIN_A_SYNC {
+                    return Err(ClientError::Server {
+                        status: 429,
+                        message: format!(
+                            "{message}; nothing on this device was lost, sync again in {} s",
+                            retry_after.as_secs()
+                        ),
+                    });
+                }
+                let retry_after = retry_after.min(MAX_RATE_LIMIT_WAIT);
                 if failed_in_a_row >= options.max_failed_attempts {
                     return Err(ClientError::Server {
                         status: 429,
@@ -577,6 +600,26 @@ pub fn sync_with(
                     });
                 }
                 std::thread::sleep(retry_after);
+                progress(&report);
+                continue;
+            }
+            Exchange::TooLarge(message) => {
+                // Refused before anything was stored: the same changes go again, half as many
+                // per page, and no later page of this sync grows past that.
+                report.retries += 1;
+                if page.sent.len() <= 1 && page_bytes <= min_page {
+                    return Err(ClientError::Server {
+                        status: 413,
+                        message: format!(
+                            "{message}; even one change per request is refused, so nothing more can be split: nothing on this device was lost"
+                        ),
+                    });
+                }
+                tracing::info!(%message, changes = page.sent.len(), page_bytes, "sync request too large for the server; splitting the page");
+                max_changes = (page.sent.len() / 2).max(1);
+                max_encounters = max_encounters.min(max_changes);
+                page_ceiling = (page_bytes / 2).max(min_page);
+                page_bytes = page_ceiling;
                 progress(&report);
                 continue;
             }
@@ -666,7 +709,7 @@ pub fn sync_with(
         progress(&report);
         if response.complete {
             failed_in_a_row = 0;
-            page_bytes = page_bytes.saturating_mul(2).min(max_page);
+            page_bytes = page_bytes.saturating_mul(2).min(page_ceiling);
         } else {
             // Cut after the head: what arrived whole is stored; smaller pages get through more often.
             report.retries += 1;

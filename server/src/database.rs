@@ -370,6 +370,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     -- the first upload; a reseal must carry the same (NULL for envelopes sealed before).
     ALTER TABLE vault_envelopes ADD COLUMN digest BLOB;
 ",
+    r"
+    -- Issue 10: a change of a purged encounter is refused by its hash, or its dependency's,
+    -- under whatever encounter id it is filed (`purge::purged_change_in`).
+    CREATE INDEX purged_changes_by_hash ON purged_changes (hash);
+    -- Issue 10: new encounters each device filed per UTC day, for the daily ceiling
+    -- (`ledger::SyncCaps`); a device's earlier days are deleted as it files on a new one.
+    CREATE TABLE device_intake (
+        device BLOB NOT NULL,
+        day TEXT NOT NULL,
+        encounters INTEGER NOT NULL,
+        PRIMARY KEY (device, day)
+    ) WITHOUT ROWID;
+",
 ];
 
 /// The position (counted from 1, as `user_version` counts) of the migration that added purges.

@@ -32,6 +32,15 @@ pub enum AppError {
     /// Over the device's (or the address's) request rate limit; see [`crate::rate_limit`].
     #[error("too many requests; retry in {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
+    /// More encounters or changes in one sync request than one request may carry.
+    #[error("{0}")]
+    TooManyItems(String),
+    /// The device has filed its day's ceiling of new encounters.
+    #[error("{message}")]
+    DailyCeiling {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("internal error")]
     Internal(String),
 }
@@ -50,7 +59,10 @@ impl AppError {
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::TooManyRequests { .. } | AppError::DailyCeiling { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            AppError::TooManyItems(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +82,12 @@ impl AppError {
             AppError::TooManyRequests { .. } => {
                 Some("wait as long as Retry-After says, then send the same request again")
             }
+            AppError::TooManyItems(_) => Some(
+                "nothing was stored; split the page into smaller requests and send them one after another (the app does this on its own)",
+            ),
+            AppError::DailyCeiling { .. } => Some(
+                "nothing was stored; keep the records on the device and sync again after Retry-After (the next UTC day), or ask an administrator to raise `auxilio serve --max-new-encounters-per-day`",
+            ),
             AppError::Internal(_) => Some("retry later; the server log has the details"),
             _ => None,
         }
@@ -100,8 +118,15 @@ impl IntoResponse for AppError {
             // secret, so nobody can make a working phone wipe itself.
             body["wipe"] = true.into();
         }
-        if let AppError::TooManyRequests { retry_after_secs } = &self {
-            body["retry_after_secs"] = (*retry_after_secs).into();
+        let retry_after = match &self {
+            AppError::TooManyRequests { retry_after_secs }
+            | AppError::DailyCeiling {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        if let Some(retry_after_secs) = retry_after {
+            body["retry_after_secs"] = retry_after_secs.into();
         }
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -110,10 +135,10 @@ impl IntoResponse for AppError {
                 HeaderValue::from_static("Bearer realm=\"auxilio\""),
             );
         }
-        if let AppError::TooManyRequests { retry_after_secs } = &self {
+        if let Some(retry_after_secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
     }

@@ -15,7 +15,7 @@ use auxilio_core::protocol::{
     self, MAX_REQUEST_ID_BYTES, MAX_RESUMED, MAX_VAULTS_PER_REQUEST, PROTOCOL_VERSION,
     RejectReason, Rejection, ResponseFrame, SyncRequest, SyncResponse, WantedChanges,
 };
-use auxilio_core::{EncounterId, SCHEMA_VERSION};
+use auxilio_core::{DeviceId, EncounterId, SCHEMA_VERSION};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_bytes::ByteBuf;
 
@@ -37,6 +37,156 @@ pub enum LedgerError {
     /// The device's role may not sync (see [`crate::access`]).
     #[error("{0}")]
     Forbidden(String),
+    /// The request uploads more encounters or changes than one request may; nothing of it was
+    /// stored (see [`SyncCaps`]).
+    #[error("{0}")]
+    TooManyItems(String),
+    /// The device has filed its day's ceiling of new encounters; nothing of the request was
+    /// stored. The ceiling resets at the next UTC midnight, `retry_after_secs` from now.
+    #[error(
+        "this device has filed {filed} new encounters today and this request adds {adding}; the server takes at most {limit} a day from one device"
+    )]
+    DailyCeiling {
+        filed: u64,
+        adding: u64,
+        limit: u64,
+        retry_after_secs: u64,
+    },
+}
+
+/// Ceilings on what devices upload, so that no request holds the single writer for long while
+/// other devices wait, and no device (a broken app, a stolen token) files without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncCaps {
+    /// Encounters one request may upload changes of.
+    pub max_encounters_per_request: usize,
+    /// Changes one request may upload.
+    pub max_changes_per_request: usize,
+    /// New encounters one device may file per UTC day.
+    pub max_new_encounters_per_day: u64,
+}
+
+impl Default for SyncCaps {
+    /// 500 encounters and 2,000 changes per request (what the app's pages hold at most), and
+    /// 20,000 new encounters per device per day: far above any real patrol's day.
+    fn default() -> Self {
+        Self {
+            max_encounters_per_request: protocol::MAX_ENCOUNTERS_PER_REQUEST,
+            max_changes_per_request: protocol::MAX_CHANGES_PER_REQUEST,
+            max_new_encounters_per_day: 20_000,
+        }
+    }
+}
+
+impl SyncCaps {
+    /// No ceiling at all: for bulk loads and tests that call the ledger directly.
+    pub fn unlimited() -> Self {
+        Self {
+            max_encounters_per_request: usize::MAX,
+            max_changes_per_request: usize::MAX,
+            max_new_encounters_per_day: u64::MAX,
+        }
+    }
+
+    /// Refuses a request that uploads more encounters or changes than one request may, before
+    /// anything of it is decoded or the writer is waited for.
+    pub fn check_request(&self, request: &SyncRequest) -> Result<(), LedgerError> {
+        let changes: usize = request.changes.iter().map(|g| g.changes.len()).sum();
+        let encounters = request
+            .changes
+            .iter()
+            .map(|g| g.encounter)
+            .collect::<HashSet<_>>()
+            .len();
+        if encounters > self.max_encounters_per_request {
+            return Err(LedgerError::TooManyItems(format!(
+                "the request uploads changes of {encounters} encounters; at most {} per request",
+                self.max_encounters_per_request
+            )));
+        }
+        if changes > self.max_changes_per_request {
+            return Err(LedgerError::TooManyItems(format!(
+                "the request uploads {changes} changes; at most {} per request",
+                self.max_changes_per_request
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses the request if its new encounters would take `device` past its day's ceiling, else
+/// returns the ids that are new (not yet on this server) so [`count_new_encounters`] can count
+/// those stored. Inside the request's transaction, before anything is stored.
+fn check_daily_ceiling(
+    tx: &Connection,
+    device: &Device,
+    uploads: &[Upload],
+    caps: &SyncCaps,
+) -> Result<Vec<EncounterId>, LedgerError> {
+    if caps.max_new_encounters_per_day == u64::MAX {
+        return Ok(Vec::new());
+    }
+    let mut new = Vec::new();
+    for upload in uploads {
+        if encounter_team(tx, upload.encounter)?.is_none() {
+            new.push(upload.encounter);
+        }
+    }
+    if new.is_empty() {
+        return Ok(new);
+    }
+    let now = chrono::Utc::now();
+    let filed: i64 = tx
+        .query_row(
+            "SELECT encounters FROM device_intake WHERE device = ?1 AND day = ?2",
+            params![device.id.as_bytes(), now.date_naive().to_string()],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let filed = filed.unsigned_abs();
+    let adding = new.len() as u64;
+    if filed.saturating_add(adding) > caps.max_new_encounters_per_day {
+        let midnight = now
+            .date_naive()
+            .succ_opt()
+            .and_then(|day| day.and_hms_opt(0, 0, 0))
+            .map_or(now, |at| at.and_utc());
+        return Err(LedgerError::DailyCeiling {
+            filed,
+            adding,
+            limit: caps.max_new_encounters_per_day,
+            retry_after_secs: (midnight - now).num_seconds().max(1).unsigned_abs(),
+        });
+    }
+    Ok(new)
+}
+
+/// Adds the encounters among `new` that the request stored to `device`'s count for today, and
+/// forgets its earlier days.
+fn count_new_encounters(
+    tx: &Connection,
+    device: &Device,
+    new: &[EncounterId],
+) -> Result<(), LedgerError> {
+    let mut stored = 0i64;
+    for id in new {
+        stored += i64::from(encounter_team(tx, *id)?.is_some());
+    }
+    if stored == 0 {
+        return Ok(());
+    }
+    let day = chrono::Utc::now().date_naive().to_string();
+    tx.execute(
+        "DELETE FROM device_intake WHERE device = ?1 AND day != ?2",
+        params![device.id.as_bytes(), day],
+    )?;
+    tx.execute(
+        "INSERT INTO device_intake (device, day, encounters) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device, day) DO UPDATE SET encounters = encounters + excluded.encounters",
+        params![device.id.as_bytes(), day, stored],
+    )?;
+    Ok(())
 }
 
 /// Limits on what one response carries. A response stops adding changes past its limit (at
@@ -234,6 +384,19 @@ fn reject(encounter: EncounterId, reason: RejectReason, message: String) -> Reje
     }
 }
 
+/// The one answer for an encounter id a device may not file changes under, whatever the cause
+/// (a first change that does not name it, or an id another team holds): the same reason and
+/// words for each, so the answer does not tell whether some other team's encounter has this id.
+fn not_usable(id: EncounterId) -> Rejection {
+    reject(
+        id,
+        RejectReason::InvalidChange,
+        format!(
+            "this device may not file changes under encounter {id}: a new encounter's first change is `create encounter {id}` from the device's own app; check the id the changes are filed under"
+        ),
+    )
+}
+
 /// A device uploads changes it wrote, and changes relayed to it by a teammate's phone: their
 /// author must be an active device of the uploader's team. Returns why not, if not.
 fn check_author(
@@ -251,16 +414,26 @@ fn check_author(
     if author == uploader.id {
         return Ok(Ok(()));
     }
-    let author_row: Option<(String, Option<String>)> = tx
+    let author_row: Option<(String, Option<String>, String)> = tx
         .query_row(
-            "SELECT team, revoked_at FROM devices WHERE id = ?1",
+            "SELECT team, revoked_at, role FROM devices WHERE id = ?1",
             [author.as_bytes()],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .optional()?;
     Ok(match author_row {
-        Some((team, None)) if team == uploader.team => Ok(()),
-        Some((_, Some(_))) => Err(format!(
+        // Only a device whose role syncs writes encounter documents: a coordinator's, an
+        // auditor's or an administrator's name on a change would be a forgery by the uploader.
+        Some((team, None, role)) if team == uploader.team => {
+            match role.parse::<crate::directory::Role>() {
+                Ok(role) if access::allows(role, access::Permission::Sync) => Ok(()),
+                _ => Err(format!(
+                    "change {} names device {author} as its author, a {role} device, which does not write encounters; only devices that sync (field, team lead) author changes",
+                    change.hash()
+                )),
+            }
+        }
+        Some((_, Some(_), _)) => Err(format!(
             "change {} was written by device {author}, which has been revoked",
             change.hash()
         )),
@@ -313,6 +486,11 @@ fn ingest_encounter(
             format!("encounter {id} was purged on {purged_at}; drop this device's copy"),
         )));
     }
+    // Whatever encounter it is filed under: a change of a purged encounter (kept on an old
+    // backup of a phone) would put the purged text back on disk and on teammates' phones.
+    if let Some(message) = purge::purged_change_in(tx, &upload.changes)? {
+        return Ok(Err(reject(id, RejectReason::Purged, message)));
+    }
     for change in &upload.changes {
         if let Err(message) = check_author(tx, device, change)? {
             return Ok(Err(reject(id, RejectReason::WrongAuthor, message)));
@@ -321,28 +499,19 @@ fn ingest_encounter(
     // A document's first change names its encounter (see `EncounterDocument::create`): one filed
     // under another id would make a copy of that encounter and block the real one.
     let expected_message = format!("create encounter {id}");
-    if let Some(change) = upload
+    if upload
         .changes
         .iter()
-        .find(|c| c.deps().is_empty() && c.message() != Some(expected_message.as_str()))
+        .any(|c| c.deps().is_empty() && c.message() != Some(expected_message.as_str()))
     {
-        return Ok(Err(reject(
-            id,
-            RejectReason::InvalidChange,
-            format!(
-                "change {} starts a document that is not encounter {id}",
-                change.hash()
-            ),
-        )));
+        return Ok(Err(not_usable(id)));
     }
     let existing_team = encounter_team(tx, id)?;
     let team = existing_team.clone().unwrap_or_else(|| device.team.clone());
     if !device.may_see_team(&team) {
-        return Ok(Err(reject(
-            id,
-            RejectReason::Forbidden,
-            "this encounter belongs to another team".into(),
-        )));
+        // Answered exactly like an id refused for its first change: whether another team holds
+        // an encounter with this id is not disclosed.
+        return Ok(Err(not_usable(id)));
     }
 
     let hashes: Vec<ByteBuf> = upload
@@ -456,6 +625,44 @@ fn ingest_encounter(
     Ok(Ok(hashes))
 }
 
+/// A device whose changes an encounter holds, and the devices that uploaded them: itself, or a
+/// teammate's phone that relayed them. A relayed change is accepted only from a device of the
+/// author's team whose role syncs ([`check_author`]); the record view shows both, so a person
+/// reading it can tell who wrote a value from who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Author {
+    pub device: DeviceId,
+    pub uploaded_by: Vec<DeviceId>,
+}
+
+/// Every author of encounter `id`'s stored changes with their uploaders, in the order each
+/// first appears in the change log.
+pub fn authors(conn: &Connection, id: EncounterId) -> Result<Vec<Author>, LedgerError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT device, coalesce(uploader, device) FROM changes WHERE encounter = ?1
+         GROUP BY device, coalesce(uploader, device) ORDER BY min(seq)",
+    )?;
+    let rows = statement.query_map([id.as_bytes()], |row| {
+        Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?))
+    })?;
+    let device_id = |bytes: &[u8]| {
+        DeviceId::from_slice(bytes).map_err(|e| LedgerError::Corrupt(format!("a device id: {e}")))
+    };
+    let mut authors: Vec<Author> = Vec::new();
+    for row in rows {
+        let (author, uploader) = row?;
+        let (author, uploader) = (device_id(&author)?, device_id(&uploader)?);
+        match authors.iter_mut().find(|a| a.device == author) {
+            Some(known) => known.uploaded_by.push(uploader),
+            None => authors.push(Author {
+                device: author,
+                uploaded_by: vec![uploader],
+            }),
+        }
+    }
+    Ok(authors)
+}
+
 /// The log position of the last stored change (0 for an empty log). Read before and after a
 /// sync under the writer lock, it brackets exactly the changes that sync stored.
 pub fn log_end(conn: &Connection) -> Result<u64, LedgerError> {
@@ -520,16 +727,24 @@ pub fn sync(
     request: &SyncRequest,
     limits: PageLimits,
 ) -> Result<SyncResponse, LedgerError> {
-    sync_decoded(conn, device, decode(request.clone())?, limits)
+    sync_decoded(
+        conn,
+        device,
+        decode(request.clone())?,
+        limits,
+        &SyncCaps::unlimited(),
+    )
 }
 
 /// Stores a decoded request's changes and builds the response, all in one transaction that
-/// commits before the response exists.
+/// commits before the response exists. A request whose new encounters would pass the device's
+/// daily ceiling (`caps`) is refused whole before anything is stored.
 pub fn sync_decoded(
     conn: &mut Connection,
     device: &Device,
     decoded: DecodedRequest,
     limits: PageLimits,
+    caps: &SyncCaps,
 ) -> Result<SyncResponse, LedgerError> {
     if !access::allows(device.role, access::Permission::Sync) {
         // The HTTP handler refuses first; this keeps every other caller to the same rule.
@@ -545,6 +760,7 @@ pub fn sync_decoded(
         .collect();
 
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let new_encounters = check_daily_ceiling(&tx, device, &uploads, caps)?;
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
     let touched: Vec<EncounterId> = uploads.iter().map(|u| u.encounter).collect();
@@ -560,6 +776,7 @@ pub fn sync_decoded(
             Err(rejection) => rejected.push(rejection),
         }
     }
+    count_new_encounters(&tx, device, &new_encounters)?;
     // After the changes, so a vault travelling with its encounter's first changes finds it.
     let (vaults_accepted, vaults_rejected) =
         crate::vault::store_uploaded(&tx, device, &request.vaults)?;
@@ -919,4 +1136,60 @@ pub fn rebuild(
     index::facts::recompute_aggregates(&tx)?;
     tx.commit()?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auxilio_core::protocol::EncounterChanges;
+
+    fn request(groups: &[(EncounterId, usize)]) -> SyncRequest {
+        SyncRequest {
+            protocol: PROTOCOL_VERSION,
+            cursor_check: None,
+            actor: None,
+            cursor: 0,
+            changes: groups
+                .iter()
+                .map(|(encounter, n)| EncounterChanges {
+                    encounter: *encounter,
+                    changes: vec![ByteBuf::from(vec![0u8]); *n],
+                })
+                .collect(),
+            request_id: None,
+            resume: vec![],
+            max_response_bytes: None,
+            purges_after: 0,
+            vaults: vec![],
+        }
+    }
+
+    #[test]
+    fn a_request_over_either_per_request_ceiling_is_refused_and_one_at_them_is_not() {
+        let caps = SyncCaps {
+            max_encounters_per_request: 2,
+            max_changes_per_request: 3,
+            ..SyncCaps::default()
+        };
+        let (a, b, c) = (
+            EncounterId::random(),
+            EncounterId::random(),
+            EncounterId::random(),
+        );
+        // Groups naming the same encounter count once.
+        assert!(
+            caps.check_request(&request(&[(a, 1), (b, 1), (a, 1)]))
+                .is_ok()
+        );
+        let too_many_encounters = caps.check_request(&request(&[(a, 1), (b, 1), (c, 1)]));
+        assert!(
+            matches!(&too_many_encounters, Err(LedgerError::TooManyItems(m)) if m.contains("3 encounters; at most 2")),
+            "{too_many_encounters:?}"
+        );
+        let too_many_changes = caps.check_request(&request(&[(a, 4)]));
+        assert!(
+            matches!(&too_many_changes, Err(LedgerError::TooManyItems(m)) if m.contains("4 changes; at most 3")),
+            "{too_many_changes:?}"
+        );
+    }
 }

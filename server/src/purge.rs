@@ -165,6 +165,33 @@ pub fn purge_in(
     })
 }
 
+/// Why `changes` may not be stored, if one of them, or a change one of them depends on, is a
+/// purged change: kept on an old backup of a phone, it would bring the purged text back, under
+/// any encounter id it is filed under. The hashes in `purged_changes` say nothing of the content.
+pub fn purged_change_in(
+    conn: &Connection,
+    changes: &[automerge::Change],
+) -> Result<Option<String>, rusqlite::Error> {
+    let mut purged = conn.prepare_cached("SELECT 1 FROM purged_changes WHERE hash = ?1 LIMIT 1")?;
+    for change in changes {
+        if purged.exists([change.hash().0.as_slice()])? {
+            return Ok(Some(format!(
+                "change {} belongs to a purged encounter; drop this device's copy",
+                change.hash()
+            )));
+        }
+        for dep in change.deps() {
+            if purged.exists([dep.0.as_slice()])? {
+                return Ok(Some(format!(
+                    "change {} follows change {dep} of a purged encounter; drop this device's copy",
+                    change.hash()
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// When encounter `encounter` was purged whole, if it was.
 pub fn whole_purge_time(
     conn: &Connection,

@@ -370,7 +370,9 @@ fn writing_into_another_teams_encounter_is_refused() {
         s.encounter,
         &valid_record(),
     );
-    let response = expect_refusal(&s, &s.chihuahua.token, &body, RejectReason::Forbidden);
+    // Refused like any id the device may not use, not as "another team's": that would say the
+    // id exists (see sync_refuses_forged_and_purged_changes.rs).
+    let response = expect_refusal(&s, &s.chihuahua.token, &body, RejectReason::InvalidChange);
     assert!(
         response.changes.is_empty(),
         "nothing of the other team leaks back"

@@ -55,7 +55,7 @@ enum LogFormat {
 enum Command {
     /// Run the sync server.
     #[command(
-        after_help = "Examples:\n  auxilio serve\n  auxilio serve --data /var/lib/auxilio --listen 127.0.0.1:9000\n  auxilio serve --rate-limit-per-minute 1200 --rate-limit-burst 240\n  auxilio serve --listen 127.0.0.1:8080 --trusted-proxy 127.0.0.1   # behind nginx on the same host"
+        after_help = "Examples:\n  auxilio serve\n  auxilio serve --data /var/lib/auxilio --listen 127.0.0.1:9000\n  auxilio serve --rate-limit-per-minute 1200 --rate-limit-burst 240\n  auxilio serve --listen 127.0.0.1:8080 --trusted-proxy 127.0.0.1   # behind nginx on the same host\n  auxilio serve --max-new-encounters-per-day 50000 --max-encounters-per-request 200"
     )]
     Serve(serve::ServeArgs),
     /// Manage teams, devices and vault keys, purge encounters, run the retention policy (works

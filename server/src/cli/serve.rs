@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::{DataDirArg, RetentionArgs};
 use crate::http::{AppState, MapPageConfig, ServerConfig, serve};
-use crate::ledger::PageLimits;
+use crate::ledger::{PageLimits, SyncCaps};
 use crate::rate_limit::RateLimits;
 use crate::retention::{self, Policy};
 
@@ -50,6 +50,18 @@ pub struct ServeArgs {
     /// The largest sync response page a device may ask for, in bytes of changes.
     #[arg(long, default_value_t = PageLimits::default().max_response_change_bytes)]
     max_page_bytes: usize,
+    /// Encounters one sync request may upload changes of; over it the server answers 413 and
+    /// the app splits its page.
+    #[arg(long, default_value_t = SyncCaps::default().max_encounters_per_request, value_name = "ENCOUNTERS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_encounters_per_request: usize,
+    /// Changes one sync request may upload (413 over it, as above).
+    #[arg(long, default_value_t = SyncCaps::default().max_changes_per_request, value_name = "CHANGES", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_changes_per_request: usize,
+    /// New encounters one device may file per UTC day; over it the server answers 429 with
+    /// Retry-After (the next UTC midnight), stores nothing of the request, and the app keeps its
+    /// records for a later sync.
+    #[arg(long, default_value_t = SyncCaps::default().max_new_encounters_per_day, value_name = "ENCOUNTERS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_new_encounters_per_day: u64,
     /// Raster tiles for the coordinators' map page at `/`, as a URL template
     /// (e.g. 'https://tile.example.org/{z}/{x}/{y}.png'; `{s}` for subdomains). The coordinators'
     /// browsers fetch them directly. Without it the page draws the bundled country outlines,
@@ -90,6 +102,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         trusted_proxies: args.trusted_proxies.clone(),
         header_read_timeout: Duration::from_secs(args.header_read_timeout),
         self_rotations_per_hour: args.self_rotations_per_hour,
+        caps: SyncCaps {
+            max_encounters_per_request: args.max_encounters_per_request,
+            max_changes_per_request: args.max_changes_per_request,
+            max_new_encounters_per_day: args.max_new_encounters_per_day,
+        },
         ..ServerConfig::default()
     };
     let state = AppState::new(database, config).with_map_page(map_page);

@@ -7,10 +7,10 @@
 //! problems, the list's problems) goes through [`crate::redaction`]'s one allow-list. Every read
 //! of one record and every list is written to the audit log.
 
-use auxilio_core::EncounterId;
-use auxilio_core::document::Conflict;
+use auxilio_core::document::{Conflict, ConflictingValue};
 use auxilio_core::schema::{Service, Status};
 use auxilio_core::store::heads_hex;
+use auxilio_core::{DeviceId, EncounterId};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
@@ -129,13 +129,57 @@ pub struct EncounterDetail {
     /// False while some stored change still waits for a change it depends on.
     pub complete: bool,
     pub encounter: serde_json::Value,
-    pub conflicts: Vec<Conflict>,
+    /// Each conflicting value with `uploaded_by` beside its author `device`.
+    pub conflicts: Vec<ConflictView>,
+    /// Every device that wrote changes of the record, with the devices that uploaded them (a
+    /// teammate's phone relays changes it was given phone to phone).
+    #[serde(default)]
+    pub authors: Vec<ledger::Author>,
     pub problems: Vec<Problem>,
     pub heads: Vec<String>,
     /// How many health values (and restricted fields) were left out because this device's role
     /// may not read them; 0 when nothing was.
     #[serde(default)]
     pub health_detail_withheld: usize,
+}
+
+/// A conflict as the record view shows it: [`Conflict`] with each value's uploaders.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConflictView {
+    pub path: String,
+    pub values: Vec<ConflictingValueView>,
+}
+
+/// A conflicting value, its author (`device`) and the devices that uploaded that author's
+/// changes of this record (`uploaded_by`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConflictingValueView {
+    #[serde(flatten)]
+    pub value: ConflictingValue,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uploaded_by: Vec<DeviceId>,
+}
+
+/// Puts each conflicting value's uploaders (from `authors`) beside its author.
+fn with_uploaders(conflicts: Vec<Conflict>, authors: &[ledger::Author]) -> Vec<ConflictView> {
+    conflicts
+        .into_iter()
+        .map(|conflict| ConflictView {
+            path: conflict.path,
+            values: conflict
+                .values
+                .into_iter()
+                .map(|value| ConflictingValueView {
+                    uploaded_by: authors
+                        .iter()
+                        .find(|a| Some(a.device) == value.device)
+                        .map(|a| a.uploaded_by.clone())
+                        .unwrap_or_default(),
+                    value,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 async fn show(
@@ -187,6 +231,8 @@ async fn show(
                     redaction::redact_health(&mut encounter, &mut conflicts)
                         + redaction::redact_problems(&mut problems)
                 };
+                let authors = ledger::authors(conn, id).map_err(AppError::internal)?;
+                let conflicts = with_uploaders(conflicts, &authors);
                 audit::record(
                     conn,
                     &device.id.to_string(),
@@ -208,6 +254,7 @@ async fn show(
                     complete,
                     encounter,
                     conflicts,
+                    authors,
                     problems,
                     heads: heads_hex(&document.heads()),
                     health_detail_withheld,

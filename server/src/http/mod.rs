@@ -44,7 +44,7 @@ pub use map_page::MapPageConfig;
 
 use crate::database::Database;
 use crate::error::AppError;
-use crate::ledger::PageLimits;
+use crate::ledger::{PageLimits, SyncCaps};
 use crate::rate_limit::{RateLimiter, RateLimits};
 
 /// The largest body of every route but `POST /v1/sync`: JSON commands and queries are a few
@@ -73,6 +73,8 @@ pub struct ServerConfig {
     /// Self-rotations (`POST /v1/token/rotate`) one device may make per hour; each writes an
     /// audit row, so this bounds what a device can make the audit log write. 0: no limit.
     pub self_rotations_per_hour: u32,
+    /// Encounters and changes per sync request, and new encounters per device per day.
+    pub caps: SyncCaps,
 }
 
 /// Default of [`ServerConfig::header_read_timeout`].
@@ -92,6 +94,7 @@ impl Default for ServerConfig {
             header_read_timeout: HEADER_READ_TIMEOUT,
             events_keep_alive: events::KEEP_ALIVE,
             self_rotations_per_hour: SELF_ROTATIONS_PER_HOUR,
+            caps: SyncCaps::default(),
         }
     }
 }

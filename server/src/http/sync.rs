@@ -93,6 +93,11 @@ async fn sync(
     let request =
         protocol::decode_request(&body).map_err(|e| AppError::BadRequest(e.to_string()))?;
     drop(body);
+    // Counted before anything is decoded or the writer waited for: one huge request would
+    // hold the single writer while other devices wait.
+    let caps = state.config.caps;
+    caps.check_request(&request)
+        .map_err(|err| AppError::TooManyItems(err.to_string()))?;
     let uploaded: usize = request.changes.iter().map(|g| g.changes.len()).sum();
     let pages = state.config.pages;
     let device_for_log = device.id;
@@ -102,6 +107,13 @@ async fn sync(
             let ledger_error = |err| match err {
                 LedgerError::BadRequest(message) => AppError::BadRequest(message),
                 LedgerError::Forbidden(message) => AppError::Forbidden(message),
+                LedgerError::TooManyItems(message) => AppError::TooManyItems(message),
+                err @ LedgerError::DailyCeiling {
+                    retry_after_secs, ..
+                } => AppError::DailyCeiling {
+                    message: err.to_string(),
+                    retry_after_secs,
+                },
                 other => AppError::internal(other),
             };
             // Decoded before the write lock is taken: a large body does not hold up other devices.
@@ -111,7 +123,7 @@ async fn sync(
                     // Under the writer lock no other sync stores changes in between, so the log
                     // positions bracket exactly what this request stored.
                     let before = ledger::log_end(conn)?;
-                    let response = ledger::sync_decoded(conn, &device, decoded, pages)?;
+                    let response = ledger::sync_decoded(conn, &device, decoded, pages, &caps)?;
                     // Asked after the commit: a page that subscribed before it gets the event, one
                     // that subscribes later reads the committed state. The query is skipped when
                     // no coordinator is listening.
