@@ -193,13 +193,12 @@ fn store_one(
             |row| row.get(0),
         )
         .optional()?;
-    let Some(team) = team else {
+    // Another team's encounter is answered exactly like an unknown one, so an upload does not
+    // tell a device which ids exist elsewhere.
+    if !team.is_some_and(|team| device.may_see_team(&team)) {
         return Ok(Err(format!(
             "the server has no encounter {id}: its changes must be uploaded first"
         )));
-    };
-    if !device.may_see_team(&team) {
-        return Ok(Err(format!("encounter {id} belongs to another team")));
     }
     if !is_vault_case(tx, id)? {
         return Ok(Err(format!(

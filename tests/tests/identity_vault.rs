@@ -287,10 +287,11 @@ fn a_vault_is_kept_only_for_protection_cases_read_only_by_protection_officers_an
     let recipients = std::slice::from_ref(&public);
     let mut oversize = vault::seal(&contents(), child, recipients).unwrap();
     oversize.ciphertext = ByteBuf::from(vec![7; vault::MAX_CIPHERTEXT_BYTES + 1]);
+    let unknown = EncounterId::random();
     let crafted = vec![
         vault::seal(&contents(), adults, recipients).unwrap(),
         vault::seal(&contents(), theirs, recipients).unwrap(),
-        vault::seal(&contents(), EncounterId::random(), recipients).unwrap(),
+        vault::seal(&contents(), unknown, recipients).unwrap(),
         oversize,
     ];
     let response = upload_vaults(base, &phone, crafted.clone());
@@ -302,8 +303,14 @@ fn a_vault_is_kept_only_for_protection_cases_read_only_by_protection_officers_an
         .collect();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     assert!(reasons[0].contains("not a UASC or missing-person case"));
-    assert!(reasons[1].contains("another team"));
-    assert!(reasons[2].contains("no encounter"));
+    // Another team's encounter is answered exactly like an unknown one: an upload must not
+    // tell a device which ids exist in other teams.
+    assert!(reasons[2].contains("no encounter"), "{reasons:?}");
+    assert_eq!(
+        reasons[1].replace(&theirs.to_string(), "ID"),
+        reasons[2].replace(&unknown.to_string(), "ID"),
+        "another team's encounter is told apart from an unknown one"
+    );
     assert!(reasons[3].contains("larger than"));
     for (rejection, sent) in response.vaults_rejected.iter().zip(&crafted) {
         assert_eq!(rejection.id, sent.id);
