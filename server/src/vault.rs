@@ -195,11 +195,11 @@ fn store_one(
         .optional()?;
     // Another team's encounter is answered exactly like an unknown one, so an upload does not
     // tell a device which ids exist elsewhere.
-    if !team.is_some_and(|team| device.may_see_team(&team)) {
+    let Some(team) = team.filter(|team| device.may_see_team(team)) else {
         return Ok(Err(format!(
             "the server has no encounter {id}: its changes must be uploaded first"
         )));
-    }
+    };
     if !is_vault_case(tx, id)? {
         return Ok(Err(format!(
             "encounter {id} is not a UASC or missing-person case: identity data is kept only for those"
