@@ -234,7 +234,8 @@ fn reject(encounter: EncounterId, reason: RejectReason, message: String) -> Reje
 }
 
 /// A device uploads changes it wrote, and changes relayed to it by a teammate's phone: their
-/// author must be an active device of the uploader's team. Returns why not, if not.
+/// author must be an active device of the uploader's team, not awaiting approval (refused, its
+/// changes stay on the relaying phone and go again once it is approved). Returns why not, if not.
 fn check_author(
     tx: &Connection,
     uploader: &Device,
@@ -250,16 +251,20 @@ fn check_author(
     if author == uploader.id {
         return Ok(Ok(()));
     }
-    let author_row: Option<(String, Option<String>)> = tx
+    let author_row: Option<(String, Option<String>, bool)> = tx
         .query_row(
-            "SELECT team, revoked_at FROM devices WHERE id = ?1",
+            "SELECT team, revoked_at, awaiting_approval FROM devices WHERE id = ?1",
             [author.as_bytes()],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .optional()?;
     Ok(match author_row {
-        Some((team, None)) if team == uploader.team => Ok(()),
-        Some((_, Some(_))) => Err(format!(
+        Some((team, None, true)) if team == uploader.team => Err(format!(
+            "change {} was written by device {author}, which awaits approval by a team lead of `{team}`",
+            change.hash()
+        )),
+        Some((team, None, false)) if team == uploader.team => Ok(()),
+        Some((_, Some(_), _)) => Err(format!(
             "change {} was written by device {author}, which has been revoked",
             change.hash()
         )),
@@ -535,6 +540,12 @@ pub fn sync_decoded(
         return Err(LedgerError::Forbidden(format!(
             "a {} device does not sync encounter documents",
             device.role
+        )));
+    }
+    if device.awaiting_approval {
+        return Err(LedgerError::Forbidden(format!(
+            "device {} awaits approval by a team lead of `{}`",
+            device.id, device.team
         )));
     }
     let DecodedRequest { request, uploads } = decoded;

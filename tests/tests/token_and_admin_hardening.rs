@@ -548,7 +548,7 @@ fn a_device_cannot_flood_the_audit_log_with_self_rotations_or_revoked_calls() {
     // A revoked phone is still told to wipe every time, but logged once.
     let database = auxilio_server::Database::open(fixture.data.path()).unwrap();
     database
-        .write(|conn| directory::revoke(conn, phone.device_id))
+        .transaction(|conn| directory::revoke(conn, phone.device_id))
         .unwrap();
     for _ in 0..10 {
         let (status, body) = get_json(url, "/v1/whoami", Some(&phone.token)).unwrap();
