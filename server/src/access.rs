@@ -14,10 +14,15 @@
 //! | `ReadVault`       |       |           |             | all                |               |         |
 //! | `Purge`           |       |           |             | all                |               |         |
 //! | `ManageDevices`   |       |           |             |                    | all           |         |
+//! | `ApproveDevices`  |       | team      |             |                    |               |         |
 //! | `ReadAudit`       |       |           |             |                    |               | all     |
 //!
 //! "team" means the device's own team only; what a role without `ReadHealth` is shown of a
 //! record is [`crate::redaction`]'s one allow-list.
+//!
+//! A device awaiting approval (enrolled or rotated over HTTP by an administrator, see
+//! [`crate::directory`]) may do none of these: [`require`] refuses it first, with a 403 that says
+//! so, until a team lead of its team approves it (`ApproveDevices`).
 
 use crate::directory::{Device, Role};
 use crate::error::AppError;
@@ -43,10 +48,12 @@ pub enum Permission {
     ManageDevices,
     /// Reading and exporting the audit log.
     ReadAudit,
+    /// Listing its team's devices and approving those awaiting approval.
+    ApproveDevices,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 10] = [
         Permission::Sync,
         Permission::ReadMap,
         Permission::ReadEncounter,
@@ -56,6 +63,7 @@ impl Permission {
         Permission::Purge,
         Permission::ManageDevices,
         Permission::ReadAudit,
+        Permission::ApproveDevices,
     ];
 
     /// In words, for refusals.
@@ -70,6 +78,7 @@ impl Permission {
             Permission::Purge => "purging",
             Permission::ManageDevices => "enrolling and revoking devices",
             Permission::ReadAudit => "reading the audit log",
+            Permission::ApproveDevices => "approving a team's devices",
         }
     }
 }
@@ -81,7 +90,7 @@ pub fn allows(role: Role, permission: Permission) -> bool {
         Role::Field => matches!(permission, Sync | ReadEncounter | ReadHealth),
         Role::TeamLead => matches!(
             permission,
-            Sync | ReadMap | ReadEncounter | ReadHealth | Export
+            Sync | ReadMap | ReadEncounter | ReadHealth | Export | ApproveDevices
         ),
         Role::Coordinator => matches!(permission, ReadMap | ReadEncounter | Export),
         Role::ProtectionOfficer => {
@@ -110,8 +119,13 @@ pub fn managed_over_http(role: Role) -> bool {
     role == Role::Field
 }
 
-/// Refuses with 403 unless the device's role may do `permission`.
+/// Refuses with 403 unless the device's role may do `permission` and the device is approved.
 pub fn require(device: &Device, permission: Permission) -> Result<(), AppError> {
+    if device.awaiting_approval {
+        return Err(AppError::AwaitingApproval {
+            team: device.team.clone(),
+        });
+    }
     if allows(device.role, permission) {
         return Ok(());
     }
@@ -187,5 +201,6 @@ mod tests {
         assert!(!allows(Role::Coordinator, ReadHealth));
         assert!(!allows(Role::Coordinator, ReadVault));
         assert!(!allows(Role::Coordinator, Sync));
+        assert_eq!(roles_allowed(ApproveDevices), vec![Role::TeamLead]);
     }
 }

@@ -511,7 +511,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let before_key = crate::database::MIGRATIONS.len() - 1;
+        let before_key = crate::database::MIGRATIONS
+            .iter()
+            .position(|migration| migration.contains("CREATE TABLE audit_chain"))
+            .unwrap();
         {
             // A data directory of the previous format, with a plain SHA-256 chain of 3 rows.
             let conn = Connection::open(data.join(crate::database::DATABASE_FILE)).unwrap();

@@ -36,6 +36,12 @@ pub enum ClientError {
     Unreachable { url: String, message: String },
     #[error("the server refused the token ({status}): {message}")]
     Unauthorized { status: u16, message: String },
+    /// The device is enrolled but awaits approval by a team lead of its team (an administrator
+    /// enrolled it, or rotated its token, over HTTP): nothing was sent or received.
+    #[error(
+        "{message}: ask your team lead to approve this device, then sync again. Nothing was synced, and nothing on this device was lost"
+    )]
+    AwaitingApproval { message: String },
     /// The server said this device is revoked and must erase its data; `sync` has done so
     /// before returning this.
     #[error(
@@ -141,6 +147,14 @@ pub struct WhoAmI {
     pub device_id: auxilio_core::DeviceId,
     pub team: String,
     pub role: Role,
+    /// False while the device awaits approval by a team lead of its team: it may not sync yet.
+    /// (A server from before approvals does not say: approved.)
+    #[serde(default = "approved_unless_told")]
+    pub approved: bool,
+}
+
+fn approved_unless_told() -> bool {
+    true
 }
 
 /// Timeouts sized for a weak link: a 256 KiB page takes about a minute at 4 kB/s, so bodies get
@@ -156,12 +170,18 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// Whether a refusal's body orders this device to wipe its store (it was revoked).
-fn wipe_ordered(body: &[u8]) -> bool {
+/// Whether a refusal's body sets `flag` to true: `wipe` (the device was revoked and must erase
+/// its store) or `awaiting_approval` (it waits for its team lead).
+fn body_says(body: &[u8], flag: &str) -> bool {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("wipe").and_then(serde_json::Value::as_bool))
+        .and_then(|v| v.get(flag).and_then(serde_json::Value::as_bool))
         .unwrap_or(false)
+}
+
+/// Whether a refusal's body orders this device to wipe its store (it was revoked).
+fn wipe_ordered(body: &[u8]) -> bool {
+    body_says(body, "wipe")
 }
 
 fn error_message(body: &[u8]) -> String {
@@ -456,6 +476,9 @@ fn exchange(
         let message = error_message(&text);
         return match status {
             401 if wipe_ordered(&text) => Err(ClientError::WipeOrdered { message }),
+            403 if body_says(&text, "awaiting_approval") => {
+                Err(ClientError::AwaitingApproval { message })
+            }
             401 | 403 => Err(ClientError::Unauthorized { status, message }),
             429 => Ok(Exchange::RateLimited {
                 retry_after: wait,

@@ -383,6 +383,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (device, day)
     ) WITHOUT ROWID;
 ",
+    r"
+    -- Issue 10, approval: a device an administrator enrolled, or whose token an administrator
+    -- rotated, over HTTP awaits the approval of a team lead of its team (or of the operator on
+    -- the server's command line) before it reads or writes any case data. Devices enrolled
+    -- before this migration stay approved.
+    ALTER TABLE devices ADD COLUMN awaiting_approval INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN approved_by TEXT;
+    ALTER TABLE devices ADD COLUMN approved_at TEXT;
+",
 ];
 
 /// The position (counted from 1, as `user_version` counts) of the migration that added purges.

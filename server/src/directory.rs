@@ -6,6 +6,12 @@
 //! is shown once, at enrolment. Revocation takes effect on the very next request because every
 //! request reads the device row.
 //!
+//! A device an administrator enrolled, or whose token an administrator rotated, over HTTP is
+//! *awaiting approval* ([`Device::awaiting_approval`]): it authenticates, but reads and writes no
+//! case data until a team lead of its team, or the operator on the server's command line,
+//! approves it ([`approve_by`]). Devices enrolled or rotated on the command line are approved at
+//! once; a device's own rotation keeps its approval.
+//!
 //! Every change of a token is a compare-and-swap on the token the request presented, in the
 //! caller's transaction with its audit row: a self-rotation or the first use of a rotated token
 //! that lost a race with an administrator's rotation changes nothing, so a leaked token cannot
@@ -145,6 +151,9 @@ pub struct Device {
     pub label: String,
     pub enrolled_at: String,
     pub revoked_at: Option<String>,
+    /// Enrolled or rotated over HTTP by an administrator and not approved yet: it may ask who it
+    /// is and rotate its own token, nothing else ([`crate::access::require`]).
+    pub awaiting_approval: bool,
 }
 
 impl Device {
@@ -235,7 +244,8 @@ pub fn enroll(
     enroll_by(conn, ADMIN_CLI, team, role, label)
 }
 
-/// Enrols a new device with a fresh id and secret; `actor` is who did it, for the audit log.
+/// Enrols a new device with a fresh id and secret, approved at once (the command line's way);
+/// `actor` is who did it, for the audit log.
 pub fn enroll_by(
     conn: &Connection,
     actor: &str,
@@ -243,6 +253,30 @@ pub fn enroll_by(
     role: Role,
     label: &str,
 ) -> Result<Enrolled, DirectoryError> {
+    enroll_with(conn, actor, team, role, label, Approval::Approved)
+}
+
+/// Whether a device an enrolment or rotation gives may read and write case data at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approval {
+    /// The command line's enrolments and rotations: the operator on the server is trusted with
+    /// the data directory anyway.
+    Approved,
+    /// An administrator's over HTTP: the device awaits approval by a team lead of its team
+    /// ([`approve_by`]), so holding an administrator's token alone never gives case access.
+    AwaitingTeamLead,
+}
+
+/// [`enroll_by`], approved at once or awaiting a team lead's approval.
+pub fn enroll_with(
+    conn: &Connection,
+    actor: &str,
+    team: &str,
+    role: Role,
+    label: &str,
+    approval: Approval,
+) -> Result<Enrolled, DirectoryError> {
+    let awaiting_approval = approval == Approval::AwaitingTeamLead;
     if !valid_label(label) {
         return Err(DirectoryError::BadLabel);
     }
@@ -257,14 +291,17 @@ pub fn enroll_by(
     let device_id = DeviceId::random();
     let (secret, token) = new_token(device_id);
     conn.execute(
-        "INSERT INTO devices (id, team, role, label, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![device_id.as_bytes(), team, role.as_str(), label, hash_secret(&secret), now_text()],
+        "INSERT INTO devices (id, team, role, label, token_hash, enrolled_at, awaiting_approval) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![device_id.as_bytes(), team, role.as_str(), label, hash_secret(&secret), now_text(), awaiting_approval],
     )?;
     audit::record(
         conn,
         actor,
         "device.enroll",
-        serde_json::json!({ "device": device_id.to_string(), "team": team, "role": role }),
+        serde_json::json!({
+            "device": device_id.to_string(), "team": team, "role": role,
+            "awaiting_approval": awaiting_approval,
+        }),
     )?;
     Ok(Enrolled {
         device_id,
@@ -310,11 +347,26 @@ pub fn revoke_by(conn: &Connection, actor: &str, device: DeviceId) -> Result<(),
 
 /// Gives an active device a new token at once, the old one failing from now on: for a token
 /// that leaked. The new token must reach the device by hand (`auxilio device enrol` again).
+/// The command line's way: the device is approved from now on (a device awaiting approval is
+/// approved by it, as `actor`).
 pub fn rotate_by(
     conn: &Connection,
     actor: &str,
     device: DeviceId,
 ) -> Result<String, DirectoryError> {
+    rotate_with(conn, actor, device, Approval::Approved)
+}
+
+/// [`rotate_by`], approved at once or awaiting a team lead's approval: an administrator over
+/// HTTP receives the new token, so the device awaits approval again before that token reads or
+/// writes case data.
+pub fn rotate_with(
+    conn: &Connection,
+    actor: &str,
+    device: DeviceId,
+    approval: Approval,
+) -> Result<String, DirectoryError> {
+    let awaiting_approval = approval == Approval::AwaitingTeamLead;
     let found = find_device(conn, device)?.ok_or(DirectoryError::NoSuchDevice(device))?;
     if found.revoked_at.is_some() {
         return Err(DirectoryError::AlreadyRevoked(device));
@@ -325,13 +377,59 @@ pub fn rotate_by(
         "UPDATE devices SET token_hash = ?2, next_token_hash = NULL WHERE id = ?1",
         params![device.as_bytes(), hash_secret(&secret)],
     )?;
+    if awaiting_approval {
+        conn.execute(
+            "UPDATE devices SET awaiting_approval = 1, approved_by = NULL, approved_at = NULL
+             WHERE id = ?1",
+            [device.as_bytes()],
+        )?;
+    } else if found.awaiting_approval {
+        mark_approved(conn, actor, device)?;
+    }
     audit::record(
         conn,
         actor,
         "device.rotate",
-        serde_json::json!({ "device": device.to_string(), "team": found.team }),
+        serde_json::json!({
+            "device": device.to_string(), "team": found.team,
+            "awaiting_approval": awaiting_approval,
+        }),
     )?;
     Ok(token)
+}
+
+fn mark_approved(conn: &Connection, actor: &str, device: DeviceId) -> Result<bool, DirectoryError> {
+    let changed = conn.execute(
+        "UPDATE devices SET awaiting_approval = 0, approved_by = ?2, approved_at = ?3
+         WHERE id = ?1 AND awaiting_approval = 1",
+        params![device.as_bytes(), actor, now_text()],
+    )?;
+    Ok(changed == 1)
+}
+
+/// Approves a device awaiting approval, with its audit row (`device.approve`), in the caller's
+/// transaction: `actor` is a team lead of the device's team (the HTTP handler checks that) or
+/// [`ADMIN_CLI`]. True if it was awaiting approval; approving an approved device changes nothing
+/// and writes nothing, so a retry after a lost answer is harmless.
+pub fn approve_by(
+    conn: &Connection,
+    actor: &str,
+    device: DeviceId,
+) -> Result<bool, DirectoryError> {
+    let found = find_device(conn, device)?.ok_or(DirectoryError::NoSuchDevice(device))?;
+    if found.revoked_at.is_some() {
+        return Err(DirectoryError::AlreadyRevoked(device));
+    }
+    if !mark_approved(conn, actor, device)? {
+        return Ok(false);
+    }
+    audit::record(
+        conn,
+        actor,
+        "device.approve",
+        serde_json::json!({ "device": device.to_string(), "team": found.team, "role": found.role }),
+    )?;
+    Ok(true)
 }
 
 /// A device's own rotation: the new token is valid alongside the old one until its first use,
@@ -408,6 +506,7 @@ fn device_from_row(row: &rusqlite::Row<'_>) -> Result<(Device, Vec<u8>), rusqlit
         label: row.get("label")?,
         enrolled_at: row.get("enrolled_at")?,
         revoked_at: row.get("revoked_at")?,
+        awaiting_approval: row.get("awaiting_approval")?,
     };
     Ok((device, row.get("token_hash")?))
 }
@@ -427,6 +526,24 @@ pub fn list_devices(conn: &Connection) -> Result<Vec<Device>, DirectoryError> {
     let mut statement = conn.prepare("SELECT * FROM devices ORDER BY team, enrolled_at")?;
     let devices = statement
         .query_map([], device_from_row)?
+        .map(|row| row.map(|(device, _)| device))
+        .collect::<Result<_, _>>()?;
+    Ok(devices)
+}
+
+/// The devices of one team (never their tokens), only those awaiting approval if
+/// `awaiting_only`: what a team lead reviews before approving.
+pub fn list_team_devices(
+    conn: &Connection,
+    team: &str,
+    awaiting_only: bool,
+) -> Result<Vec<Device>, DirectoryError> {
+    let mut statement = conn.prepare(
+        "SELECT * FROM devices WHERE team = ?1 AND (?2 = 0 OR (awaiting_approval = 1 AND revoked_at IS NULL))
+         ORDER BY enrolled_at",
+    )?;
+    let devices = statement
+        .query_map(params![team, awaiting_only], device_from_row)?
         .map(|row| row.map(|(device, _)| device))
         .collect::<Result<_, _>>()?;
     Ok(devices)
@@ -546,7 +663,7 @@ mod tests {
     fn a_self_rotation_or_promotion_that_lost_a_race_with_an_administrators_rotation_changes_nothing()
      {
         let (_dir, db) = database();
-        db.write(|conn| {
+        db.transaction(|conn| {
             add_team(conn, "sonora").unwrap();
             let leaked = enroll(conn, "sonora", Role::Field, "").unwrap();
             let (device, _) = authenticate(conn, &leaked.token).unwrap().unwrap();
@@ -565,6 +682,51 @@ mod tests {
                 authenticate(conn, &replaced).unwrap().unwrap().1,
                 TokenUsed::Current
             );
+            Ok::<_, DirectoryError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn an_http_enrolment_or_rotation_awaits_approval_and_a_self_rotation_or_the_command_line_does_not()
+     {
+        let (_dir, db) = database();
+        db.transaction(|conn| {
+            add_team(conn, "sonora").unwrap();
+            let awaiting = |token: &str| {
+                authenticate(conn, token)
+                    .unwrap()
+                    .unwrap()
+                    .0
+                    .awaiting_approval
+            };
+            let phone = enroll(conn, "sonora", Role::Field, "").unwrap();
+            assert!(!awaiting(&phone.token));
+            let admins = enroll_with(
+                conn,
+                "admin",
+                "sonora",
+                Role::Field,
+                "",
+                Approval::AwaitingTeamLead,
+            )
+            .unwrap();
+            assert!(awaiting(&admins.token));
+            let device = authenticate(conn, &admins.token).unwrap().unwrap().0;
+            let rotated = begin_rotation(conn, &device, &admins.token).unwrap();
+            assert!(promote_next_token(conn, &rotated).unwrap());
+            assert!(
+                awaiting(&rotated),
+                "a self-rotation keeps the device awaiting"
+            );
+            assert!(approve_by(conn, "lead", admins.device_id).unwrap());
+            assert!(!approve_by(conn, "lead", admins.device_id).unwrap(), "once");
+            assert!(!awaiting(&rotated));
+            let taken =
+                rotate_with(conn, "admin", phone.device_id, Approval::AwaitingTeamLead).unwrap();
+            assert!(awaiting(&taken));
+            let given = rotate_by(conn, ADMIN_CLI, phone.device_id).unwrap();
+            assert!(!awaiting(&given));
             Ok::<_, DirectoryError>(())
         })
         .unwrap();

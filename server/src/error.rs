@@ -18,6 +18,10 @@ pub enum AppError {
     /// [`crate::access::managed_over_http`]).
     #[error("{0}")]
     CommandLineOnly(String),
+    /// The device authenticated but awaits approval by a team lead of `team` (see
+    /// [`crate::access::require`]): it reads and writes no case data until then.
+    #[error("this device awaits approval by a team lead of {team}")]
+    AwaitingApproval { team: String },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -53,7 +57,9 @@ impl AppError {
     fn status(&self) -> StatusCode {
         match self {
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden(_) | AppError::CommandLineOnly(_) => StatusCode::FORBIDDEN,
+            AppError::Forbidden(_)
+            | AppError::CommandLineOnly(_)
+            | AppError::AwaitingApproval { .. } => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -77,6 +83,9 @@ impl AppError {
             }
             AppError::CommandLineOnly(_) => Some(
                 "run `auxilio admin device enroll --team TEAM --role ROLE` or `auxilio admin device rotate DEVICE_ID` on the server itself, on its data directory",
+            ),
+            AppError::AwaitingApproval { .. } => Some(
+                "ask a team lead of the device's team to approve it (`POST /v1/team/devices/DEVICE_ID/approve`), or the server's operator (`auxilio admin device approve DEVICE_ID`); nothing is synced until then and nothing on the device is lost",
             ),
             AppError::PayloadTooLarge { .. } => Some("send fewer changes per request"),
             AppError::TooManyRequests { .. } => {
@@ -117,6 +126,10 @@ impl IntoResponse for AppError {
             // this (see `client::sync_with`). Sent only to a caller that proved the device's
             // secret, so nobody can make a working phone wipe itself.
             body["wipe"] = true.into();
+        }
+        if matches!(self, AppError::AwaitingApproval { .. }) {
+            // A phone app shows "waiting for your team lead" on reading this, and keeps its data.
+            body["awaiting_approval"] = true.into();
         }
         let retry_after = match &self {
             AppError::TooManyRequests { retry_after_secs }

@@ -398,7 +398,8 @@ fn not_usable(id: EncounterId) -> Rejection {
 }
 
 /// A device uploads changes it wrote, and changes relayed to it by a teammate's phone: their
-/// author must be an active device of the uploader's team. Returns why not, if not.
+/// author must be an active device of the uploader's team, not awaiting approval (refused, its
+/// changes stay on the relaying phone and go again once it is approved). Returns why not, if not.
 fn check_author(
     tx: &Connection,
     uploader: &Device,
@@ -414,17 +415,21 @@ fn check_author(
     if author == uploader.id {
         return Ok(Ok(()));
     }
-    let author_row: Option<(String, Option<String>, String)> = tx
+    let author_row: Option<(String, Option<String>, String, bool)> = tx
         .query_row(
-            "SELECT team, revoked_at, role FROM devices WHERE id = ?1",
+            "SELECT team, revoked_at, role, awaiting_approval FROM devices WHERE id = ?1",
             [author.as_bytes()],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
         )
         .optional()?;
     Ok(match author_row {
         // Only a device whose role syncs writes encounter documents: a coordinator's, an
         // auditor's or an administrator's name on a change would be a forgery by the uploader.
-        Some((team, None, role)) if team == uploader.team => {
+        Some((team, None, _, true)) if team == uploader.team => Err(format!(
+            "change {} was written by device {author}, which awaits approval by a team lead of `{team}`",
+            change.hash()
+        )),
+        Some((team, None, role, false)) if team == uploader.team => {
             match role.parse::<crate::directory::Role>() {
                 Ok(role) if access::allows(role, access::Permission::Sync) => Ok(()),
                 _ => Err(format!(
@@ -433,7 +438,7 @@ fn check_author(
                 )),
             }
         }
-        Some((_, Some(_), _)) => Err(format!(
+        Some((_, Some(_), _, _)) => Err(format!(
             "change {} was written by device {author}, which has been revoked",
             change.hash()
         )),
@@ -751,6 +756,12 @@ pub fn sync_decoded(
         return Err(LedgerError::Forbidden(format!(
             "a {} device does not sync encounter documents",
             device.role
+        )));
+    }
+    if device.awaiting_approval {
+        return Err(LedgerError::Forbidden(format!(
+            "device {} awaits approval by a team lead of `{}`",
+            device.id, device.team
         )));
     }
     let DecodedRequest { request, uploads } = decoded;

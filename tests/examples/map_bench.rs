@@ -164,6 +164,7 @@ fn fill(data: &std::path::Path, count: usize, incremental: bool) -> f64 {
                 label: "bench".into(),
                 enrolled_at: String::new(),
                 revoked_at: None,
+                awaiting_approval: false,
             }
         })
         .collect();

@@ -1018,6 +1018,7 @@ fn a_bulk_import_ends_with_the_same_aggregates_as_syncing() {
         label: String::new(),
         enrolled_at: String::new(),
         revoked_at: None,
+        awaiting_approval: false,
     };
     let rejected = database
         .write(|conn| auxilio_server::ledger::import(conn, &device, &request))

@@ -32,10 +32,10 @@ enum AdminCommand {
         after_help = "Examples:\n  auxilio admin team add sonora\n  auxilio admin team list --json"
     )]
     Team(TeamCommand),
-    /// Devices: enrol (prints the token once), revoke, list.
+    /// Devices: enrol (prints the token once), approve, rotate, revoke, list.
     #[command(
         subcommand,
-        after_help = "Examples:\n  auxilio admin device enroll --team sonora --role field\n  auxilio admin device list\n  auxilio admin device revoke DEVICE_ID"
+        after_help = "Examples:\n  auxilio admin device enroll --team sonora --role field\n  auxilio admin device list\n  auxilio admin device approve DEVICE_ID\n  auxilio admin device revoke DEVICE_ID"
     )]
     Device(DeviceCommand),
     /// The protection officers' public keys that devices seal identity vaults to.
@@ -188,6 +188,13 @@ enum DeviceCommand {
     /// new token on the device with `auxilio device init` (same store: nothing is lost).
     #[command(after_help = "Example:\n  auxilio admin device rotate DEVICE_ID")]
     Rotate { device_id: DeviceId },
+    /// Approve a device awaiting approval (an administrator enrolled it, or rotated its token,
+    /// over HTTP): from now on it syncs and reads its team's records. A team lead of its team
+    /// does the same with POST /v1/team/devices/DEVICE_ID/approve.
+    #[command(
+        after_help = "Examples:\n  auxilio admin device list          # awaiting devices say so\n  auxilio admin device approve DEVICE_ID --data /var/lib/auxilio"
+    )]
+    Approve { device_id: DeviceId },
     /// List devices (never their tokens).
     #[command(after_help = "Example:\n  auxilio admin device list --json")]
     List,
@@ -365,6 +372,18 @@ fn run_directory(
                     text,
                 )
             }
+            AdminCommand::Device(DeviceCommand::Approve { device_id }) => {
+                let was_awaiting = directory::approve_by(&tx, directory::ADMIN_CLI, device_id)?;
+                let text = if was_awaiting {
+                    format!("device {device_id} approved: it syncs and reads its team's records from now on")
+                } else {
+                    format!("device {device_id} was already approved; nothing changed")
+                };
+                (
+                    serde_json::json!({ "device_id": device_id, "approved": true, "was_awaiting": was_awaiting }),
+                    text,
+                )
+            }
             AdminCommand::Device(DeviceCommand::Rotate { device_id }) => {
                 let token = directory::rotate_by(&tx, directory::ADMIN_CLI, device_id)?;
                 (
@@ -382,7 +401,11 @@ fn run_directory(
                 let text = devices
                     .iter()
                     .map(|d| {
-                        let state = d.revoked_at.as_deref().map_or("active".to_string(), |at| format!("revoked {at}"));
+                        let state = match (&d.revoked_at, d.awaiting_approval) {
+                            (Some(at), _) => format!("revoked {at}"),
+                            (None, true) => "awaiting approval".to_string(),
+                            (None, false) => "active".to_string(),
+                        };
                         format!("{}  {:<12} {:<11} {}  {}", d.id, d.team, d.role, state, d.label)
                     })
                     .collect::<Vec<_>>()

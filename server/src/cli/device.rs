@@ -462,7 +462,7 @@ fn init(
     if json {
         print_json(&serde_json::json!({
             "device_id": enrolment.device_id, "team": enrolment.team, "role": enrolment.role,
-            "server": enrolment.server_url,
+            "server": enrolment.server_url, "approved": who.approved,
         }));
     } else {
         println!(
@@ -472,6 +472,12 @@ fn init(
             enrolment.role,
             enrolment.team
         );
+        if !who.approved {
+            println!(
+                "this device awaits approval by a team lead of {}: it syncs once approved (log encounters meanwhile; nothing is lost)",
+                enrolment.team
+            );
+        }
     }
     Ok(())
 }

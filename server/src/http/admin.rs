@@ -5,7 +5,10 @@
 //! Administrators manage credentials and never see case data (see [`crate::access`]). Over HTTP
 //! they enrol and rotate `field` phones only ([`access::managed_over_http`]): every other role is
 //! enrolled and rotated on the server's own command line, so an administrator's token cannot be
-//! turned into case access (403 with a hint naming the command). Every change is audited with
+//! turned into case access (403 with a hint naming the command). And since a field phone syncs its
+//! team's whole records, health included, a phone they enrol, or whose token they rotate and
+//! receive, awaits approval by a team lead of its team (`POST /v1/team/devices/{id}/approve`,
+//! [`super::team`]) before it reads or writes case data. Every change is audited with
 //! the administrator's device as the actor, in the transaction that makes it; a token is in the
 //! response body only, never in a log or the audit detail.
 //!
@@ -24,7 +27,7 @@ use std::time::Instant;
 use super::auth::too_many;
 use super::{AppState, AuthenticatedDevice, JsonBody, PresentedToken};
 use crate::access::{self, Permission};
-use crate::directory::{self, AuthError, Device, DirectoryError, Enrolled, Role};
+use crate::directory::{self, Approval, AuthError, Device, DirectoryError, Enrolled, Role};
 use crate::error::AppError;
 use crate::rate_limit::Client;
 
@@ -63,7 +66,7 @@ fn require_managed_over_http(role: Role, action: &str) -> Result<(), AppError> {
     )))
 }
 
-fn parse_device_id(text: &str) -> Result<DeviceId, AppError> {
+pub(super) fn parse_device_id(text: &str) -> Result<DeviceId, AppError> {
     text.parse()
         .map_err(|e| AppError::BadRequest(format!("`{text}` is not a device id: {e}")))
 }
@@ -114,17 +117,28 @@ async fn enrol_device(
     State(state): State<AppState>,
     AuthenticatedDevice(admin): AuthenticatedDevice,
     JsonBody(NewDevice { team, role, label }): JsonBody<NewDevice>,
-) -> Result<Json<Enrolled>, AppError> {
+) -> Result<Json<serde_json::Value>, AppError> {
     access::require(&admin, Permission::ManageDevices)?;
     require_managed_over_http(role, "enrolling")?;
     let actor = admin.id.to_string();
-    let enrolled = state
+    let enrolled: Enrolled = state
         .blocking(move |database| {
-            database.transaction(|tx| Ok(directory::enroll_by(tx, &actor, &team, role, &label)?))
+            database.transaction(|tx| {
+                Ok(directory::enroll_with(
+                    tx,
+                    &actor,
+                    &team,
+                    role,
+                    &label,
+                    Approval::AwaitingTeamLead,
+                )?)
+            })
         })
         .await?;
-    tracing::info!(admin = %admin.id, device = %enrolled.device_id, role = %enrolled.role, "device enrolled");
-    Ok(Json(enrolled))
+    tracing::info!(admin = %admin.id, device = %enrolled.device_id, role = %enrolled.role, "device enrolled, awaiting approval");
+    let mut answer = serde_json::to_value(&enrolled).map_err(AppError::internal)?;
+    answer["awaiting_approval"] = true.into();
+    Ok(Json(answer))
 }
 
 async fn revoke_device(
@@ -160,12 +174,17 @@ async fn rotate_device(
                 let found = directory::find_device(tx, device)?
                     .ok_or(DirectoryError::NoSuchDevice(device))?;
                 require_managed_over_http(found.role, "rotating the token of")?;
-                Ok(directory::rotate_by(tx, &actor, device)?)
+                Ok(directory::rotate_with(
+                    tx,
+                    &actor,
+                    device,
+                    Approval::AwaitingTeamLead,
+                )?)
             })
         })
         .await?;
     Ok(Json(
-        serde_json::json!({ "device_id": device, "token": token }),
+        serde_json::json!({ "device_id": device, "token": token, "awaiting_approval": true }),
     ))
 }
 

@@ -1,5 +1,5 @@
 //! The HTTP surface: one [`AppState`], one router per feature (health, device administration,
-//! the audit log, sync, encounters, purge, map, export, the coordinators' event stream and map
+//! a team lead's approval of its team's devices, the audit log, sync, encounters, purge, map, export, the coordinators' event stream and map
 //! page, the protection officers' vault), [`app`] to assemble them (tests drive it in process)
 //! and [`serve`] to run it until a shutdown signal. Every `/v1/*` answer, errors included, says
 //! `Cache-Control: no-store`: they are case data, credentials or refusals, never to be kept by a
@@ -18,6 +18,7 @@ pub mod map_page;
 mod purge;
 pub mod relay_keys;
 mod sync;
+mod team;
 pub mod vault;
 
 use std::future::Future;
@@ -158,6 +159,7 @@ pub fn app(state: AppState) -> Router {
     let router = Router::new()
         .merge(health::router())
         .merge(admin::router())
+        .merge(team::router())
         .merge(audit_log::router())
         .merge(sync::router(state.config.max_request_bytes))
         .merge(encounters::router())

@@ -29,14 +29,17 @@ pub fn router(max_request_bytes: usize) -> Router<AppState> {
         .route("/v1/whoami", get(whoami))
 }
 
-/// Who the token belongs to. The map page calls it to sign in, so it is the sign-in the audit
-/// log records.
+/// Who the token belongs to, and whether the device is approved (one awaiting a team lead's
+/// approval may do nothing else but rotate its own token). The map page calls it to sign in, so
+/// it is the sign-in the audit log records.
 async fn whoami(
     State(state): State<AppState>,
     AuthenticatedDevice(device): AuthenticatedDevice,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let answer =
-        serde_json::json!({ "device_id": device.id, "team": device.team, "role": device.role });
+    let answer = serde_json::json!({
+        "device_id": device.id, "team": device.team, "role": device.role,
+        "approved": !device.awaiting_approval,
+    });
     let detail =
         serde_json::json!({ "device": device.id, "team": device.team, "role": device.role });
     let actor = device.id.to_string();
