@@ -772,6 +772,10 @@ pub fn stored_change_hashes(data_dir: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// An unaccompanied girl among a rescued group: a UASC case, what a protection officer reads and
+/// so may purge over HTTP.
+pub const PROTECTION_CASE: &str = r#"{"services":["rescue","first_aid"],"location":{"lat":31.69,"lon":-106.42,"accuracy_m":15},"terrain":"desert","counts":{"f":{"12-17":1},"m":{"18-59":2},"uasc":1},"nationality_counts":{"HND":3},"status":"open"}"#;
+
 /// The issue's example encounter, verbatim.
 pub const EXAMPLE_ENCOUNTER: &str = r#"{"services":["rescue","first_aid"],"location":{"lat":31.69,"lon":-106.42,"accuracy_m":15},"terrain":"desert","counts":{"f":{"18-59":1},"m":{"18-59":2}},"nationality_counts":{"HND":3},"status":"open"}"#;
 

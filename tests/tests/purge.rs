@@ -11,9 +11,9 @@ use auxilio_core::protocol::{self, RejectReason};
 use auxilio_core::vault::VaultContents;
 use auxilio_server::directory::Role;
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, auxilio_bin, auxilio_ok,
-    enroll, example_encounter_with, files_containing, files_in, get_json, post_json, run_auxilio,
-    sync_answer,
+    Device, EXAMPLE_ENCOUNTER, PROTECTION_CASE, ServerProcess, TeamFixture, add_team, auxilio_bin,
+    auxilio_ok, enroll, example_encounter_with, files_containing, files_in, get_json, post_json,
+    run_auxilio, sync_answer,
 };
 
 /// Every file of `dir` whose name starts with `prefix` (a store and its `-wal` and `-shm`), with
@@ -60,10 +60,6 @@ fn listed_ids(url: &str, token: &str) -> Vec<String> {
         .map(|row| row["id"].as_str().unwrap().to_string())
         .collect()
 }
-
-/// An unaccompanied girl among a rescued group: a UASC case, what a protection officer reads and
-/// so may purge over HTTP.
-const PROTECTION_CASE: &str = r#"{"services":["rescue","first_aid"],"location":{"lat":31.69,"lon":-106.42,"accuracy_m":15},"terrain":"desert","counts":{"f":{"12-17":1},"m":{"18-59":2},"uasc":1},"nationality_counts":{"HND":3},"status":"open"}"#;
 
 fn purge_over_http(
     url: &str,

@@ -16,8 +16,9 @@ use auxilio_server::client::ClientError;
 use auxilio_server::directory::Role;
 use auxilio_server::ledger::SyncCaps;
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, TeamFixture, TwoTeams, empty_sync_request, enroll, files_containing,
-    files_in, get_json, post_bytes, post_json, stored_change_hashes, stored_snapshot,
+    Device, EXAMPLE_ENCOUNTER, PROTECTION_CASE, TeamFixture, TwoTeams, empty_sync_request, enroll,
+    files_containing, files_in, get_json, post_bytes, post_json, stored_change_hashes,
+    stored_snapshot,
 };
 use serde_bytes::ByteBuf;
 
@@ -81,7 +82,8 @@ fn a_purged_encounters_change_from_an_old_backup_filed_under_a_new_id_is_refused
     let officer = enroll(fixture.data.path(), "sonora", Role::ProtectionOfficer).token;
     let marker = "PURGE-MARKER-Kx41-backup-restored";
 
-    let purged = phone.log(EXAMPLE_ENCOUNTER);
+    // A UASC case: what a protection officer may read, and so purge over HTTP.
+    let purged = phone.log(PROTECTION_CASE);
     phone.sync().unwrap();
     phone.edit(purged, &[&format!("notes={marker}")]);
     phone.sync().unwrap();
