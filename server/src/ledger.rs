@@ -1022,8 +1022,8 @@ pub fn rebuild(
     batch: usize,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<RebuildReport, LedgerError> {
-    let encounters: Vec<(Vec<u8>, String, String, String)> = database.write(|tx| {
-        let mut statement = tx.prepare(
+    let encounters: Vec<(Vec<u8>, String, String, String)> = database.read(|conn| {
+        let mut statement = conn.prepare(
             "SELECT encounter, min(team), min(received_at), max(received_at) FROM changes
              GROUP BY encounter ORDER BY min(seq)",
         )?;
