@@ -8,6 +8,7 @@
 //! writes a stream the caller hands it, and the same code runs inside the phone app and inside
 //! the server.
 
+pub mod cbor;
 pub mod document;
 pub mod edit;
 pub mod id;

@@ -21,6 +21,8 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::cbor::describe_cbor_error;
+pub use crate::cbor::encode;
 use crate::id::EncounterId;
 use crate::vault::SealedVault;
 
@@ -317,13 +319,6 @@ struct ResponseHead {
     vaults_rejected: Vec<VaultRejection>,
 }
 
-/// The binary form of a request (or of any single-item message).
-pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::into_writer(message, &mut out).expect("writing CBOR into memory cannot fail");
-    out
-}
-
 /// The binary form of a response: its head, then its frames, as one CBOR sequence.
 pub fn encode_response(response: &SyncResponse) -> Vec<u8> {
     let head = ResponseHead {
@@ -353,19 +348,6 @@ pub fn encode_response(response: &SyncResponse) -> Vec<u8> {
 #[derive(Deserialize)]
 struct VersionOnly {
     protocol: u32,
-}
-
-/// Says what is wrong with a body in words, not in the CBOR reader's internal terms.
-pub(crate) fn describe_cbor_error<E: std::fmt::Debug>(err: ciborium::de::Error<E>) -> String {
-    match err {
-        ciborium::de::Error::Io(_) => "the body ends too early (truncated or empty)".to_string(),
-        ciborium::de::Error::Syntax(offset) => format!("not CBOR (invalid at byte {offset})"),
-        ciborium::de::Error::Semantic(offset, message) => match offset {
-            Some(offset) => format!("{message} (at byte {offset})"),
-            None => message,
-        },
-        ciborium::de::Error::RecursionLimitExceeded => "nested too deeply".to_string(),
-    }
 }
 
 fn malformed<E: std::fmt::Debug>(err: ciborium::de::Error<E>) -> ProtocolError {

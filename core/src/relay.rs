@@ -33,10 +33,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::cbor::describe_cbor_error;
 use crate::document::{EncounterDocument, parse_change};
 use crate::id::device_of_actor;
 use crate::id::{DeviceId, EncounterId};
-use crate::protocol::{describe_cbor_error, is_compressed_change};
+use crate::protocol::is_compressed_change;
 use crate::relay_auth::{RelayAuthError, RelayHello, RelayProof, Signer};
 use crate::store::{
     DeviceStore, StoreError, add_pending, encounter_ids, enrolment, is_purged, load_document,

@@ -509,7 +509,7 @@ impl SealedVault {
 
     /// The envelope in its binary form (CBOR), as the device keeps it.
     pub fn to_cbor(&self) -> Vec<u8> {
-        crate::protocol::encode(self)
+        crate::cbor::encode(self)
     }
 }
 
@@ -522,7 +522,7 @@ pub fn decode_sealed(bytes: &[u8]) -> Result<SealedVault, VaultError> {
         });
     }
     let sealed: SealedVault = ciborium::from_reader(bytes)
-        .map_err(|e| VaultError::Malformed(crate::protocol::describe_cbor_error(e)))?;
+        .map_err(|e| VaultError::Malformed(crate::cbor::describe_cbor_error(e)))?;
     sealed.check()?;
     Ok(sealed)
 }

@@ -25,7 +25,18 @@
 //! so, until a team lead of its team approves it (`ApproveDevices`).
 
 use crate::directory::{Device, Role};
-use crate::error::AppError;
+
+/// Why [`require`] refused a device; the HTTP layer answers 403 for both
+/// (`AppError: From<AccessError>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// The device was enrolled or rotated over HTTP and no team lead of `team` approved it yet.
+    #[error("this device awaits approval by a team lead of {team}")]
+    AwaitingApproval { team: String },
+    /// The device's role may not do this; the message says which roles may.
+    #[error("{0}")]
+    Forbidden(String),
+}
 
 /// Something a request may ask to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,9 +131,9 @@ pub fn managed_over_http(role: Role) -> bool {
 }
 
 /// Refuses with 403 unless the device's role may do `permission` and the device is approved.
-pub fn require(device: &Device, permission: Permission) -> Result<(), AppError> {
+pub fn require(device: &Device, permission: Permission) -> Result<(), AccessError> {
     if device.awaiting_approval {
-        return Err(AppError::AwaitingApproval {
+        return Err(AccessError::AwaitingApproval {
             team: device.team.clone(),
         });
     }
@@ -133,13 +144,21 @@ pub fn require(device: &Device, permission: Permission) -> Result<(), AppError> 
         .into_iter()
         .map(Role::as_str)
         .collect();
-    Err(AppError::Forbidden(format!(
+    Err(AccessError::Forbidden(format!(
         "{} is for {} devices; this is a {} device of team `{}`",
         permission.describe(),
         allowed.join(" or "),
         device.role,
         device.team
     )))
+}
+
+impl Device {
+    /// Whether this device's role reaches encounters of `team` at all (what it may do with
+    /// them is [`allows`]'s question).
+    pub fn may_see_team(&self, team: &str) -> bool {
+        team_scope(self).includes(team)
+    }
 }
 
 /// The teams a device's role reaches.

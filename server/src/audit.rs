@@ -120,7 +120,7 @@ fn keyed_from_seq(conn: &Connection) -> Result<Option<i64>, rusqlite::Error> {
 /// Appends one row, MAC'd under the connection's audit key. Call it inside the transaction
 /// that does the audited thing, so the two commit together or not at all; outside one (a
 /// connection in autocommit mode) it refuses, since another process could append between the
-/// read of the head and the insert ([`crate::Database::transaction`] is the way in).
+/// read of the head and the insert ([`crate::Database::write`] is the way in).
 pub fn record(
     conn: &Connection,
     actor: &str,
@@ -129,7 +129,7 @@ pub fn record(
 ) -> Result<(), rusqlite::Error> {
     if conn.is_autocommit() {
         return Err(misuse(
-            "audit::record outside a transaction: the change and its audit row must commit together (use Database::transaction)",
+            "audit::record outside a transaction: the change and its audit row must commit together (use Database::write)",
         ));
     }
     let last: Option<(i64, Option<Vec<u8>>)> = conn
@@ -429,7 +429,7 @@ mod tests {
     }
 
     fn record_rows(db: &crate::Database, rows: usize) {
-        db.transaction(|conn| {
+        db.write(|conn| {
             for n in 0..rows {
                 record(
                     conn,
@@ -446,7 +446,7 @@ mod tests {
     #[test]
     fn the_log_refuses_updates_and_deletes() {
         let (_dir, db) = database();
-        db.transaction(|conn| {
+        db.write(|conn| {
             record(
                 conn,
                 "admin-cli",
@@ -466,9 +466,10 @@ mod tests {
     fn a_row_is_refused_outside_a_transaction() {
         let (_dir, db) = database();
         record_rows(&db, 1);
-        let refused = db
-            .write(|conn| record(conn, "admin-cli", "team.add", serde_json::json!({})))
-            .unwrap_err();
+        // `Database::write` always hands out a transaction; a connection of its own in
+        // autocommit mode is the only way left to try.
+        let conn = Connection::open(db.path()).unwrap();
+        let refused = record(&conn, "admin-cli", "team.add", serde_json::json!({})).unwrap_err();
         assert!(
             refused.to_string().contains("outside a transaction"),
             "{refused}"

@@ -529,31 +529,38 @@ impl Database {
         &self.path
     }
 
-    /// Runs `work` with the single writer connection.
+    /// Runs `work` in one `BEGIN IMMEDIATE` transaction of the single writer connection,
+    /// committed when it returns `Ok` and rolled back otherwise. The only way to write: a change
+    /// and its audit row commit together ([`crate::audit::record`] refuses to write outside a
+    /// transaction), and the write lock taken at `BEGIN` serialises this server with an
+    /// `auxilio admin` beside it. `synchronous=FULL`: once this returns `Ok` the change is on disk.
     pub fn write<T, E: From<rusqlite::Error>>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, E>,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut conn = self
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        work(&mut conn)
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = work(&tx)?;
+        tx.commit()?;
+        Ok(value)
     }
 
-    /// Runs `work` in one `BEGIN IMMEDIATE` transaction of the writer connection, committed
-    /// when it returns `Ok` and rolled back otherwise: the way to make a change together with
-    /// its audit row ([`crate::audit::record`] refuses to write outside a transaction).
-    pub fn transaction<T, E: From<rusqlite::Error>>(
-        &self,
-        work: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
-    ) -> Result<T, E> {
-        self.write(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let value = work(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })
+    /// Copies the write-ahead log into the database file and truncates the log to nothing,
+    /// outside any transaction (a checkpoint cannot run inside one). After a purge: the deleted
+    /// rows are zeroed in the pages the purge wrote, but the log still holds those pages as
+    /// they were before, until a checkpoint; TRUNCATE waits (up to the busy timeout) for
+    /// readers of older snapshots to finish first. Answers whether the log could be truncated
+    /// (`false`: a reader stayed open; it is cleared at the next checkpoint).
+    pub fn clear_write_ahead_log(&self) -> Result<bool, rusqlite::Error> {
+        let conn = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        Ok(busy == 0)
     }
 
     /// Runs `work` with a reader connection (sees the last committed state).

@@ -156,14 +156,6 @@ pub struct Device {
     pub awaiting_approval: bool,
 }
 
-impl Device {
-    /// Whether this device's role reaches encounters of `team` at all (what it may do with
-    /// them is [`crate::access::allows`]'s question).
-    pub fn may_see_team(&self, team: &str) -> bool {
-        crate::access::team_scope(self).includes(team)
-    }
-}
-
 /// A device just enrolled, with the only copy of its token.
 #[derive(Debug, Clone, Serialize)]
 pub struct Enrolled {
@@ -229,6 +221,12 @@ pub fn list_teams(conn: &Connection) -> Result<Vec<String>, DirectoryError> {
         .query_map([], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(names)
+}
+
+/// How many teams this server holds (the health check's read).
+pub fn team_count(conn: &Connection) -> Result<u64, rusqlite::Error> {
+    conn.query_row("SELECT count(*) FROM teams", [], |row| row.get::<_, i64>(0))
+        .map(i64::unsigned_abs)
 }
 
 /// The actor the command line writes into the audit log.
@@ -611,7 +609,7 @@ mod tests {
     #[test]
     fn an_enrolled_token_authenticates_until_revoked() {
         let (_dir, db) = database();
-        db.transaction(|conn| {
+        db.write(|conn| {
             add_team(conn, "sonora").unwrap();
             let enrolled = enroll(conn, "sonora", Role::Field, "phone 1").unwrap();
             let (device, _) = authenticate(conn, &enrolled.token).unwrap().unwrap();
@@ -629,7 +627,7 @@ mod tests {
     #[test]
     fn a_self_rotation_keeps_the_old_token_until_the_new_one_is_used() {
         let (_dir, db) = database();
-        db.transaction(|conn| {
+        db.write(|conn| {
             add_team(conn, "sonora").unwrap();
             let enrolled = enroll(conn, "sonora", Role::Field, "").unwrap();
             let (device, _) = authenticate(conn, &enrolled.token).unwrap().unwrap();
@@ -663,7 +661,7 @@ mod tests {
     fn a_self_rotation_or_promotion_that_lost_a_race_with_an_administrators_rotation_changes_nothing()
      {
         let (_dir, db) = database();
-        db.transaction(|conn| {
+        db.write(|conn| {
             add_team(conn, "sonora").unwrap();
             let leaked = enroll(conn, "sonora", Role::Field, "").unwrap();
             let (device, _) = authenticate(conn, &leaked.token).unwrap().unwrap();
@@ -691,7 +689,7 @@ mod tests {
     fn an_http_enrolment_or_rotation_awaits_approval_and_a_self_rotation_or_the_command_line_does_not()
      {
         let (_dir, db) = database();
-        db.transaction(|conn| {
+        db.write(|conn| {
             add_team(conn, "sonora").unwrap();
             let awaiting = |token: &str| {
                 authenticate(conn, token)
@@ -744,7 +742,7 @@ mod tests {
     #[test]
     fn a_token_with_a_wrong_secret_or_shape_is_refused() {
         let (_dir, db) = database();
-        db.transaction(|conn| {
+        db.write(|conn| {
             add_team(conn, "sonora").unwrap();
             let enrolled = enroll(conn, "sonora", Role::Field, "").unwrap();
             let forged = format!(
@@ -769,7 +767,7 @@ mod tests {
     fn enrolling_into_a_missing_team_says_how_to_add_it() {
         let (_dir, db) = database();
         let err = db
-            .transaction(|conn| enroll(conn, "nowhere", Role::Field, ""))
+            .write(|conn| enroll(conn, "nowhere", Role::Field, ""))
             .unwrap_err();
         assert!(
             err.to_string().contains("auxilio admin team add nowhere"),

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::access::AccessError;
 use crate::directory::AuthError;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,15 @@ impl AppError {
             ),
             AppError::Internal(_) => Some("retry later; the server log has the details"),
             _ => None,
+        }
+    }
+}
+
+impl From<AccessError> for AppError {
+    fn from(err: AccessError) -> Self {
+        match err {
+            AccessError::AwaitingApproval { team } => AppError::AwaitingApproval { team },
+            AccessError::Forbidden(message) => AppError::Forbidden(message),
         }
     }
 }

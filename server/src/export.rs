@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use auxilio_core::EncounterId;
 use auxilio_core::validation::is_area_code;
 use rusqlite::types::Value;
-use rusqlite::{Connection, params_from_iter};
+use rusqlite::{Connection, Transaction, params_from_iter};
 use serde_json::json;
 
 use crate::audit;
@@ -394,17 +394,16 @@ fn hxl(
 /// Reads the export and records it in the audit log, in one transaction: if the audit row
 /// cannot be written, nothing is exported.
 pub fn export(
-    conn: &mut Connection,
+    tx: &Transaction<'_>,
     actor: &str,
     format: Format,
     purpose: &str,
     filter: &Filter,
     period: Period,
 ) -> Result<Export, rusqlite::Error> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let (body, rows) = match format {
         Format::Csv | Format::GeoJson => {
-            let rows = encounter_rows(&tx, filter)?;
+            let rows = encounter_rows(tx, filter)?;
             let body = if format == Format::Csv {
                 csv(&rows)
             } else {
@@ -412,7 +411,7 @@ pub fn export(
             };
             (body, rows.len())
         }
-        Format::Hxl => hxl(&tx, filter, period)?,
+        Format::Hxl => hxl(tx, filter, period)?,
     };
     let mut detail = json!({
         "device": actor,
@@ -424,8 +423,7 @@ pub fn export(
     if format == Format::Hxl {
         detail["period"] = json!(period);
     }
-    audit::record(&tx, actor, "export", detail)?;
-    tx.commit()?;
+    audit::record(tx, actor, "export", detail)?;
     Ok(Export { body, rows })
 }
 

@@ -6,7 +6,7 @@
 //! requests; a document is loaded from SQLite only while its changes are merged, so memory is
 //! bounded by the largest request, not by the number of encounters.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use automerge::{AutomergeError, Change};
 use auxilio_core::document::{DocumentError, EncounterDocument, parse_change};
@@ -16,11 +16,12 @@ use auxilio_core::protocol::{
     RejectReason, Rejection, ResponseFrame, SyncRequest, SyncResponse, WantedChanges,
 };
 use auxilio_core::{DeviceId, EncounterId, SCHEMA_VERSION};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_bytes::ByteBuf;
 
 use crate::access;
-use crate::database::now_text;
+use crate::changes::{ChangesError, Outcome, load_document, stored_changes};
+use crate::database::{Database, now_text};
 use crate::directory::Device;
 use crate::index;
 use crate::purge;
@@ -52,6 +53,15 @@ pub enum LedgerError {
         limit: u64,
         retry_after_secs: u64,
     },
+}
+
+impl From<ChangesError> for LedgerError {
+    fn from(err: ChangesError) -> Self {
+        match err {
+            ChangesError::Sqlite(err) => LedgerError::Sqlite(err),
+            ChangesError::Corrupt(what) => LedgerError::Corrupt(what),
+        }
+    }
 }
 
 /// Ceilings on what devices upload, so that no request holds the single writer for long while
@@ -336,43 +346,6 @@ pub fn encounter_team(tx: &Connection, id: EncounterId) -> Result<Option<String>
         |row| row.get(0),
     )
     .optional()
-}
-
-/// Loads the merged document of an encounter; if earlier changes were stored before their
-/// dependencies, every stored change is applied again so none is left out.
-pub fn load_document(
-    conn: &Connection,
-    id: EncounterId,
-) -> Result<Option<EncounterDocument>, LedgerError> {
-    let row: Option<(Vec<u8>, bool)> = conn
-        .query_row(
-            "SELECT document, complete FROM encounters WHERE id = ?1",
-            [id.as_bytes()],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()?;
-    let Some((bytes, complete)) = row else {
-        return Ok(None);
-    };
-    let mut document =
-        EncounterDocument::load(&bytes, None).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-    if !complete {
-        document
-            .apply_changes(stored_changes(conn, id)?)
-            .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-    }
-    Ok(Some(document))
-}
-
-fn stored_changes(conn: &Connection, id: EncounterId) -> Result<Vec<Change>, LedgerError> {
-    let mut statement =
-        conn.prepare("SELECT change FROM changes WHERE encounter = ?1 ORDER BY seq")?;
-    let rows = statement.query_map([id.as_bytes()], |row| row.get::<_, Vec<u8>>(0))?;
-    let mut out = Vec::new();
-    for bytes in rows {
-        out.push(Change::from_bytes(bytes?).map_err(|e| LedgerError::Corrupt(e.to_string()))?);
-    }
-    Ok(out)
 }
 
 fn reject(encounter: EncounterId, reason: RejectReason, message: String) -> Rejection {
@@ -703,16 +676,15 @@ pub fn encounters_stored_after(
 /// refusals. For bulk loads (the map benchmark, imports), which call
 /// [`index::facts::recompute_aggregates`] once after the last batch, as [`rebuild`] does.
 pub fn import(
-    conn: &mut Connection,
+    tx: &Transaction<'_>,
     device: &Device,
     request: &SyncRequest,
 ) -> Result<Vec<Rejection>, LedgerError> {
     let DecodedRequest { request, uploads } = decode(request.clone())?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut rejected = Vec::new();
     for upload in uploads {
         if let Err(rejection) = ingest_encounter(
-            &tx,
+            tx,
             device,
             request.actor.as_deref().map(Vec::as_slice),
             upload,
@@ -721,19 +693,18 @@ pub fn import(
             rejected.push(rejection);
         }
     }
-    tx.commit()?;
     Ok(rejected)
 }
 
 /// Handles one sync request from `device`: [`decode`], then [`sync_decoded`].
 pub fn sync(
-    conn: &mut Connection,
+    tx: &Transaction<'_>,
     device: &Device,
     request: &SyncRequest,
     limits: PageLimits,
 ) -> Result<SyncResponse, LedgerError> {
     sync_decoded(
-        conn,
+        tx,
         device,
         decode(request.clone())?,
         limits,
@@ -745,7 +716,7 @@ pub fn sync(
 /// commits before the response exists. A request whose new encounters would pass the device's
 /// daily ceiling (`caps`) is refused whole before anything is stored.
 pub fn sync_decoded(
-    conn: &mut Connection,
+    tx: &Transaction<'_>,
     device: &Device,
     decoded: DecodedRequest,
     limits: PageLimits,
@@ -769,15 +740,13 @@ pub fn sync_decoded(
         .iter()
         .flat_map(|u| u.changes.iter().map(|c| c.hash().0.to_vec()))
         .collect();
-
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let new_encounters = check_daily_ceiling(&tx, device, &uploads, caps)?;
+    let new_encounters = check_daily_ceiling(tx, device, &uploads, caps)?;
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
     let touched: Vec<EncounterId> = uploads.iter().map(|u| u.encounter).collect();
     for upload in uploads {
         match ingest_encounter(
-            &tx,
+            tx,
             device,
             request.actor.as_deref().map(Vec::as_slice),
             upload,
@@ -787,42 +756,41 @@ pub fn sync_decoded(
             Err(rejection) => rejected.push(rejection),
         }
     }
-    count_new_encounters(&tx, device, &new_encounters)?;
+    count_new_encounters(tx, device, &new_encounters)?;
     // After the changes, so a vault travelling with its encounter's first changes finds it.
     let (vaults_accepted, vaults_rejected) =
-        crate::vault::store_uploaded(&tx, device, &request.vaults)?;
-    let vault_recipients = crate::vault::current_recipients(&tx)?;
+        crate::vault::store_uploaded(tx, device, &request.vaults)?;
+    let vault_recipients = crate::vault::current_recipients(tx)?;
     // A cursor is trusted only if it still names the same change: after a restore from backup
     // (or against another server) its position may hold another change or none, and the device
     // would silently skip what it never had. Then the device starts again from the beginning.
     let matches = request.cursor == 0
         || request.cursor_check.as_ref().is_some_and(|check| {
-            hash_at(&tx, request.cursor)
+            hash_at(tx, request.cursor)
                 .is_ok_and(|hash| !hash.is_empty() && hash == check.as_slice())
         });
     let cursor = if matches { request.cursor } else { 0 };
     if !matches {
         tracing::warn!(device = %device.id, cursor = request.cursor, "cursor does not match this server's history; sending everything again");
     }
-    let resumed = resume_requests(&tx, device, &request.resume, &mut accepted, &mut rejected)?;
+    let resumed = resume_requests(tx, device, &request.resume, &mut accepted, &mut rejected)?;
     if let Some(request_id) = &request.request_id
         && !touched.is_empty()
     {
-        record_outcome(&tx, device, request_id, &accepted, &rejected)?;
+        record_outcome(tx, device, request_id, &accepted, &rejected)?;
     }
-    let wanted = wanted_changes(&tx, device, &touched)?;
+    let wanted = wanted_changes(tx, device, &touched)?;
     let (changes, cursor, more) = page(
-        &tx,
+        tx,
         device,
         request.actor.as_deref().map(Vec::as_slice),
         cursor,
         &uploaded,
         limits.for_request(request.max_response_bytes),
     )?;
-    let cursor_check = ByteBuf::from(hash_at(&tx, cursor)?);
+    let cursor_check = ByteBuf::from(hash_at(tx, cursor)?);
     let (purges, purges_through, more_purges) =
-        purge::notices_after(&tx, &access::team_scope(device), request.purges_after)?;
-    tx.commit()?;
+        purge::notices_after(tx, &access::team_scope(device), request.purges_after)?;
     Ok(SyncResponse {
         protocol: PROTOCOL_VERSION,
         accepted,
@@ -847,13 +815,6 @@ pub fn sync_decoded(
 /// more cover a run of cut retries.
 const OUTCOMES_KEPT_PER_DEVICE: i64 = 16;
 
-/// What one upload stored and refused, kept in `request_outcomes`.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Outcome {
-    accepted: Vec<ByteBuf>,
-    rejected: Vec<Rejection>,
-}
-
 /// Remembers what request `request_id` of `device` stored and refused, in the transaction
 /// that stores its changes, and forgets the device's older outcomes.
 fn record_outcome(
@@ -876,46 +837,6 @@ fn record_outcome(
              SELECT seq FROM request_outcomes WHERE device = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
         params![device.id.as_bytes(), OUTCOMES_KEPT_PER_DEVICE],
     )?;
-    Ok(())
-}
-
-/// Removes encounter `encounter` from every stored request outcome (its refusals, and the
-/// hashes of its changes among those acknowledged): a purge leaves nothing naming its changes.
-/// Only the outcomes holding its id or one of its hashes (found by a byte search in SQL) are
-/// decoded and rewritten.
-pub fn forget_outcomes_of(tx: &Connection, encounter: EncounterId) -> Result<(), LedgerError> {
-    let hashes: HashSet<Vec<u8>> = tx
-        .prepare("SELECT hash FROM changes WHERE encounter = ?1")?
-        .query_map([encounter.as_bytes()], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut naming = tx.prepare("SELECT seq FROM request_outcomes WHERE instr(outcome, ?1) > 0")?;
-    let mut candidates: BTreeSet<i64> = BTreeSet::new();
-    for needle in hashes
-        .iter()
-        .map(Vec::as_slice)
-        .chain([encounter.as_bytes().as_slice()])
-    {
-        for seq in naming.query_map([needle], |row| row.get(0))? {
-            candidates.insert(seq?);
-        }
-    }
-    for seq in candidates {
-        let bytes: Vec<u8> = tx.query_row(
-            "SELECT outcome FROM request_outcomes WHERE seq = ?1",
-            [seq],
-            |row| row.get(0),
-        )?;
-        let mut outcome: Outcome = ciborium::from_reader(bytes.as_slice())
-            .map_err(|e| LedgerError::Corrupt(format!("a stored request outcome: {e}")))?;
-        outcome
-            .accepted
-            .retain(|hash| !hashes.contains(hash.as_slice()));
-        outcome.rejected.retain(|r| r.encounter != encounter);
-        tx.execute(
-            "UPDATE request_outcomes SET outcome = ?2 WHERE seq = ?1",
-            params![seq, protocol::encode(&outcome)],
-        )?;
-    }
     Ok(())
 }
 
@@ -1097,11 +1018,11 @@ pub struct RebuildReport {
 /// `batch` encounters per transaction; `progress` sees (done, total) after each batch. This is
 /// what makes the `changes` table the only thing that must never be lost.
 pub fn rebuild(
-    conn: &mut Connection,
+    database: &Database,
     batch: usize,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<RebuildReport, LedgerError> {
-    let encounters: Vec<(Vec<u8>, String, String, String)> = {
+    let encounters: Vec<(Vec<u8>, String, String, String)> = database.read(|conn| {
         let mut statement = conn.prepare(
             "SELECT encounter, min(team), min(received_at), max(received_at) FROM changes
              GROUP BY encounter ORDER BY min(seq)",
@@ -1110,42 +1031,48 @@ pub fn rebuild(
             .query_map([], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
             })?
-            .collect::<Result<_, _>>()?
-    };
+            .collect::<Result<_, rusqlite::Error>>()
+    })?;
     let total = encounters.len() as u64;
     let mut report = RebuildReport::default();
     for chunk in encounters.chunks(batch.max(1)) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (id, team, first_received, last_received) in chunk {
-            let id =
-                EncounterId::from_slice(id).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
-            let changes = stored_changes(&tx, id)?;
-            report.changes += changes.len() as u64;
-            let mut document = EncounterDocument::empty();
-            document
-                .apply_changes(changes)
-                .map_err(|e| LedgerError::Corrupt(format!("encounter {id}: {e}")))?;
-            let complete = document.missing_dependencies().is_empty();
-            report.incomplete += u64::from(!complete);
-            tx.execute(
-                "INSERT INTO encounters (id, team, document, complete, received_at, updated_at, occurred_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5)
-                 ON CONFLICT (id) DO UPDATE SET team = excluded.team, document = excluded.document,
-                     complete = excluded.complete, received_at = excluded.received_at,
-                     updated_at = excluded.updated_at",
-                params![id.as_bytes(), team, document.save(), complete, first_received, last_received],
-            )?;
-            index::update_with(&tx, id, team, &document, index::facts::Aggregates::Skip)?;
-            report.encounters += 1;
-        }
-        tx.commit()?;
+        // Each batch commits on its own: what a stopped rebuild committed stays valid.
+        report = database.write(|tx| rebuild_batch(tx, chunk, report))?;
         progress(report.encounters, total);
     }
     // The aggregates were left alone above, so the map and stats kept answering from the old
     // ones; they are remade from the refreshed facts in one transaction.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    index::facts::recompute_aggregates(&tx)?;
-    tx.commit()?;
+    database.write(|tx| index::facts::recompute_aggregates(tx))?;
+    Ok(report)
+}
+
+/// Rebuilds one batch of [`rebuild`] in the caller's transaction, adding to `report`.
+fn rebuild_batch(
+    tx: &Transaction<'_>,
+    chunk: &[(Vec<u8>, String, String, String)],
+    mut report: RebuildReport,
+) -> Result<RebuildReport, LedgerError> {
+    for (id, team, first_received, last_received) in chunk {
+        let id = EncounterId::from_slice(id).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+        let changes = stored_changes(tx, id)?;
+        report.changes += changes.len() as u64;
+        let mut document = EncounterDocument::empty();
+        document
+            .apply_changes(changes)
+            .map_err(|e| LedgerError::Corrupt(format!("encounter {id}: {e}")))?;
+        let complete = document.missing_dependencies().is_empty();
+        report.incomplete += u64::from(!complete);
+        tx.execute(
+            "INSERT INTO encounters (id, team, document, complete, received_at, updated_at, occurred_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5)
+             ON CONFLICT (id) DO UPDATE SET team = excluded.team, document = excluded.document,
+                 complete = excluded.complete, received_at = excluded.received_at,
+                 updated_at = excluded.updated_at",
+            params![id.as_bytes(), team, document.save(), complete, first_received, last_received],
+        )?;
+        index::update_with(tx, id, team, &document, index::facts::Aggregates::Skip)?;
+        report.encounters += 1;
+    }
     Ok(report)
 }
 

@@ -12,6 +12,7 @@
 pub mod access;
 pub mod audit;
 pub mod audit_key;
+pub mod changes;
 pub mod cli;
 pub mod client;
 pub mod database;
@@ -19,6 +20,8 @@ pub mod device_time;
 pub mod directory;
 pub mod error;
 pub mod export;
+#[cfg(test)]
+mod house_rules;
 pub mod http;
 pub mod index;
 pub mod ledger;

@@ -24,14 +24,14 @@
 
 use auxilio_core::EncounterId;
 use auxilio_core::protocol::{PurgeKind, PurgeNotice};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::access::TeamScope;
 use crate::audit;
-use crate::database::now_text;
+use crate::changes::{self, ChangesError};
+use crate::database::{Database, now_text};
 use crate::index;
-use crate::ledger;
 
 /// At most this many purge notices go in one sync response; a device with more to catch up on
 /// gets them over the next requests (`more`).
@@ -54,8 +54,8 @@ pub enum PurgeError {
     MissingReason,
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("stored data could not be read: {0}")]
-    Ledger(#[from] ledger::LedgerError),
+    #[error(transparent)]
+    Stored(#[from] ChangesError),
 }
 
 /// What one purge removed.
@@ -76,16 +76,14 @@ pub struct PurgeReport {
 /// Purges `encounter` (or only its vault), audited as `actor` with `reason`, in one immediate
 /// transaction; then clears the write-ahead log so the bytes are gone from the data directory.
 pub fn purge(
-    conn: &mut Connection,
+    database: &Database,
     encounter: EncounterId,
     kind: PurgeKind,
     reason: &str,
     actor: &str,
 ) -> Result<PurgeReport, PurgeError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let report = purge_in(&tx, encounter, kind, reason, actor)?;
-    tx.commit()?;
-    clear_files(conn)?;
+    let report = database.write(|tx| purge_in(tx, encounter, kind, reason, actor))?;
+    clear_files(database)?;
     Ok(report)
 }
 
@@ -124,7 +122,7 @@ pub fn purge_in(
             "INSERT INTO purged_changes (seq, hash) SELECT seq, hash FROM changes WHERE encounter = ?1",
             [encounter.as_bytes()],
         )? as u64;
-        ledger::forget_outcomes_of(tx, encounter)?;
+        changes::forget_outcomes_of(tx, encounter)?;
         tx.execute(
             "DELETE FROM changes WHERE encounter = ?1",
             [encounter.as_bytes()],
@@ -239,13 +237,11 @@ pub fn encounters_with_vault(conn: &Connection) -> Result<Vec<EncounterId>, rusq
     Ok(ids)
 }
 
-/// Copies the write-ahead log into the database file and truncates the log to nothing. The
-/// deleted rows are zeroed in the pages the purge wrote, but the log still holds those pages as
-/// they were before, until a checkpoint; TRUNCATE waits (up to the busy timeout) for readers of
-/// older snapshots to finish first.
-pub fn clear_files(conn: &Connection) -> Result<(), rusqlite::Error> {
-    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
-    if busy != 0 {
+/// After a purge's commit: copies the write-ahead log into the database file and truncates the
+/// log to nothing ([`Database::clear_write_ahead_log`]), so the purged bytes leave the data
+/// directory.
+pub fn clear_files(database: &Database) -> Result<(), rusqlite::Error> {
+    if !database.clear_write_ahead_log()? {
         tracing::warn!(
             "the write-ahead log could not be truncated after a purge (a reader stayed open); it is cleared at the next checkpoint"
         );
@@ -261,7 +257,7 @@ pub fn notices_after(
     conn: &Connection,
     scope: &TeamScope,
     after: u64,
-) -> Result<(Vec<PurgeNotice>, u64, bool), ledger::LedgerError> {
+) -> Result<(Vec<PurgeNotice>, u64, bool), ChangesError> {
     let last: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM purges", [], |row| {
         row.get(0)
     })?;
@@ -288,7 +284,7 @@ pub fn notices_after(
     let mut notices = Vec::new();
     for row in rows {
         let (seq, encounter, kind) = row?;
-        let corrupt = |what: String| ledger::LedgerError::Corrupt(format!("purge {seq}: {what}"));
+        let corrupt = |what: String| ChangesError::Corrupt(format!("purge {seq}: {what}"));
         notices.push(PurgeNotice {
             seq: seq.unsigned_abs(),
             encounter: EncounterId::from_slice(&encounter).map_err(|e| corrupt(e.to_string()))?,
@@ -315,7 +311,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::database::Database;
     use crate::directory::{self, Role};
-    use crate::ledger::PageLimits;
+    use crate::ledger::{self, PageLimits};
 
     /// Text that does not compress, so it is stored as written wherever it is stored.
     fn incompressible(seed: &str, chars: usize) -> String {
@@ -354,7 +350,7 @@ pub(crate) mod tests {
         let data = dir.path().join("data");
         let database = Database::open(&data).unwrap();
         let enrolled = database
-            .transaction(|conn| {
+            .write(|conn| {
                 directory::add_team(conn, "sonora")?;
                 directory::enroll(conn, "sonora", Role::Field, "test")
             })
@@ -405,7 +401,7 @@ pub(crate) mod tests {
             request.changes[0].changes[0].len() > 8 * 1024,
             "spills over pages"
         );
-        database.write(|conn| clear_files(conn)).unwrap();
+        clear_files(&database).unwrap();
         assert_eq!(
             files_holding(&data, &marker),
             vec![
@@ -432,9 +428,7 @@ pub(crate) mod tests {
         };
         assert_eq!(outcomes_naming_it(), 1);
 
-        let report = database
-            .write(|conn| purge(conn, id, PurgeKind::Whole, "test", "admin-cli"))
-            .unwrap();
+        let report = purge(&database, id, PurgeKind::Whole, "test", "admin-cli").unwrap();
         assert_eq!(report.changes_removed, 1);
         assert_eq!(files_holding(&data, &marker), Vec::<String>::new());
         assert_eq!(
@@ -459,9 +453,14 @@ pub(crate) mod tests {
                 )
             })
             .unwrap();
-        let report = database
-            .write(|conn| purge(conn, id, PurgeKind::VaultOnly, "handed over", "admin-cli"))
-            .unwrap();
+        let report = purge(
+            &database,
+            id,
+            PurgeKind::VaultOnly,
+            "handed over",
+            "admin-cli",
+        )
+        .unwrap();
         assert_eq!(
             (report.changes_removed, report.vault_envelopes_removed),
             (0, 1)

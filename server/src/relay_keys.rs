@@ -6,7 +6,7 @@
 
 use auxilio_core::DeviceId;
 use auxilio_core::relay_auth::{RelayKey, parse_public_key};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::access::{self, Permission};
 use crate::audit;
@@ -25,13 +25,12 @@ pub enum RelayKeyError {
 /// Records `key` as `device`'s relay key (the change and its audit row in one transaction, and
 /// only when the key is new), then returns the current relay keys of its team, its own included.
 pub fn register(
-    conn: &mut Connection,
+    tx: &Transaction<'_>,
     device: &Device,
     key: &str,
 ) -> Result<Vec<RelayKey>, RelayKeyError> {
     let public = parse_public_key(key.trim()).ok_or(RelayKeyError::InvalidKey)?;
     let bytes = public.as_bytes().to_vec();
-    let tx = conn.transaction()?;
     let stored: Option<Vec<u8>> = tx
         .query_row(
             "SELECT relay_key FROM devices WHERE id = ?1",
@@ -46,14 +45,13 @@ pub fn register(
             params![device.id.as_bytes().as_slice(), bytes],
         )?;
         audit::record(
-            &tx,
+            tx,
             &device.id.to_string(),
             "device.relay_key",
             serde_json::json!({ "device": device.id, "team": device.team, "replaced": stored.is_some() }),
         )?;
     }
-    let keys = team_keys(&tx, &device.team)?;
-    tx.commit()?;
+    let keys = team_keys(tx, &device.team)?;
     Ok(keys)
 }
 

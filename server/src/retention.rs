@@ -29,13 +29,13 @@
 use auxilio_core::EncounterId;
 use auxilio_core::protocol::PurgeKind;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::changes;
 use crate::database::Database;
 use crate::device_time;
-use crate::ledger;
 use crate::purge::{self, PurgeError, PurgeReport};
 
 /// The audit log's actor for purges the retention policy made.
@@ -191,7 +191,7 @@ pub fn due(
                 )
                 .optional()?;
             let (Some(server_times), Some(document)) =
-                (server_times, ledger::load_document(conn, encounter)?)
+                (server_times, changes::load_document(conn, encounter)?)
             else {
                 continue;
             };
@@ -218,24 +218,25 @@ pub fn due(
 /// Purges one batch of what is due, in one transaction, then clears the write-ahead log.
 /// Returns what it purged; fewer than [`BATCH`] means nothing more is due.
 pub fn sweep_batch(
-    conn: &mut Connection,
+    database: &Database,
     policy: Policy,
     now: DateTime<Utc>,
 ) -> Result<Vec<PurgeReport>, PurgeError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut purged = Vec::new();
-    for due in due(&tx, policy, now, BATCH)? {
-        purged.push(purge::purge_in(
-            &tx,
-            due.encounter,
-            due.kind,
-            &due.reason,
-            ACTOR,
-        )?);
-    }
-    tx.commit()?;
+    let purged = database.write(|tx| {
+        let mut purged = Vec::new();
+        for due in due(tx, policy, now, BATCH)? {
+            purged.push(purge::purge_in(
+                tx,
+                due.encounter,
+                due.kind,
+                &due.reason,
+                ACTOR,
+            )?);
+        }
+        Ok::<_, PurgeError>(purged)
+    })?;
     if !purged.is_empty() {
-        purge::clear_files(conn)?;
+        purge::clear_files(database)?;
     }
     Ok(purged)
 }
@@ -248,7 +249,7 @@ pub fn sweep(
 ) -> Result<Vec<PurgeReport>, PurgeError> {
     let mut purged = Vec::new();
     loop {
-        let batch = database.write(|conn| sweep_batch(conn, policy, now))?;
+        let batch = sweep_batch(database, policy, now)?;
         let last = batch.len() < BATCH;
         purged.extend(batch);
         if last {

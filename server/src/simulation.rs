@@ -373,7 +373,7 @@ impl Deployment {
             config.teams.iter().cloned().unzip()
         };
         for team in &teams {
-            match database.transaction(|conn| directory::add_team(conn, team)) {
+            match database.write(|conn| directory::add_team(conn, team)) {
                 Ok(()) | Err(DirectoryError::TeamExists(_)) => {}
                 Err(err) => return Err(err.into()),
             }
@@ -385,7 +385,7 @@ impl Deployment {
         let mut devices = Vec::new();
         for n in 0..config.devices {
             let team = teams[(n / config.team_size.max(1)) % teams.len()].clone();
-            let enrolled = database.transaction(|conn| {
+            let enrolled = database.write(|conn| {
                 directory::enroll(conn, &team, Role::Field, &format!("simulated phone {n}"))
             })?;
             let mut store = DeviceStore::open(stores.path().join(format!("phone-{n}.db")))?;

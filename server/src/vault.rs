@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::audit;
+use crate::changes::{self, ChangesError};
 use crate::database::now_text;
 use crate::directory::Device;
 use crate::index;
-use crate::ledger::{self, LedgerError};
 use crate::purge;
 
 #[derive(Debug, thiserror::Error)]
@@ -133,8 +133,8 @@ pub fn envelopes_sealed_to(conn: &Connection, key: &str) -> Result<u64, rusqlite
 
 /// Whether encounter `id` (stored) is a UASC or missing-person case, by the merged document
 /// (the core rule devices apply), or by the index if the document cannot be read as a record.
-fn is_vault_case(conn: &Connection, id: EncounterId) -> Result<bool, LedgerError> {
-    let Some(document) = ledger::load_document(conn, id)? else {
+fn is_vault_case(conn: &Connection, id: EncounterId) -> Result<bool, ChangesError> {
+    let Some(document) = changes::load_document(conn, id)? else {
         return Ok(false);
     };
     Ok(match document.encounter() {
@@ -149,7 +149,7 @@ pub fn store_uploaded(
     tx: &Connection,
     device: &Device,
     vaults: &[SealedVault],
-) -> Result<(Vec<ByteBuf>, Vec<VaultRejection>), LedgerError> {
+) -> Result<(Vec<ByteBuf>, Vec<VaultRejection>), ChangesError> {
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
     for sealed in vaults {
@@ -171,7 +171,7 @@ fn store_one(
     tx: &Connection,
     device: &Device,
     sealed: &SealedVault,
-) -> Result<Result<(), String>, LedgerError> {
+) -> Result<Result<(), String>, ChangesError> {
     if let Err(err) = sealed.check() {
         return Ok(Err(err.to_string()));
     }
@@ -260,11 +260,21 @@ pub fn has_envelopes(conn: &Connection, id: EncounterId) -> Result<bool, rusqlit
     )
 }
 
+/// Whether this server holds encounter `id` or a vault envelope of it.
+pub fn encounter_known(conn: &Connection, id: EncounterId) -> Result<bool, rusqlite::Error> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM encounters WHERE id = ?1)
+             OR EXISTS (SELECT 1 FROM vault_envelopes WHERE encounter = ?1)",
+        [id.as_bytes()],
+        |row| row.get(0),
+    )
+}
+
 /// The envelopes of encounter `id` and their encounter's team, oldest first.
 pub fn envelopes_of(
     conn: &Connection,
     id: EncounterId,
-) -> Result<Vec<StoredEnvelope>, LedgerError> {
+) -> Result<Vec<StoredEnvelope>, ChangesError> {
     let mut statement = conn.prepare(
         "SELECT id, sealed_at, recipients, ciphertext, team, received_at, digest FROM vault_envelopes
          WHERE encounter = ?1 ORDER BY received_at, id",
@@ -293,7 +303,7 @@ pub fn envelopes_of(
                 encounter: id,
                 sealed_at: sealed_at.unwrap_or_default(),
                 recipients: serde_json::from_str(&recipients)
-                    .map_err(|e| LedgerError::Corrupt(format!("vault recipients: {e}")))?,
+                    .map_err(|e| ChangesError::Corrupt(format!("vault recipients: {e}")))?,
                 ciphertext: ByteBuf::from(ciphertext),
                 digest: digest.map(ByteBuf::from),
             },
@@ -317,7 +327,7 @@ pub fn list(
     conn: &Connection,
     after: Option<&[u8]>,
     limit: u32,
-) -> Result<Vec<EnvelopeSummary>, LedgerError> {
+) -> Result<Vec<EnvelopeSummary>, ChangesError> {
     let mut statement = conn.prepare(
         "SELECT id, encounter, recipients FROM vault_envelopes WHERE id > ?1 ORDER BY id LIMIT ?2",
     )?;
@@ -334,9 +344,9 @@ pub fn list(
         out.push(EnvelopeSummary {
             id: vault::hex(&id),
             encounter: EncounterId::from_slice(&encounter)
-                .map_err(|e| LedgerError::Corrupt(e.to_string()))?,
+                .map_err(|e| ChangesError::Corrupt(e.to_string()))?,
             recipients: serde_json::from_str(&recipients)
-                .map_err(|e| LedgerError::Corrupt(format!("vault recipients: {e}")))?,
+                .map_err(|e| ChangesError::Corrupt(format!("vault recipients: {e}")))?,
         });
     }
     Ok(out)
@@ -357,12 +367,12 @@ pub enum ResealError {
         envelope: String,
     },
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
+    Stored(#[from] ChangesError),
 }
 
 impl From<rusqlite::Error> for ResealError {
     fn from(err: rusqlite::Error) -> Self {
-        ResealError::Ledger(err.into())
+        ResealError::Stored(err.into())
     }
 }
 

@@ -255,20 +255,15 @@ fn fill(data: &std::path::Path, count: usize, incremental: bool) -> f64 {
     if !incremental {
         let recomputing = Instant::now();
         database
-            .write(|conn| {
-                let tx = conn.transaction()?;
-                index::facts::recompute_aggregates(&tx)?;
-                tx.commit()
-            })
+            .write(|tx| index::facts::recompute_aggregates(tx))
             .unwrap();
         eprintln!(
             "recomputed the aggregates in {:.0} s",
             recomputing.elapsed().as_secs_f64()
         );
     }
-    database
-        .write(|conn| conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;"))
-        .unwrap();
+    database.write(|tx| tx.execute_batch("ANALYZE;")).unwrap();
+    database.clear_write_ahead_log().unwrap();
     started.elapsed().as_secs_f64()
 }
 

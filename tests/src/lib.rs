@@ -23,7 +23,7 @@ use auxilio_server::{AppState, Database, ServerConfig};
 pub fn add_team(data_dir: &Path, team: &str) {
     let database = Database::open(data_dir).unwrap();
     database
-        .transaction(|conn| directory::add_team(conn, team))
+        .write(|conn| directory::add_team(conn, team))
         .unwrap();
 }
 
@@ -31,7 +31,7 @@ pub fn add_team(data_dir: &Path, team: &str) {
 pub fn enroll(data_dir: &Path, team: &str, role: Role) -> Enrolled {
     let database = Database::open(data_dir).unwrap();
     database
-        .transaction(|conn| directory::enroll(conn, team, role, "test"))
+        .write(|conn| directory::enroll(conn, team, role, "test"))
         .unwrap()
 }
 

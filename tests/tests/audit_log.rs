@@ -199,6 +199,163 @@ fn admin_commands_beside_a_running_server_keep_the_audit_chain_intact() {
     server.kill();
 }
 
+/// `auxilio admin ARGS --json` as a child process beside the running server.
+fn spawn_admin(data: &std::path::Path, args: &[&str]) -> std::process::Child {
+    let mut full = vec!["admin", "--data", data.to_str().unwrap(), "--json"];
+    full.extend_from_slice(args);
+    auxilio_tests::spawn_auxilio(data, &full)
+}
+
+/// The audit log's rows as `audit export --format csv` writes them: how many of each action.
+fn audit_actions(data: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let csv = admin_ok(data, &["audit", "export", "--format", "csv"]);
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = header.iter().position(|name| *name == "action").unwrap();
+    let mut actions = std::collections::BTreeMap::new();
+    for line in lines {
+        let action = line.split(',').nth(column).unwrap().to_string();
+        *actions.entry(action).or_insert(0) += 1;
+    }
+    actions
+}
+
+#[test]
+fn admin_commands_interleaved_with_audited_requests_keep_the_audit_chain_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data_dir(&tmp);
+    admin_ok(&data, &["team", "add", "sonora"]);
+    let enrol = |label: &str| -> serde_json::Value {
+        let output = admin_ok(
+            &data,
+            &[
+                "device", "enroll", "--team", "sonora", "--role", "field", "--label", label,
+                "--json",
+            ],
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let phone = enrol("phone");
+    let lost = enrol("lost phone");
+    let leaked = enrol("leaked phone");
+    let server = auxilio_tests::ServerProcess::spawn(&data);
+    let url = server.url.clone();
+
+    // The phone logs encounters and syncs (no audit rows): some to read, some to purge.
+    let enrolled = auxilio_server::directory::Enrolled {
+        token: phone["token"].as_str().unwrap().to_string(),
+        device_id: phone["device_id"].as_str().unwrap().parse().unwrap(),
+        team: "sonora".into(),
+        role: auxilio_server::directory::Role::Field,
+    };
+    let mut device = auxilio_tests::Device::new(tmp.path(), "phone", &url, &enrolled);
+    let ids: Vec<_> = (0..6)
+        .map(|_| device.log(auxilio_tests::EXAMPLE_ENCOUNTER))
+        .collect();
+    device.sync().unwrap();
+    let (read, purged) = ids.split_at(3);
+    let read: Vec<String> = read.iter().map(ToString::to_string).collect();
+
+    // The phone's audited requests, while the command line writes beside the server: a sign-in,
+    // a list and a record read each round, and a token rotation (then used) every fifth.
+    const ROUNDS: usize = 20;
+    const ROTATIONS: usize = 4;
+    let mut token = enrolled.token.clone();
+    let requests = std::thread::spawn(move || {
+        for round in 0..ROUNDS {
+            let (status, body) = auxilio_tests::get_json(&url, "/v1/whoami", Some(&token)).unwrap();
+            assert_eq!(status, 200, "whoami: {body}");
+            let (status, body) =
+                auxilio_tests::get_json(&url, "/v1/encounters", Some(&token)).unwrap();
+            assert_eq!(status, 200, "list: {body}");
+            let path = format!("/v1/encounters/{}", read[round % read.len()]);
+            let (status, body) = auxilio_tests::get_json(&url, &path, Some(&token)).unwrap();
+            assert_eq!(status, 200, "read: {body}");
+            if round % (ROUNDS / ROTATIONS) == 0 {
+                let (status, body) = auxilio_tests::post_json(
+                    &url,
+                    "/v1/token/rotate",
+                    Some(&token),
+                    &serde_json::json!({}),
+                );
+                assert_eq!(status, 200, "rotate: {body}");
+                token = body["token"].as_str().unwrap().to_string();
+            }
+        }
+    });
+    let mut commands = Vec::new();
+    for n in 0..4 {
+        commands.push(spawn_admin(&data, &["team", "add", &format!("team-{n}")]));
+        commands.push(spawn_admin(
+            &data,
+            &[
+                "device",
+                "enroll",
+                "--team",
+                "sonora",
+                "--role",
+                "field",
+                "--label",
+                &format!("new phone {n}"),
+            ],
+        ));
+    }
+    for _ in 0..2 {
+        commands.push(spawn_admin(
+            &data,
+            &["device", "rotate", leaked["device_id"].as_str().unwrap()],
+        ));
+    }
+    commands.push(spawn_admin(
+        &data,
+        &["device", "revoke", lost["device_id"].as_str().unwrap()],
+    ));
+    for id in purged {
+        commands.push(spawn_admin(
+            &data,
+            &["purge", &id.to_string(), "--reason", "duplicate record"],
+        ));
+    }
+    for child in commands {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "a command beside the server failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    requests.join().unwrap();
+
+    let verified = admin(&data, &["audit", "verify"]);
+    let report = verify_report(&verified);
+    assert!(verified.status.success(), "{report}");
+    let expected: std::collections::BTreeMap<String, usize> = [
+        ("team.add", 1 + 4),
+        ("device.enroll", 3 + 4),
+        ("device.rotate", 2),
+        ("device.revoke", 1),
+        ("encounter.purge", 3),
+        ("auth.sign_in", ROUNDS),
+        ("encounter.list", ROUNDS),
+        ("encounter.read", ROUNDS),
+        ("device.rotate_self", ROTATIONS),
+        // The phone's first sync registers its relay key.
+        ("device.relay_key", 1),
+    ]
+    .into_iter()
+    .map(|(action, n)| (action.to_string(), n))
+    .collect();
+    assert_eq!(
+        audit_actions(&data),
+        expected,
+        "every row is in the log once"
+    );
+    let rows: usize = expected.values().sum();
+    assert_eq!(report["chained_rows"], rows, "{report}");
+    server.kill();
+}
+
 #[test]
 fn verify_names_every_row_edited_around_the_server_not_only_the_first() {
     let tmp = tempfile::tempdir().unwrap();

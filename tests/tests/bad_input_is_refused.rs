@@ -128,7 +128,7 @@ fn a_revoked_device_gets_401_at_once() {
     let s = setup();
     let database = auxilio_server::Database::open(&s.server.data_dir).unwrap();
     database
-        .transaction(|conn| auxilio_server::directory::revoke(conn, s.sonora.enrolled.device_id))
+        .write(|conn| auxilio_server::directory::revoke(conn, s.sonora.enrolled.device_id))
         .unwrap();
     let (status, body) =
         get_json(&s.server.url, "/v1/whoami", Some(&s.sonora.enrolled.token)).unwrap();

@@ -115,7 +115,7 @@ fn a_revoked_coordinators_stream_ends_at_the_next_keep_alive() {
     assert_eq!(stream.next_event(WAIT).unwrap().event, "ready");
     let database = auxilio_server::Database::open(fixture.data.path()).unwrap();
     database
-        .transaction(|conn| directory::revoke(conn, coordinator.device_id))
+        .write(|conn| directory::revoke(conn, coordinator.device_id))
         .unwrap();
     assert!(
         stream.ends_within(auxilio_server::http::events::KEEP_ALIVE + WAIT),

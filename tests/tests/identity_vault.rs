@@ -227,7 +227,7 @@ fn a_vault_is_kept_only_for_protection_cases_read_only_by_protection_officers_an
     let (secret, public) = vault::generate_identity();
     Database::open(data)
         .unwrap()
-        .transaction(|conn| auxilio_server::vault::add_key(conn, &public, "officer"))
+        .write(|conn| auxilio_server::vault::add_key(conn, &public, "officer"))
         .unwrap();
     add_team(data, "chihuahua");
     let mut phone = fixture.device("sonora-1", Role::Field);

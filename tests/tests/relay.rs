@@ -678,7 +678,7 @@ fn a_revoked_teammate_is_refused_once_the_other_phone_has_synced_since() {
 
     let database = auxilio_server::Database::open(fixture.data.path()).unwrap();
     database
-        .transaction(|tx| auxilio_server::directory::revoke(tx, desert.enrolled.device_id))
+        .write(|tx| auxilio_server::directory::revoke(tx, desert.enrolled.device_id))
         .unwrap();
     town.sync().unwrap();
     let keys = town.store.team_relay_keys().unwrap().unwrap();

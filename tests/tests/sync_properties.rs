@@ -113,7 +113,7 @@ impl World {
         .enumerate()
         {
             let enrolled = database
-                .transaction(|conn| {
+                .write(|conn| {
                     let _ = directory::add_team(conn, team);
                     directory::enroll(conn, team, role, "")
                 })
@@ -267,7 +267,9 @@ impl World {
                 let mut out = BTreeMap::new();
                 for (id, team) in rows {
                     let id = EncounterId::from_slice(&id).unwrap();
-                    let mut document = ledger::load_document(conn, id).unwrap().unwrap();
+                    let mut document = auxilio_server::changes::load_document(conn, id)
+                        .unwrap()
+                        .unwrap();
                     out.insert(
                         id,
                         (

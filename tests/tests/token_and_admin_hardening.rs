@@ -97,7 +97,7 @@ fn whoami_status(url: &str, token: &str) -> u16 {
 fn rotate_on_the_data_directory(data: &std::path::Path, device: auxilio_core::DeviceId) -> String {
     let database = auxilio_server::Database::open(data).unwrap();
     database
-        .transaction(|tx| directory::rotate_by(tx, directory::ADMIN_CLI, device))
+        .write(|tx| directory::rotate_by(tx, directory::ADMIN_CLI, device))
         .unwrap()
 }
 
@@ -543,7 +543,7 @@ fn a_device_cannot_flood_the_audit_log_with_self_rotations_or_revoked_calls() {
     // A revoked phone is still told to wipe every time, but logged once.
     let database = auxilio_server::Database::open(fixture.data.path()).unwrap();
     database
-        .transaction(|tx| directory::revoke(tx, phone.device_id))
+        .write(|tx| directory::revoke(tx, phone.device_id))
         .unwrap();
     for _ in 0..10 {
         let (status, body) = get_json(url, "/v1/whoami", Some(&phone.token)).unwrap();

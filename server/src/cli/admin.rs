@@ -256,8 +256,7 @@ fn run_purge(
     } else {
         PurgeKind::Whole
     };
-    let report =
-        database.write(|conn| purge::purge(conn, encounter, kind, reason, directory::ADMIN_CLI))?;
+    let report = purge::purge(database, encounter, kind, reason, directory::ADMIN_CLI)?;
     Ok((serde_json::to_value(&report)?, describe_purge(&report)))
 }
 
@@ -311,22 +310,21 @@ fn run_directory(
     database: &Database,
     command: AdminCommand,
 ) -> anyhow::Result<(serde_json::Value, String)> {
-    database.write(|conn| -> anyhow::Result<(serde_json::Value, String)> {
-        // Immediate: a rotation reads the device then writes it, and a deferred transaction
-        // would fail with "database is locked" if the running server wrote in between.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // `write` begins immediate: a rotation reads the device then writes it, and a deferred
+    // transaction would fail with "database is locked" if the running server wrote in between.
+    database.write(|tx| -> anyhow::Result<(serde_json::Value, String)> {
         let output = match command {
             AdminCommand::Team(TeamCommand::Add { name }) => {
-                directory::add_team(&tx, &name)?;
+                directory::add_team(tx, &name)?;
                 (serde_json::json!({ "team": name }), format!("team {name} added"))
             }
             AdminCommand::Team(TeamCommand::List) => {
-                let teams = directory::list_teams(&tx)?;
+                let teams = directory::list_teams(tx)?;
                 let text = teams.join("\n");
                 (serde_json::json!({ "teams": teams }), text)
             }
             AdminCommand::Device(DeviceCommand::Enroll { team, role, label }) => {
-                let enrolled = directory::enroll(&tx, &team, role, &label)?;
+                let enrolled = directory::enroll(tx, &team, role, &label)?;
                 let text = format!(
                     "device {} enrolled in team {} as {}\ntoken (shown only now; put it on the device):\n{}",
                     enrolled.device_id, enrolled.team, enrolled.role, enrolled.token
@@ -334,21 +332,21 @@ fn run_directory(
                 (serde_json::to_value(&enrolled)?, text)
             }
             AdminCommand::Device(DeviceCommand::Revoke { device_id }) => {
-                directory::revoke(&tx, device_id)?;
+                directory::revoke(tx, device_id)?;
                 (
                     serde_json::json!({ "device_id": device_id, "revoked": true }),
                     format!("device {device_id} revoked: its next request will be refused"),
                 )
             }
             AdminCommand::VaultKey(VaultKeyCommand::Add { public_key, label }) => {
-                let key = vault::add_key(&tx, &public_key, &label)?;
+                let key = vault::add_key(tx, &public_key, &label)?;
                 (
                     serde_json::json!({ "public_key": key, "label": label, "added": true }),
                     format!("vault key {key} added: devices seal new vaults to it from their next sync"),
                 )
             }
             AdminCommand::VaultKey(VaultKeyCommand::List) => {
-                let keys = vault::list_keys(&tx)?;
+                let keys = vault::list_keys(tx)?;
                 let text = keys
                     .iter()
                     .map(|k| {
@@ -360,7 +358,7 @@ fn run_directory(
                 (serde_json::json!({ "keys": keys }), text)
             }
             AdminCommand::VaultKey(VaultKeyCommand::Retire { public_key }) => {
-                let still_sealed = vault::retire_key(&tx, &public_key)?;
+                let still_sealed = vault::retire_key(tx, &public_key)?;
                 let mut text = format!("vault key {public_key} retired: devices stop sealing to it at their next sync");
                 if still_sealed > 0 {
                     text.push_str(&format!(
@@ -373,7 +371,7 @@ fn run_directory(
                 )
             }
             AdminCommand::Device(DeviceCommand::Approve { device_id }) => {
-                let was_awaiting = directory::approve_by(&tx, directory::ADMIN_CLI, device_id)?;
+                let was_awaiting = directory::approve_by(tx, directory::ADMIN_CLI, device_id)?;
                 let text = if was_awaiting {
                     format!("device {device_id} approved: it syncs and reads its team's records from now on")
                 } else {
@@ -385,7 +383,7 @@ fn run_directory(
                 )
             }
             AdminCommand::Device(DeviceCommand::Rotate { device_id }) => {
-                let token = directory::rotate_by(&tx, directory::ADMIN_CLI, device_id)?;
+                let token = directory::rotate_by(tx, directory::ADMIN_CLI, device_id)?;
                 (
                     serde_json::json!({ "device_id": device_id, "token": token }),
                     format!(
@@ -397,7 +395,7 @@ fn run_directory(
                 unreachable!("handled by run_audit, run_purge and run_retention")
             }
             AdminCommand::Device(DeviceCommand::List) => {
-                let devices = directory::list_devices(&tx)?;
+                let devices = directory::list_devices(tx)?;
                 let text = devices
                     .iter()
                     .map(|d| {
@@ -413,7 +411,6 @@ fn run_directory(
                 (serde_json::json!({ "devices": devices }), text)
             }
         };
-        tx.commit()?;
         Ok(output)
     })
 }

@@ -81,9 +81,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         )
     })?;
     let database = Database::open_existing(deployment.data_dir())?;
-    let coordinator = database.transaction(|conn| {
-        directory::enroll(conn, TEAMS[0].0, Role::Coordinator, "demo coordinator")
-    })?;
+    let coordinator = database
+        .write(|conn| directory::enroll(conn, TEAMS[0].0, Role::Coordinator, "demo coordinator"))?;
     let url = format!("http://{}", args.listen);
     println!(
         "Auxilio demo: a server at {url} and {} phones in teams {}",

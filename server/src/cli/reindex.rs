@@ -17,13 +17,10 @@ pub struct ReindexArgs {
 
 pub fn run(args: ReindexArgs) -> anyhow::Result<()> {
     let database = args.data.open(false)?;
-    let report = database
-        .write(|conn| {
-            ledger::rebuild(conn, 500, |done, total| {
-                eprintln!("reindexed {done}/{total} encounters")
-            })
-        })
-        .context("the rebuild stopped; what was committed stays valid, run it again to finish")?;
+    let report = ledger::rebuild(&database, 500, |done, total| {
+        eprintln!("reindexed {done}/{total} encounters")
+    })
+    .context("the rebuild stopped; what was committed stays valid, run it again to finish")?;
     if args.json {
         print_json(&report);
     } else {

@@ -87,7 +87,7 @@ async fn add_team(
     let added = name.clone();
     state
         .blocking(move |database| {
-            database.transaction(|tx| Ok(directory::add_team_by(tx, &actor, &added)?))
+            database.write(|tx| Ok(directory::add_team_by(tx, &actor, &added)?))
         })
         .await?;
     Ok(Json(serde_json::json!({ "team": name })))
@@ -123,7 +123,7 @@ async fn enrol_device(
     let actor = admin.id.to_string();
     let enrolled: Enrolled = state
         .blocking(move |database| {
-            database.transaction(|tx| {
+            database.write(|tx| {
                 Ok(directory::enroll_with(
                     tx,
                     &actor,
@@ -151,7 +151,7 @@ async fn revoke_device(
     let actor = admin.id.to_string();
     state
         .blocking(move |database| {
-            database.transaction(|tx| Ok(directory::revoke_by(tx, &actor, device)?))
+            database.write(|tx| Ok(directory::revoke_by(tx, &actor, device)?))
         })
         .await?;
     tracing::info!(admin = %admin.id, %device, "device revoked");
@@ -170,7 +170,7 @@ async fn rotate_device(
     let actor = admin.id.to_string();
     let token = state
         .blocking(move |database| {
-            database.transaction(|tx| {
+            database.write(|tx| {
                 let found = directory::find_device(tx, device)?
                     .ok_or(DirectoryError::NoSuchDevice(device))?;
                 require_managed_over_http(found.role, "rotating the token of")?;
@@ -205,7 +205,7 @@ async fn rotate_own_token(
         })?;
     let token = state
         .blocking(move |database| {
-            database.transaction(|tx| Ok(directory::begin_rotation(tx, &device, &presented)?))
+            database.write(|tx| Ok(directory::begin_rotation(tx, &device, &presented)?))
         })
         .await?;
     Ok(Json(serde_json::json!({ "device_id": id, "token": token })))

@@ -58,7 +58,7 @@ async fn read_audit_log(
     let actor = auditor.id.to_string();
     let entries = state
         .blocking(move |database| {
-            Ok(database.transaction(|conn| {
+            Ok(database.write(|conn| {
                 let entries = audit::entries(conn, after, limit)?;
                 audit::record(
                     conn,

@@ -133,7 +133,7 @@ fn check_token(
             // phone itself writes one a minute at most.
             if let Ok((id, _)) = directory::parse_token(token) {
                 if audit_revoked(id) {
-                    database.transaction(|conn| {
+                    database.write(|conn| {
                         audit::record(
                             conn,
                             &id.to_string(),

@@ -15,12 +15,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
 use super::{AppState, AuthenticatedDevice};
 use crate::access::{self, Permission};
 use crate::audit;
+use crate::changes;
 use crate::error::AppError;
 use crate::index::{self, EncounterRow, ListFilter, Problem};
 use crate::ledger;
@@ -88,7 +88,7 @@ async fn list(
         .blocking(move |database| {
             // A write: the list is an in-system read like a record's (exact coordinates, for
             // dispatch), so it is audited in the same transaction that reads it.
-            Ok(database.transaction(|conn| {
+            Ok(database.write(|conn| {
                 let mut encounters = index::list(conn, &filter, visible_team.as_deref())?;
                 if !with_health {
                     for row in &mut encounters {
@@ -196,26 +196,20 @@ async fn show(
     let detail = state
         .blocking(move |database| {
             // A write: the read of a case is audited in the same transaction that reads it.
-            database.transaction(|conn| {
-                let row: Option<(String, String, String, String, bool, bool, String)> = conn
-                    .query_row(
-                        "SELECT team, received_at, updated_at, occurred_at, clock_suspect, complete, problems
-                         FROM encounters WHERE id = ?1",
-                        [id.as_bytes()],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
-                    )
-                    .optional()?;
+            database.write(|conn| {
                 // Another team's encounter answers exactly like a missing one: its existence is
                 // not disclosed.
-                let Some((team, received_at, updated_at, occurred_at, clock_suspect, complete, problems)) =
-                    row.filter(|row| device.may_see_team(&row.0))
+                let Some(stored) = changes::stored_encounter(conn, id)?
+                    .filter(|row| device.may_see_team(&row.team))
                 else {
                     return Err(not_found());
                 };
-                if access::protection_cases_only(device.role) && !index::is_protection_case(conn, id)? {
+                if access::protection_cases_only(device.role)
+                    && !index::is_protection_case(conn, id)?
+                {
                     return Err(not_found());
                 }
-                let mut document = ledger::load_document(conn, id)
+                let mut document = changes::load_document(conn, id)
                     .map_err(AppError::internal)?
                     .ok_or_else(not_found)?;
                 let mut encounter = match document.encounter() {
@@ -223,7 +217,8 @@ async fn show(
                     Err(_) => document.to_json(),
                 };
                 let mut conflicts = document.conflicts();
-                let mut problems: Vec<Problem> = serde_json::from_str(&problems).unwrap_or_default();
+                let mut problems: Vec<Problem> =
+                    serde_json::from_str(&stored.problems).unwrap_or_default();
                 let with_health = access::allows(device.role, Permission::ReadHealth);
                 let health_detail_withheld = if with_health {
                     0
@@ -239,19 +234,19 @@ async fn show(
                     "encounter.read",
                     serde_json::json!({
                         "encounter": id.to_string(),
-                        "team": team,
+                        "team": stored.team,
                         "role": device.role,
                         "health": with_health,
                     }),
                 )?;
                 Ok(EncounterDetail {
                     id,
-                    team,
-                    received_at,
-                    updated_at,
-                    occurred_at,
-                    clock_suspect,
-                    complete,
+                    team: stored.team,
+                    received_at: stored.received_at,
+                    updated_at: stored.updated_at,
+                    occurred_at: stored.occurred_at,
+                    clock_suspect: stored.clock_suspect,
+                    complete: stored.complete,
                     encounter,
                     conflicts,
                     authors,

@@ -15,11 +15,7 @@ pub fn router() -> Router<AppState> {
 /// call it.
 async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
     state
-        .blocking(|database| {
-            Ok(database.read(|conn| {
-                conn.query_row("SELECT count(*) FROM teams", [], |row| row.get::<_, i64>(0))
-            })?)
-        })
+        .blocking(|database| Ok(database.read(crate::directory::team_count)?))
         .await?;
     Ok(Json(serde_json::json!({ "status": "ok" })))
 }

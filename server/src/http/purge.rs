@@ -11,7 +11,6 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use rusqlite::TransactionBehavior;
 use serde::Deserialize;
 
 use super::{AppState, AuthenticatedDevice};
@@ -94,24 +93,23 @@ async fn purge_encounter(
     let actor = device.id.to_string();
     let report = state
         .blocking(move |database| {
-            database.write(|conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let report = database.write(|tx| {
                 // What the role may not read answers exactly like an unknown id, and so does
                 // what was purged already: a purge discloses no id it was not shown.
                 let unknown = || AppError::NotFound(PurgeError::NotFound(id).to_string());
-                if !may_read(&tx, &device, id)? {
+                if !may_read(tx, &device, id)? {
                     return Err(unknown());
                 }
                 let report =
-                    purge::purge_in(&tx, id, kind, &reason, &actor).map_err(|err| match err {
+                    purge::purge_in(tx, id, kind, &reason, &actor).map_err(|err| match err {
                         PurgeError::NotFound(_) | PurgeError::AlreadyPurged { .. } => unknown(),
                         PurgeError::MissingReason => AppError::BadRequest(err.to_string()),
                         other => AppError::internal(other),
                     })?;
-                tx.commit()?;
-                purge::clear_files(conn)?;
                 Ok(report)
-            })
+            })?;
+            purge::clear_files(database)?;
+            Ok(report)
         })
         .await?;
     if kind == PurgeKind::Whole {

@@ -45,7 +45,7 @@ async fn whoami(
     let actor = device.id.to_string();
     state
         .blocking(move |database| {
-            Ok(database.transaction(|conn| audit::record(conn, &actor, "auth.sign_in", detail))?)
+            Ok(database.write(|conn| audit::record(conn, &actor, "auth.sign_in", detail))?)
         })
         .await?;
     Ok(Json(answer))
@@ -127,9 +127,9 @@ async fn sync(
                     // positions bracket exactly what this request stored.
                     let before = ledger::log_end(conn)?;
                     let response = ledger::sync_decoded(conn, &device, decoded, pages, &caps)?;
-                    // Asked after the commit: a page that subscribed before it gets the event, one
-                    // that subscribes later reads the committed state. The query is skipped when
-                    // no coordinator is listening.
+                    // Read in the same transaction, published after the commit: a page that
+                    // subscribed before it gets the event, one that subscribes later reads the
+                    // committed state. The query is skipped when no coordinator is listening.
                     let stored = if events.has_subscribers() {
                         ledger::encounters_stored_after(conn, before)?
                     } else {

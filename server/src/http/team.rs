@@ -65,7 +65,7 @@ async fn approve_device(
     let approver = lead.clone();
     let was_awaiting = state
         .blocking(move |database| {
-            database.transaction(|tx| {
+            database.write(|tx| {
                 let found = directory::find_device(tx, device)?
                     .filter(|found| approver.may_see_team(&found.team))
                     .ok_or(DirectoryError::NoSuchDevice(device))?;

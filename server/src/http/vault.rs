@@ -62,25 +62,19 @@ async fn read(
     let id = encounter_id(&id)?;
     let answer = state
         .blocking(move |database| {
-            database.write(|conn| {
-                let tx = conn.transaction()?;
-                let known: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM encounters WHERE id = ?1)
-                         OR EXISTS (SELECT 1 FROM vault_envelopes WHERE encounter = ?1)",
-                    [id.as_bytes()],
-                    |row| row.get(0),
-                )?;
+            database.write(|tx| {
+                let known = vault_store::encounter_known(tx, id)?;
                 // Only cases the role reads: another encounter answers like an unknown id.
                 let readable = !access::protection_cases_only(device.role)
-                    || index::is_protection_case(&tx, id)?
-                    || vault_store::has_envelopes(&tx, id)?;
+                    || index::is_protection_case(tx, id)?
+                    || vault_store::has_envelopes(tx, id)?;
                 if !known || !readable {
                     return Err(AppError::NotFound(format!("no encounter {id}")));
                 }
-                let envelopes = vault_store::envelopes_of(&tx, id).map_err(AppError::internal)?;
-                let current_recipients = vault_store::current_recipients(&tx)?;
+                let envelopes = vault_store::envelopes_of(tx, id).map_err(AppError::internal)?;
+                let current_recipients = vault_store::current_recipients(tx)?;
                 audit::record(
-                    &tx,
+                    tx,
                     &device.id.to_string(),
                     "vault.read",
                     serde_json::json!({
@@ -89,7 +83,6 @@ async fn read(
                         "role": device.role,
                     }),
                 )?;
-                tx.commit()?;
                 Ok(EncounterVault {
                     encounter: id,
                     envelopes,
@@ -139,18 +132,16 @@ async fn list(
     }
     let listing = state
         .blocking(move |database| {
-            database.write(|conn| {
-                let tx = conn.transaction()?;
+            database.write(|tx| {
                 let envelopes =
-                    vault_store::list(&tx, after.as_deref(), limit).map_err(AppError::internal)?;
-                let current_recipients = vault_store::current_recipients(&tx)?;
+                    vault_store::list(tx, after.as_deref(), limit).map_err(AppError::internal)?;
+                let current_recipients = vault_store::current_recipients(tx)?;
                 audit::record(
-                    &tx,
+                    tx,
                     &device.id.to_string(),
                     "vault.list",
                     serde_json::json!({ "envelopes": envelopes.len(), "role": device.role }),
                 )?;
-                tx.commit()?;
                 let next_after = (envelopes.len() == limit as usize)
                     .then(|| envelopes.last().map(|e| e.id.clone()))
                     .flatten();
@@ -187,16 +178,15 @@ async fn reseal(
     let recipients = resealed.recipients.clone();
     state
         .blocking(move |database| {
-            database.write(|conn| {
-                let tx = conn.transaction()?;
-                vault_store::replace(&tx, &resealed).map_err(|err| match err {
+            database.write(|tx| {
+                vault_store::replace(tx, &resealed).map_err(|err| match err {
                     ResealError::Refused(message) => AppError::BadRequest(message),
                     ResealError::ContentsChanged { .. } => AppError::Conflict(err.to_string()),
                     ResealError::NotFound { .. } => AppError::NotFound(err.to_string()),
-                    ResealError::Ledger(other) => AppError::internal(other),
+                    ResealError::Stored(other) => AppError::internal(other),
                 })?;
                 audit::record(
-                    &tx,
+                    tx,
                     &device.id.to_string(),
                     "vault.reseal",
                     serde_json::json!({
@@ -205,7 +195,6 @@ async fn reseal(
                         "recipients": resealed.recipients,
                     }),
                 )?;
-                tx.commit()?;
                 Ok(())
             })
         })
