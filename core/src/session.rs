@@ -394,6 +394,19 @@ impl SyncSession {
         store: &mut DeviceStore,
         reply: Reply<'_>,
     ) -> Result<(), SessionError> {
+        let outcome = self.take_reply(store, reply);
+        if outcome.is_err() {
+            // An ended sync sends nothing more, whatever the app asks.
+            self.state = State::Done;
+        }
+        outcome
+    }
+
+    fn take_reply(
+        &mut self,
+        store: &mut DeviceStore,
+        reply: Reply<'_>,
+    ) -> Result<(), SessionError> {
         let State::Sent(in_flight) = std::mem::replace(&mut self.state, State::Ready) else {
             // Nothing was asked: nothing to learn.
             return Ok(());
@@ -446,7 +459,6 @@ impl SyncSession {
             401 if refusal_says(body, "wipe") => {
                 let wiped = store.wipe()?;
                 tracing::warn!(%message, encounters = wiped.encounters, unsynced = wiped.unsynced_changes, "device revoked: store wiped");
-                self.state = State::Done;
                 Err(SessionError::RevokedAndWiped { wiped, message })
             }
             403 if refusal_says(body, "awaiting_approval") => {
@@ -937,6 +949,7 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.pending_count().unwrap(), 1, "nothing was lost");
+        assert_eq!(session.next(&mut store).unwrap(), Next::Done);
     }
 
     #[test]
