@@ -304,8 +304,8 @@ impl SyncSession {
         matches!(self.state, State::Done)
     }
 
-    /// What the app does next. Called again while a request is on the wire, it is an error of
-    /// the app's: the session answers with the same request's successor only after `receive`.
+    /// What the app does next. Called while a request is still on the wire (its answer never
+    /// handed to [`Self::receive`]), the session takes that answer as lost and goes on from there.
     pub fn next(&mut self, store: &mut DeviceStore) -> Result<Next, SessionError> {
         match std::mem::replace(&mut self.state, State::Ready) {
             State::Ready => self.next_request(store).map(Next::Sync),
