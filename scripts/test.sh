@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: unit tests, property tests and the end-to-end tests in tests/.
+# Runs every test of the workspace: unit tests, property tests and the end-to-end tests in tests/,
+# the long ones in full (AUXILIO_FULL_TESTS=1; a plain `cargo test` runs their short version).
 # The end-to-end tests start the real `auxilio` binary, so it is built first; the browser test
 # needs Chromium and one npm package, installed here when missing.
 # Usage: bash scripts/test.sh [extra cargo test arguments]
@@ -63,5 +64,8 @@ fi
 
 echo "==> building the workspace (the end-to-end tests run the auxilio binary)"
 cargo build --workspace --bins --locked
-echo "==> running all tests"
+echo "==> running all tests, the long sweeps in full (AUXILIO_FULL_TESTS=1)"
+# A plain `cargo test` runs the long tests (cut-offset sweeps, SIGKILL loops, 2G simulations,
+# property-test case counts) in a short version; this is the full run (tests/src/lib.rs, full_run).
+export AUXILIO_FULL_TESTS=1
 cargo test --workspace --locked "$@"

@@ -2,7 +2,7 @@
 //! merge rules that follow from it.
 //!
 //! The typed record is turned into JSON by serde, and JSON is laid into the document by one
-//! small set of rules (see ARCHITECTURE.md, "How each field merges"):
+//! small set of rules (see docs/record.md, "How each field merges"):
 //! - a JSON object is an Automerge map, reconciled key by key, so concurrent edits to different
 //!   fields never touch each other;
 //! - a scalar is a map register: concurrent writes of different values are kept side by side by

@@ -4,7 +4,7 @@
 //! of encounters, and the cursor up to which it already holds what the server has; the response
 //! says which changes are now durably stored (or why some were refused) and carries a page of the
 //! changes the device may see and lacks. One request/response per page, never one per document.
-//! Bodies are CBOR (RFC 8949); the layout is documented in ARCHITECTURE.md. Every message starts
+//! Bodies are CBOR (RFC 8949); the layout is documented in docs/protocol.md. Every message starts
 //! with its protocol version so that a peer speaking another version gets a clear refusal instead
 //! of a misreading.
 //!

@@ -7,7 +7,7 @@
 //! authenticated handshake ([`crate::relay_auth`]: hellos both ways, then the initiator's and the
 //! responder's proofs), and nothing of the team's records moves before both sides have proved
 //! they hold a current relay key of the team. Then three messages and an acknowledgement, each
-//! framed as a 4-byte big-endian length and a CBOR body (layout in ARCHITECTURE.md):
+//! framed as a 4-byte big-endian length and a CBOR body (layout in docs/relay.md):
 //!
 //! 1. initiator → responder: [`RelayOffer`], the heads of each encounter the initiator holds;
 //! 2. responder → initiator: [`RelayAnswer`], the responder's own offer and the changes the

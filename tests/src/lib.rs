@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use auxilio_core::edit::FieldEdit;
 use auxilio_core::store::{EncounterView, Enrolment};
 use auxilio_core::{DeviceStore, Encounter, EncounterId};
-use auxilio_server::client::{self, ClientError, SyncReport};
+use auxilio_server::client::{self, ClientError, SyncOptions, SyncReport};
 use auxilio_server::directory::{self, Enrolled, Role};
 use auxilio_server::{AppState, Database, ServerConfig};
 
@@ -811,6 +811,50 @@ pub fn sizes_from_args(default: &[usize]) -> Vec<usize> {
         default.to_vec()
     } else {
         sizes
+    }
+}
+
+/// The environment variable that asks for the full run of the long tests: `scripts/test.sh` (the
+/// README's test command, and so CI) sets it to `1`.
+pub const FULL_TESTS_VAR: &str = "AUXILIO_FULL_TESTS";
+
+/// Whether this is the full run (`AUXILIO_FULL_TESTS=1`): the long tests (cut-offset sweeps,
+/// SIGKILL loops, 2G simulations, the browser, property-test case counts) then run their whole
+/// sweep. A plain `cargo test` runs a short version of the same checks instead: fewer offsets,
+/// iterations or cases, the same assertions.
+pub fn full_run() -> bool {
+    std::env::var(FULL_TESTS_VAR).is_ok_and(|value| value == "1")
+}
+
+/// `full` in the full run, else `short`, saying so in one line on stderr (written past the test
+/// harness's capture, so it shows even when the test passes): a short run is never silent.
+pub fn full_or_short<T: std::fmt::Debug>(test: &str, full: T, short: T) -> T {
+    if full_run() {
+        return full;
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: ran the short version ({short:?}; the full run is {full:?}); \
+         run the full one with `{FULL_TESTS_VAR}=1 cargo test` or `bash scripts/test.sh`"
+    );
+    short
+}
+
+/// The device client's retries for a test whose link fails on purpose: the app's own
+/// (`SyncOptions::default()`: ten attempts, waiting up to 8 s between them) in the full run,
+/// `short_attempts` attempts 10 ms apart in the short run.
+pub fn app_retries_or_quick(test: &str, short_attempts: u32) -> SyncOptions {
+    let app = SyncOptions::default();
+    let (max_failed_attempts, first_retry_delay) = full_or_short(
+        &format!("{test} (sync attempts, first wait)"),
+        (app.max_failed_attempts, app.first_retry_delay),
+        (short_attempts, Duration::from_millis(10)),
+    );
+    SyncOptions {
+        max_failed_attempts,
+        first_retry_delay,
+        ..app
     }
 }
 

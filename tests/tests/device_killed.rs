@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use auxilio_core::{DeviceStore, EncounterId};
 use auxilio_server::directory::Role;
-use auxilio_tests::{Device, EXAMPLE_ENCOUNTER, TeamFixture, enroll, small_pages, spawn_auxilio};
+use auxilio_tests::{
+    Device, EXAMPLE_ENCOUNTER, TeamFixture, enroll, full_or_short, small_pages, spawn_auxilio,
+};
 
 /// Runs `auxilio ARGS` and SIGKILLs it after `after`; returns whether it finished first, with its stdout.
 fn run_and_kill(args: &[&str], stdin: &str, after: Duration) -> (bool, String) {
@@ -49,8 +51,14 @@ fn a_device_killed_while_logging_or_syncing_loses_nothing() {
 
     // Killed while logging: every id a finished `log` printed is in the store, and the store
     // always reopens.
+    // Forty kills in the full run, twelve in the short one (the same spread of delays).
+    let kills = full_or_short(
+        "a_device_killed_while_logging_or_syncing_loses_nothing: kills while logging",
+        40,
+        12,
+    );
     let mut logged = Vec::new();
-    for delay in delays().take(40) {
+    for delay in delays().take(kills) {
         let (finished, stdout) = run_and_kill(
             &["device", "--store", &store_arg, "log", "-"],
             EXAMPLE_ENCOUNTER,

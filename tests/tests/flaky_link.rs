@@ -13,8 +13,8 @@ use auxilio_server::client::{self, SyncOptions, SyncReport};
 use auxilio_server::directory::Role;
 use auxilio_server::link_simulator::{Direction, FlakyProxy, LinkProfile};
 use auxilio_tests::{
-    Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, enroll, pending_hashes,
-    post_bytes, small_pages, stored_change_hashes,
+    Device, EXAMPLE_ENCOUNTER, ServerProcess, TeamFixture, add_team, enroll, full_or_short,
+    pending_hashes, post_bytes, small_pages, stored_change_hashes,
 };
 
 /// Quick retries: a test link recovers in milliseconds, not minutes.
@@ -76,11 +76,34 @@ fn log_some(device: &mut Device, n: usize) -> Vec<EncounterId> {
         .collect()
 }
 
+/// How far apart the cut offsets of a sweep are, and how many exchanges it must at least have
+/// cut: every 157th byte in the full run; every 785th (157 × 5, so the short run's offsets are
+/// among the full run's) in a plain `cargo test`, with the same checks at each offset.
+#[derive(Debug, Clone, Copy)]
+struct Sweep {
+    step: u64,
+    at_least_cut: u32,
+}
+
+fn sweep_for(test: &str) -> Sweep {
+    full_or_short(
+        test,
+        Sweep {
+            step: 157,
+            at_least_cut: 8,
+        },
+        Sweep {
+            step: 785,
+            at_least_cut: 2,
+        },
+    )
+}
+
 /// Cuts every exchange of a writer's upload and a reader's download at one byte offset after
-/// another, 157 bytes apart, until the offset lies past both exchanges; checks after each that
-/// every change is stored exactly once and that the reader downloaded each change it lacked
-/// exactly once (frames stored before a cut are not fetched again).
-fn sweep_cut_offsets(direction: Direction, options: SyncOptions) {
+/// another, `sweep.step` bytes apart, until the offset lies past both exchanges; checks after
+/// each that every change is stored exactly once and that the reader downloaded each change it
+/// lacked exactly once (frames stored before a cut are not fetched again).
+fn sweep_cut_offsets(direction: Direction, options: SyncOptions, sweep: Sweep) {
     let team = TeamFixture::start("sonora", small_pages(2 * 1024));
     let proxy = FlakyProxy::start(address_of(&team.server.url), clean_link(), 7).unwrap();
     let mut writer = team.device("writer", Role::Field);
@@ -121,35 +144,40 @@ fn sweep_cut_offsets(direction: Direction, options: SyncOptions) {
             break;
         }
         cut_exchanges += u32::from(writer_was_cut) + u32::from(reader_was_cut);
-        offset += 157;
+        offset += sweep.step;
     }
+    eprintln!("{direction:?}: {cut_exchanges} exchanges cut, offsets up to {offset}");
     assert!(
-        cut_exchanges >= 8,
+        cut_exchanges >= sweep.at_least_cut,
         "{direction:?}: only {cut_exchanges} exchanges were cut before offset {offset}"
     );
 }
 
 #[test]
 fn an_upload_cut_at_any_byte_resumes_with_every_change_exactly_once() {
-    sweep_cut_offsets(Direction::Upload, patient());
+    let sweep = sweep_for("an_upload_cut_at_any_byte_resumes_with_every_change_exactly_once");
+    sweep_cut_offsets(Direction::Upload, patient(), sweep);
     sweep_cut_offsets(
         Direction::Upload,
         SyncOptions {
             compress: false,
             ..patient()
         },
+        sweep,
     );
 }
 
 #[test]
 fn a_download_cut_at_any_byte_resumes_with_every_change_exactly_once() {
-    sweep_cut_offsets(Direction::Download, patient());
+    let sweep = sweep_for("a_download_cut_at_any_byte_resumes_with_every_change_exactly_once");
+    sweep_cut_offsets(Direction::Download, patient(), sweep);
     sweep_cut_offsets(
         Direction::Download,
         SyncOptions {
             compress: false,
             ..patient()
         },
+        sweep,
     );
 }
 

@@ -15,6 +15,7 @@ use auxilio_core::{DeviceStore, Encounter, EncounterId};
 use auxilio_server::Database;
 use auxilio_server::directory::{self, Device, Role};
 use auxilio_server::ledger::{self, PageLimits};
+use auxilio_tests::full_or_short;
 use proptest::prelude::*;
 
 const SERVICES: [&str; 4] = [
@@ -325,7 +326,11 @@ fn check_converged(world: &mut World) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // 48 cases in the full run, 16 in a plain `cargo test`.
+    #![proptest_config(ProptestConfig {
+        cases: full_or_short("any_delivery_order_converges_without_loss", 48, 16),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn any_delivery_order_converges_without_loss(ops in prop::collection::vec(op(), 1..60)) {
