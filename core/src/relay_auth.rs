@@ -71,6 +71,19 @@ pub struct RelayKey {
     pub key: String,
 }
 
+/// The body a device sends to `POST /v1/relay-keys`: its own relay public key (64 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayKeyRegistration {
+    pub key: String,
+}
+
+/// The answer to `POST /v1/relay-keys`: the current relay keys of the device's team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamRelayKeys {
+    pub keys: Vec<RelayKey>,
+}
+
 /// The first message of each side: who it says it is, and a nonce that makes this exchange's
 /// transcript unique.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,7 +40,7 @@ use crate::protocol::{
     self, CONTENT_ENCODING, EncounterChanges, ProtocolError, RejectReason, Rejection, SyncResponse,
     VaultRejection,
 };
-use crate::relay_auth::RelayKey;
+use crate::relay_auth::{RelayKeyRegistration, TeamRelayKeys};
 use crate::store::{DeviceStore, StoreError, UploadPage, Wiped};
 
 /// A response larger than this is refused rather than read into memory (the transport stops
@@ -706,21 +706,13 @@ pub enum RelayKeysError {
 
 /// The JSON body of `POST /v1/relay-keys`: this device's relay public key.
 pub fn relay_keys_request(store: &mut DeviceStore) -> Result<Vec<u8>, RelayKeysError> {
-    #[derive(Serialize)]
-    struct Registration {
-        key: String,
-    }
     let key = store.relay_public_key()?;
-    Ok(serde_json::to_vec(&Registration { key }).expect("serialisable"))
+    Ok(serde_json::to_vec(&RelayKeyRegistration { key }).expect("serialisable"))
 }
 
 /// Keeps the team's relay keys from the answer to `POST /v1/relay-keys`; returns how many the
 /// team has.
 pub fn apply_relay_keys(store: &mut DeviceStore, answer: &[u8]) -> Result<usize, RelayKeysError> {
-    #[derive(Deserialize)]
-    struct TeamRelayKeys {
-        keys: Vec<RelayKey>,
-    }
     let team: TeamRelayKeys =
         serde_json::from_slice(answer).map_err(|e| RelayKeysError::Answer(e.to_string()))?;
     store.set_team_relay_keys(&team.keys)?;

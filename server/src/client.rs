@@ -37,9 +37,6 @@ pub enum ClientError {
         "this device was revoked by an administrator (a lost or stolen phone), and as the server instructed its store was erased: {} encounters and {} unsynced changes. Hand it to an administrator to enrol it again as a new device", wiped.encounters, wiped.unsynced_changes
     )]
     RevokedAndWiped { wiped: Wiped },
-    /// The server ordered a wipe (the device is revoked); only [`sync_with`] acts on it.
-    #[error("this device was revoked: {message}")]
-    WipeOrdered { message: String },
     #[error("the server answered {status}: {message}")]
     Server { status: u16, message: String },
     #[error("the server's answer was not understood: {0}")]

@@ -3,11 +3,10 @@
 //! store keeps to check teammates in phone-to-phone relays (see [`crate::relay_keys`]). Only
 //! roles that sync may relay, so only they may register.
 
-use auxilio_core::relay_auth::RelayKey;
+use auxilio_core::relay_auth::{RelayKeyRegistration, TeamRelayKeys};
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
 use super::{AppState, AuthenticatedDevice, JsonBody};
 use crate::access::{self, Permission};
@@ -18,22 +17,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/relay-keys", post(register))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Registration {
-    key: String,
-}
-
-/// The team's current relay keys.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TeamRelayKeys {
-    pub keys: Vec<RelayKey>,
-}
-
 async fn register(
     State(state): State<AppState>,
     AuthenticatedDevice(device): AuthenticatedDevice,
-    JsonBody(Registration { key }): JsonBody<Registration>,
+    JsonBody(RelayKeyRegistration { key }): JsonBody<RelayKeyRegistration>,
 ) -> Result<Json<TeamRelayKeys>, AppError> {
     access::require(&device, Permission::Sync)?;
     let keys = state
